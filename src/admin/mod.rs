@@ -1,0 +1,179 @@
+//! The admin listener, on its own port (loopback by default).
+//!
+//! Endpoints:
+//! - `GET /healthz` — 200 while the process is alive.
+//! - `GET /readyz`  — 200 while the sidecar accepts traffic; 503 before the
+//!   listener is bound and from the moment shutdown starts.
+//! - `GET /metrics` — Prometheus text exposition.
+//! - `GET /breaker` — the circuit breaker's state as JSON.
+//! - `GET /config`  — the effective configuration (secrets redacted), TOML.
+//!
+//! It is served by hyper directly, not through the proxy stack: it must
+//! answer even when the stack is saturated or the upstream is down.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::breaker::Breaker;
+use crate::metrics::Metrics;
+use crate::proxy::server::shutdown_requested;
+use crate::retry::RetryBudget;
+
+/// What the admin endpoints read.
+#[derive(Debug)]
+pub struct AdminState {
+    /// All metrics.
+    pub metrics: Arc<Metrics>,
+    /// The breaker.
+    pub breaker: Breaker,
+    /// The retry budget (its balance is exported at scrape time).
+    pub budget: Arc<RetryBudget>,
+    /// Whether the data listener is accepting traffic.
+    pub ready: AtomicBool,
+    /// The effective config as TOML, secrets redacted.
+    pub config_toml: String,
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &serde_json::json!({"error": "only GET is supported"}),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                json(StatusCode::OK, &serde_json::json!({"ready": true}))
+            } else {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"ready": false}),
+                )
+            }
+        }
+        "/metrics" => {
+            state.metrics.budget_balance.set(state.budget.balance());
+            let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/breaker" => json(
+            StatusCode::OK,
+            &serde_json::to_value(state.breaker.snapshot()).unwrap_or_default(),
+        ),
+        "/config" => {
+            let mut r = Response::new(Full::new(Bytes::from(state.config_toml.clone())));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/toml; charset=utf-8"),
+            );
+            r
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &serde_json::json!({
+                "error": "not found",
+                "endpoints": ["/healthz", "/readyz", "/metrics", "/breaker", "/config"],
+            }),
+        ),
+    }
+}
+
+/// Serve the admin endpoints until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown_requested(&mut shutdown) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, req).await) }
+            });
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+/// `healthcheck`: GET /healthz on the admin address; true on a 200.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let target = if addr.ip().is_unspecified() {
+        match addr {
+            SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], addr.port())),
+            SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        }
+    } else {
+        addr
+    };
+    let attempt = async {
+        let stream = TcpStream::connect(target)
+            .await
+            .map_err(|e| format!("connect {target}: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = Request::get("/healthz")
+            .header("host", target.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = send.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(format!("/healthz answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no answer from {target} within {timeout:?}"))?
+}

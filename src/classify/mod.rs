@@ -1,0 +1,772 @@
+//! One [`Class`] for every outcome of an upstream attempt.
+//!
+//! Retry, the breaker, the spool, metrics and the access log all read the same
+//! value, so they can never disagree about what happened. A class says three
+//! things: the verdict (success, transient, permanent), the kind (what exactly
+//! happened, as a stable label), and whether the request may have reached the
+//! backend — which decides whether a non-idempotent request may be retried.
+//!
+//! GraphQL responses are judged the way the LiteralAI SDK judges them: an HTTP
+//! 200 with a non-empty `errors` or any `data.<alias>.ok == false` is a
+//! failure. The body scan borrows from the buffered bytes and skips what it
+//! does not need, so it allocates nothing for a well-formed success.
+
+pub mod layer;
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::config::ClassifyFile;
+use crate::error::{self, Error};
+
+/// What the outcome means for the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The upstream did what was asked.
+    Success,
+    /// A failure that may go away: worth a retry, counted by the breaker,
+    /// spoolable.
+    Transient,
+    /// A failure that will not go away by trying again.
+    Permanent,
+}
+
+impl Verdict {
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Success => "success",
+            Verdict::Transient => "transient",
+            Verdict::Permanent => "permanent",
+        }
+    }
+}
+
+/// What exactly happened. Labels are stable: dashboards and alerts use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A normal answer.
+    Ok,
+    /// Nothing listening at the upstream address.
+    ConnectRefused,
+    /// TCP connect or TLS handshake did not finish in time.
+    ConnectTimeout,
+    /// The upstream host name did not resolve.
+    Dns,
+    /// The TLS handshake failed.
+    Tls,
+    /// Another failure while connecting.
+    ConnectError,
+    /// The connection closed or reset before a response head arrived.
+    ResetBeforeResponse,
+    /// The connection broke while the response body was being read.
+    ResetMidBody,
+    /// The attempt hit the per-try timeout.
+    PerTryTimeout,
+    /// An HTTP status that is a failure (see the verdict for which kind).
+    Status(u16),
+    /// HTTP 200 with a non-empty GraphQL `errors` list.
+    GraphqlError,
+    /// HTTP 200 with `data.<alias>.ok == false`.
+    ItemNotOk,
+    /// A GraphQL route answered with a body that is not JSON.
+    BadJson,
+    /// The response head was not valid HTTP.
+    BadResponse,
+    /// The breaker refused the attempt.
+    CircuitOpen,
+    /// The overall deadline passed.
+    Deadline,
+    /// The client's body is over the limit.
+    BodyTooLarge,
+    /// The client's body could not be read.
+    ClientBody,
+    /// The client's request was refused before forwarding.
+    BadRequest,
+    /// The GraphQL response was too large to read; it passed unjudged.
+    Unclassified,
+    /// Anything else.
+    Internal,
+}
+
+impl Kind {
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::ConnectRefused => "connect_refused",
+            Kind::ConnectTimeout => "connect_timeout",
+            Kind::Dns => "dns",
+            Kind::Tls => "tls",
+            Kind::ConnectError => "connect_error",
+            Kind::ResetBeforeResponse => "reset_before_response",
+            Kind::ResetMidBody => "reset_mid_body",
+            Kind::PerTryTimeout => "per_try_timeout",
+            Kind::Status(429) => "status_429",
+            Kind::Status(s) if s >= 500 => "status_5xx",
+            Kind::Status(_) => "status_4xx",
+            Kind::GraphqlError => "graphql_error",
+            Kind::ItemNotOk => "item_not_ok",
+            Kind::BadJson => "bad_json",
+            Kind::BadResponse => "bad_response",
+            Kind::CircuitOpen => "circuit_open",
+            Kind::Deadline => "deadline",
+            Kind::BodyTooLarge => "body_too_large",
+            Kind::ClientBody => "client_body",
+            Kind::BadRequest => "bad_request",
+            Kind::Unclassified => "unclassified",
+            Kind::Internal => "internal",
+        }
+    }
+}
+
+/// The classification of one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// Success, transient or permanent.
+    pub verdict: Verdict,
+    /// What happened.
+    pub kind: Kind,
+    /// Whether the request may have reached the backend. `false` only when it
+    /// certainly did not (connect failed, breaker refused), which makes any
+    /// request safe to retry.
+    pub may_have_reached: bool,
+    /// How long the upstream asked us to wait (`Retry-After`), uncapped.
+    pub retry_after: Option<Duration>,
+}
+
+impl Class {
+    /// A plain success.
+    pub const OK: Class = Class {
+        verdict: Verdict::Success,
+        kind: Kind::Ok,
+        may_have_reached: true,
+        retry_after: None,
+    };
+
+    fn new(verdict: Verdict, kind: Kind, may_have_reached: bool) -> Self {
+        Class {
+            verdict,
+            kind,
+            may_have_reached,
+            retry_after: None,
+        }
+    }
+
+    /// Whether this is any kind of failure.
+    pub fn is_failure(&self) -> bool {
+        self.verdict != Verdict::Success
+    }
+
+    /// Whether the breaker should count this as a failure of the upstream.
+    pub fn is_transient(&self) -> bool {
+        self.verdict == Verdict::Transient
+    }
+
+    /// Classify an error returned by an attempt.
+    pub fn of_error(err: &Error) -> Class {
+        let e: &(dyn std::error::Error + 'static) = err.as_ref();
+        if let Some(c) = error::cause_ref::<Classified>(e) {
+            return c.class;
+        }
+        if error::is_caused_by::<error::CircuitOpen>(e) {
+            return Class::new(Verdict::Transient, Kind::CircuitOpen, false);
+        }
+        if error::is_caused_by::<error::BodyTooLarge>(e) {
+            return Class::new(Verdict::Permanent, Kind::BodyTooLarge, true);
+        }
+        if error::is_caused_by::<error::MethodNotAllowed>(e)
+            || error::is_caused_by::<error::InvalidGraphql>(e)
+        {
+            return Class::new(Verdict::Permanent, Kind::BadRequest, false);
+        }
+        if error::is_caused_by::<error::ClientBodyError>(e) {
+            return Class::new(Verdict::Permanent, Kind::ClientBody, true);
+        }
+        if error::is_caused_by::<error::UpstreamTimeout>(e) {
+            return Class::new(Verdict::Transient, Kind::PerTryTimeout, true);
+        }
+        if error::is_caused_by::<error::DeadlineExceeded>(e) {
+            return Class::new(Verdict::Transient, Kind::Deadline, true);
+        }
+        if error::is_caused_by::<error::UpstreamBodyError>(e) {
+            return Class::new(Verdict::Transient, Kind::ResetMidBody, true);
+        }
+        if error::is_caused_by::<error::BadUpstreamResponse>(e) {
+            return Class::new(Verdict::Transient, Kind::BadResponse, true);
+        }
+        if let Some(client) = error::cause_ref::<hyper_util::client::legacy::Error>(e) {
+            if client.is_connect() {
+                return Class::new(Verdict::Transient, connect_kind(e), false);
+            }
+        }
+        if let Some(tls) = error::cause_ref::<rustls::Error>(e) {
+            // A certificate the roots do not accept will not start verifying
+            // on the next try; anything else in the handshake might.
+            let verdict = match tls {
+                rustls::Error::InvalidCertificate(_) => Verdict::Permanent,
+                _ => Verdict::Transient,
+            };
+            return Class::new(verdict, Kind::Tls, false);
+        }
+        if let Some(h) = error::cause_ref::<hyper::Error>(e) {
+            if h.is_canceled() {
+                // hyper hands the request back unsent when the pooled
+                // connection closed first.
+                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, false);
+            }
+            if h.is_incomplete_message() || h.is_closed() {
+                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, true);
+            }
+            if h.is_parse() || h.is_parse_status() {
+                return Class::new(Verdict::Transient, Kind::BadResponse, true);
+            }
+        }
+        if let Some(io) = error::cause_ref::<std::io::Error>(e) {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            ) {
+                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, true);
+            }
+        }
+        Class::new(Verdict::Permanent, Kind::Internal, true)
+    }
+}
+
+/// Tags a resolver failure so classification can tell DNS from TCP errors
+/// (the connector reports both as "connect" errors).
+#[derive(Debug, thiserror::Error)]
+#[error("dns: {0}")]
+pub struct DnsError(#[source] pub std::io::Error);
+
+fn connect_kind(e: &(dyn std::error::Error + 'static)) -> Kind {
+    if error::is_caused_by::<DnsError>(e) {
+        return Kind::Dns;
+    }
+    if error::is_caused_by::<rustls::Error>(e) {
+        return Kind::Tls;
+    }
+    if let Some(io) = error::cause_ref::<std::io::Error>(e) {
+        match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => return Kind::ConnectRefused,
+            std::io::ErrorKind::TimedOut => return Kind::ConnectTimeout,
+            _ => {}
+        }
+    }
+    // The connector's own timeout is not an io::Error in every version.
+    let text = e.to_string();
+    if text.contains("timed out") || text.contains("timeout") {
+        return Kind::ConnectTimeout;
+    }
+    Kind::ConnectError
+}
+
+/// An error that already carries its classification (and how many attempts
+/// were made), so outer layers need not classify it again.
+#[derive(Debug)]
+pub struct Classified {
+    /// The class of the last attempt.
+    pub class: Class,
+    /// Attempts made for the request, the failing one included.
+    pub attempts: u32,
+    /// The error of the last attempt.
+    pub source: Error,
+}
+
+impl fmt::Display for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.source, self.class.kind.as_str())
+    }
+}
+
+impl std::error::Error for Classified {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+/// Classifies responses by status and, for GraphQL exchanges, by body.
+#[derive(Debug, Clone)]
+pub struct Classifier {
+    transient_status: Box<[bool; 600]>,
+    transient_codes: Box<[String]>,
+    permanent_item_patterns: Box<[String]>,
+}
+
+impl Classifier {
+    /// Build from the `[classify]` section.
+    pub fn new(cfg: &ClassifyFile) -> Self {
+        let mut transient_status = Box::new([false; 600]);
+        for &s in &cfg.transient_statuses {
+            if let Some(slot) = transient_status.get_mut(s as usize) {
+                *slot = true;
+            }
+        }
+        Classifier {
+            transient_status,
+            transient_codes: cfg.transient_graphql_codes.clone().into_boxed_slice(),
+            permanent_item_patterns: cfg
+                .permanent_item_messages
+                .iter()
+                .map(|p| p.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Classify a response head. For a 2xx on a GraphQL exchange the caller
+    /// follows up with [`Classifier::graphql_body`].
+    pub fn status(&self, status: StatusCode, headers: &HeaderMap) -> Class {
+        let code = status.as_u16();
+        if status.is_success() || status.is_informational() || status.is_redirection() {
+            return Class::OK;
+        }
+        let transient = self
+            .transient_status
+            .get(code as usize)
+            .copied()
+            .unwrap_or(false);
+        let mut class = Class::new(
+            if transient {
+                Verdict::Transient
+            } else {
+                Verdict::Permanent
+            },
+            Kind::Status(code),
+            true,
+        );
+        class.retry_after = retry_after(headers, SystemTime::now());
+        class
+    }
+
+    /// Judge a buffered GraphQL response body as the SDK would.
+    pub fn graphql_body(&self, body: &[u8]) -> Class {
+        let mut scan = ScanState::default();
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let parsed = TopSeed {
+            state: &mut scan,
+            codes: &self.transient_codes,
+            patterns: &self.permanent_item_patterns,
+        }
+        .deserialize(&mut de)
+        .and_then(|()| de.end());
+        if parsed.is_err() {
+            return Class::new(Verdict::Transient, Kind::BadJson, true);
+        }
+        if scan.errors > 0 {
+            let verdict = if scan.transient_error {
+                Verdict::Transient
+            } else {
+                Verdict::Permanent
+            };
+            return Class::new(verdict, Kind::GraphqlError, true);
+        }
+        if scan.item_not_ok {
+            let verdict = if scan.permanent_item {
+                Verdict::Permanent
+            } else {
+                Verdict::Transient
+            };
+            return Class::new(verdict, Kind::ItemNotOk, true);
+        }
+        Class::OK
+    }
+}
+
+/// Whether `message` contains any of the (lower-case) `patterns`, ignoring
+/// ASCII case. Runs only for `ok:false` items, never on the success path.
+fn matches_any(message: &str, patterns: &[String]) -> bool {
+    if patterns.is_empty() {
+        return false;
+    }
+    let lower = message.to_ascii_lowercase();
+    patterns.iter().any(|p| lower.contains(p.as_str()))
+}
+
+/// Parse `Retry-After` as delta-seconds or an HTTP-date.
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+// === the allocation-free body scan ===
+
+#[derive(Default)]
+struct ScanState {
+    errors: usize,
+    transient_error: bool,
+    item_not_ok: bool,
+    permanent_item: bool,
+}
+
+struct TopSeed<'s> {
+    state: &'s mut ScanState,
+    codes: &'s [String],
+    patterns: &'s [String],
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a GraphQL response object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.0.as_ref() {
+                "data" => map.next_value_seed(DataSeed {
+                    state: self.state,
+                    patterns: self.patterns,
+                })?,
+                "errors" => map.next_value_seed(ErrorsSeed {
+                    state: self.state,
+                    codes: self.codes,
+                })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A map key that borrows when it can.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct DataSeed<'s> {
+    state: &'s mut ScanState,
+    patterns: &'s [String],
+}
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GraphQL data")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(ItemSeed {
+                state: self.state,
+                patterns: self.patterns,
+            })?;
+        }
+        Ok(())
+    }
+    // `data` of another shape is the backend's business, not a failure.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+struct ItemSeed<'s> {
+    state: &'s mut ScanState,
+    patterns: &'s [String],
+}
+
+impl<'de> DeserializeSeed<'de> for ItemSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a GraphQL field value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut ok = None;
+        let mut message: Option<Key<'de>> = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.0.as_ref() {
+                "ok" => ok = map.next_value::<Option<bool>>()?,
+                "message" => message = map.next_value::<Option<Key<'de>>>()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if ok == Some(false) {
+            self.state.item_not_ok = true;
+            if let Some(m) = message {
+                if matches_any(&m.0, self.patterns) {
+                    self.state.permanent_item = true;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+struct ErrorsSeed<'s> {
+    state: &'s mut ScanState,
+    codes: &'s [String],
+}
+
+impl<'de> DeserializeSeed<'de> for ErrorsSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ErrorsSeed<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a GraphQL errors list")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(code) = seq.next_element::<ErrorCode<'de>>()? {
+            self.state.errors += 1;
+            if let Some(code) = code.0 {
+                if self.codes.iter().any(|c| c.as_str() == code.as_ref()) {
+                    self.state.transient_error = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `extensions.code` of one GraphQL error, if present.
+struct ErrorCode<'de>(Option<std::borrow::Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for ErrorCode<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ErrorCode<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a GraphQL error")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ErrorCode<'de>, A::Error> {
+                let mut code = None;
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "extensions" {
+                        code = map.next_value::<Extensions<'de>>()?.0;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(ErrorCode(code))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<ErrorCode<'de>, E> {
+                Ok(ErrorCode(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Extensions<'de>(Option<std::borrow::Cow<'de, str>>);
+
+impl<'de> de::Deserialize<'de> for Extensions<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Extensions<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("GraphQL error extensions")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Extensions<'de>, A::Error> {
+                let mut code = None;
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    if key.0 == "code" {
+                        code = map.next_value::<Option<Key<'de>>>()?.map(|k| k.0);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Extensions(code))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Extensions<'de>, E> {
+                Ok(Extensions(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classifier() -> Classifier {
+        Classifier::new(&ClassifyFile::default())
+    }
+
+    #[test]
+    fn graphql_success() {
+        let c = classifier().graphql_body(
+            br#"{"data":{"step0":{"ok":true,"message":"done"},"step1":{"ok":true}}}"#,
+        );
+        assert_eq!(c, Class::OK);
+    }
+
+    #[test]
+    fn graphql_item_not_ok_is_a_failure() {
+        let c = classifier().graphql_body(
+            br#"{"data":{"step0":{"ok":true},"step1":{"ok":false,"message":"db down"}}}"#,
+        );
+        assert_eq!(c.kind, Kind::ItemNotOk);
+        assert_eq!(c.verdict, Verdict::Transient);
+    }
+
+    #[test]
+    fn item_not_ok_with_permanent_message() {
+        let body = br#"{"data":{"step0":{"ok":false,"message":"Invalid input: bad id"}}}"#;
+        let c = classifier().graphql_body(body);
+        assert_eq!((c.kind, c.verdict), (Kind::ItemNotOk, Verdict::Permanent));
+    }
+
+    #[test]
+    fn graphql_errors_by_code() {
+        let cl = classifier();
+        let t = cl.graphql_body(
+            br#"{"errors":[{"message":"boom","extensions":{"code":"INTERNAL_SERVER_ERROR"}}],"data":null}"#,
+        );
+        assert_eq!(
+            (t.kind, t.verdict),
+            (Kind::GraphqlError, Verdict::Transient)
+        );
+        let p = cl.graphql_body(
+            br#"{"errors":[{"message":"bad","extensions":{"code":"GRAPHQL_VALIDATION_FAILED"}}]}"#,
+        );
+        assert_eq!(
+            (p.kind, p.verdict),
+            (Kind::GraphqlError, Verdict::Permanent)
+        );
+        let none = cl.graphql_body(br#"{"errors":[],"data":{"x":1}}"#);
+        assert_eq!(none, Class::OK);
+    }
+
+    #[test]
+    fn non_json_is_bad_json() {
+        let c = classifier().graphql_body(b"<html>bad gateway</html>");
+        assert_eq!((c.kind, c.verdict), (Kind::BadJson, Verdict::Transient));
+        let c = classifier().graphql_body(b"");
+        assert_eq!(c.kind, Kind::BadJson);
+    }
+
+    #[test]
+    fn statuses() {
+        let cl = classifier();
+        let h = HeaderMap::new();
+        assert_eq!(cl.status(StatusCode::OK, &h), Class::OK);
+        assert_eq!(
+            cl.status(StatusCode::BAD_GATEWAY, &h).verdict,
+            Verdict::Transient
+        );
+        assert_eq!(
+            cl.status(StatusCode::BAD_REQUEST, &h).verdict,
+            Verdict::Permanent
+        );
+        assert_eq!(
+            cl.status(StatusCode::INTERNAL_SERVER_ERROR, &h).verdict,
+            Verdict::Permanent
+        );
+    }
+
+    #[test]
+    fn retry_after_both_formats() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(http::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        h.insert(http::header::RETRY_AFTER, later.parse().unwrap());
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(30)));
+        h.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h, now), None);
+    }
+}

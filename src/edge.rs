@@ -1,0 +1,308 @@
+//! The outermost of the sidecar's own layers: it opens the per-request
+//! [`Exchange`], turns any error from below into a structured response (via
+//! [`crate::respond`], so the client never sees a dropped connection), adds
+//! `x-sidecar-attempts`, and — when the response body has been fully sent or
+//! abandoned — writes the access line and the request metrics.
+//!
+//! Logging at the end of the body rather than at the response head is what
+//! lets the line carry the bytes sent and the total latency of a streamed
+//! response.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::ResponseBody;
+use crate::breaker::Breaker;
+use crate::classify::{Class, Kind, Verdict};
+use crate::error::Error;
+use crate::exchange::{Exchange, NotRetried};
+use crate::metrics::Metrics;
+use crate::respond;
+use crate::retry::policy;
+
+/// `x-request-id`: taken from the client or generated, sent upstream and back.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `x-sidecar-attempts`: how many upstream attempts the answer took.
+pub static X_SIDECAR_ATTEMPTS: HeaderName = HeaderName::from_static("x-sidecar-attempts");
+
+/// Shared settings of the edge.
+#[derive(Debug)]
+pub struct EdgeShared {
+    /// Where request metrics go.
+    pub metrics: Arc<Metrics>,
+    /// The breaker, for its state in the access line.
+    pub breaker: Breaker,
+    /// Whether to write access lines.
+    pub access_log: bool,
+}
+
+/// Adds [`Edge`] to a stack.
+#[derive(Debug, Clone)]
+pub struct EdgeLayer {
+    shared: Arc<EdgeShared>,
+}
+
+impl EdgeLayer {
+    /// An edge reporting to `shared`.
+    pub fn new(shared: Arc<EdgeShared>) -> Self {
+        EdgeLayer { shared }
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Edge<S> {
+    inner: S,
+    shared: Arc<EdgeShared>,
+}
+
+// === impl Edge ===
+
+impl<S, B> Service<Request<B>> for Edge<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>, Error = Error>,
+{
+    type Response = Response<AccessBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("-"));
+        let ex = Exchange::new(id);
+        req.extensions_mut().insert(ex.clone());
+        let record = AccessRecord {
+            ex,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            status: 0,
+            class: Class::OK,
+            error_code: None,
+            shared: self.shared.clone(),
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Edge`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<AccessRecord>,
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Error>>,
+{
+    type Output = Result<Response<AccessBody>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let Some(mut record) = this.record.take() else {
+            return Poll::Ready(Err("edge polled after completion".into()));
+        };
+        let ex = &record.ex;
+        let resp = match result {
+            Ok(resp) => {
+                let resp = respond::rescue_response(resp, ex);
+                record.class = resp
+                    .extensions()
+                    .get::<Class>()
+                    .copied()
+                    .or_else(|| ex.last_class())
+                    .unwrap_or(Class::OK);
+                resp
+            }
+            Err(err) => {
+                let (resp, failure) = respond::error_response(&err, ex);
+                record.class = Class::of_error(&err);
+                record.error_code = Some(failure.code);
+                if failure.status.is_server_error() && failure.code == "internal_error" {
+                    tracing::warn!(request_id = ?ex.request_id, error = %err, "request failed");
+                }
+                resp
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        let attempts = ex.attempts();
+        if attempts > 0 {
+            parts
+                .headers
+                .insert(&X_SIDECAR_ATTEMPTS, HeaderValue::from(attempts));
+        }
+        record.status = parts.status.as_u16();
+        let end = body.is_end_stream();
+        let mut body = AccessBody {
+            inner: body,
+            sent: 0,
+            record: Some(Box::new(record)),
+        };
+        if end {
+            // Nothing will poll an empty body; account for it now.
+            body.finish(true);
+        }
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+/// What the access line and metrics need when the response ends.
+#[derive(Debug)]
+pub struct AccessRecord {
+    ex: Arc<Exchange>,
+    method: Method,
+    uri: Uri,
+    status: u16,
+    class: Class,
+    error_code: Option<&'static str>,
+    shared: Arc<EdgeShared>,
+}
+
+/// The response body, counted; logs the request when it ends or is dropped.
+#[derive(Debug)]
+pub struct AccessBody {
+    inner: ResponseBody,
+    sent: u64,
+    record: Option<Box<AccessRecord>>,
+}
+
+impl AccessBody {
+    fn finish(&mut self, complete: bool) {
+        let Some(r) = self.record.take() else {
+            return;
+        };
+        let ex = &r.ex;
+        let routed = ex.routed();
+        let total = ex.started.elapsed();
+        let mut class = r.class;
+        if !complete && class.verdict == Verdict::Success {
+            class = Class {
+                verdict: Verdict::Transient,
+                kind: Kind::ResetMidBody,
+                ..class
+            };
+        }
+        let spooled = ex.spooled();
+        let not_retried = if class.is_failure() && !spooled {
+            ex.not_retried()
+                .or_else(|| routed.and_then(|x| policy::static_refusal(x, &class, ex.attempts())))
+        } else {
+            None
+        };
+        if let Some(routed) = routed {
+            let m = r.shared.metrics.route(&routed.route);
+            let verdict = if spooled {
+                Verdict::Success
+            } else {
+                class.verdict
+            };
+            m.request(r.status, verdict, total.as_secs_f64());
+            if let Some(reason) = not_retried {
+                m.not_retried(reason);
+            }
+        }
+        if !r.shared.access_log {
+            return;
+        }
+        let upstream_ms = ex.upstream_latency().map(|d| d.as_secs_f64() * 1000.0);
+        tracing::info!(
+            target: "access",
+            request_id = ex.request_id.to_str().unwrap_or("-"),
+            method = r.method.as_str(),
+            path = r.uri.path(),
+            route = routed.map_or("-", |x| &*x.route.name),
+            graphql_op = routed
+                .and_then(|x| x.operation.as_deref())
+                .map_or("-", |op| op.display_name()),
+            graphql_type = routed
+                .and_then(|x| x.operation.as_deref())
+                .map_or("-", |op| op.kind.as_str()),
+            status = r.status,
+            class = class.verdict.as_str(),
+            kind = class.kind.as_str(),
+            error_code = r.error_code.unwrap_or("-"),
+            attempts = ex.attempts(),
+            not_retried = not_retried.map_or("-", NotRetried::as_str),
+            breaker = r.shared.breaker.state().as_str(),
+            spooled,
+            upstream_ms,
+            total_ms = total.as_secs_f64() * 1000.0,
+            request_bytes = routed.and_then(|x| x.body_bytes),
+            response_bytes = self.sent,
+            complete,
+        );
+    }
+}
+
+impl Body for AccessBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        let out = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &out {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    this.sent += d.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Some(Err(_)) => this.finish(false),
+            None => this.finish(true),
+        }
+        Poll::Ready(out)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AccessBody {
+    fn drop(&mut self) {
+        // The client went away (or hyper dropped the body) before the end.
+        self.finish(false);
+    }
+}

@@ -1,0 +1,119 @@
+//! Error leaves raised inside the stack, and helpers to find them in a chain.
+//!
+//! Inside the stack every error is a boxed [`Error`]; only [`crate::respond`]
+//! turns one into a status code, by looking for these leaf types anywhere in
+//! the source chain (the upstream client wraps our body errors in its own).
+
+use std::time::Duration;
+
+/// The boxed error every service in the stack returns.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// An attempt did not finish within the per-try timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream attempt timed out after {}", humantime::format_duration(*.0))]
+pub struct UpstreamTimeout(pub Duration);
+
+/// The request's overall deadline passed.
+#[derive(Debug, thiserror::Error)]
+#[error("request deadline of {} exceeded", humantime::format_duration(*.0))]
+pub struct DeadlineExceeded(pub Duration);
+
+/// The breaker is open: the request was not sent.
+#[derive(Debug, thiserror::Error)]
+#[error("circuit breaker is open; upstream not tried")]
+pub struct CircuitOpen {
+    /// Time until the breaker lets probes through.
+    pub retry_after: Duration,
+}
+
+/// The request body is larger than the configured limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit, in bytes.
+    pub limit: u64,
+}
+
+/// The request body could not be read from the client.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// The body of a GraphQL route is not a GraphQL request.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid GraphQL request: {0}")]
+pub struct InvalidGraphql(pub String);
+
+/// The client asked the sidecar to tunnel (`CONNECT`): it is not a proxy
+/// for arbitrary destinations.
+#[derive(Debug, thiserror::Error)]
+#[error("method {0} is not allowed: the sidecar forwards to its one upstream only")]
+pub struct MethodNotAllowed(pub http::Method);
+
+/// The spool is at capacity and refused a write.
+#[derive(Debug, thiserror::Error)]
+#[error("spool is full ({0}); write not accepted")]
+pub struct SpoolFull(pub String);
+
+/// The spool could not commit a write (disk full, I/O error, worker gone).
+#[derive(Debug, thiserror::Error)]
+#[error("spool commit failed: {0}")]
+pub struct SpoolUnavailable(pub String);
+
+/// The response body from the upstream broke off after the head arrived.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: {0}")]
+pub struct UpstreamBodyError(#[source] pub hyper::Error);
+
+/// The upstream's response body is larger than we can hold for replay or
+/// classification.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent an invalid response: {0}")]
+pub struct BadUpstreamResponse(pub String);
+
+/// Whether `err` or anything in its source chain is an `E`.
+pub fn is_caused_by<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
+    cause_ref::<E>(err).is_some()
+}
+
+/// The first `E` in `err`'s source chain, `err` included.
+pub fn cause_ref<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        // `io::Error` hides a custom payload behind `get_ref`, not `source`.
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(inner) = io.get_ref() {
+                if let Some(found) = inner.downcast_ref::<E>() {
+                    return Some(found);
+                }
+                if let Some(found) = cause_ref::<E>(inner) {
+                    return Some(found);
+                }
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_leaf_through_io_error() {
+        let leaf = BodyTooLarge { limit: 3 };
+        let io = std::io::Error::other(leaf);
+        let boxed: Error = Box::new(io);
+        assert!(is_caused_by::<BodyTooLarge>(boxed.as_ref()));
+        assert!(!is_caused_by::<CircuitOpen>(boxed.as_ref()));
+    }
+}

@@ -1,0 +1,261 @@
+//! Which GraphQL operation a request runs: its type, name and root fields
+//! (with their response aliases).
+//!
+//! The request JSON is read with a borrowing deserializer that keeps only
+//! `query` and `operationName` and skips `variables` without building them;
+//! the query text is parsed with `graphql-parser` (never with regexes) and the
+//! summary is remembered per query text, because a client such as the
+//! LiteralAI SDK sends a handful of distinct documents over and over.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use graphql_parser::query::{Definition, Document, OperationDefinition, Selection, SelectionSet};
+use serde::{Deserialize, Serialize};
+
+use crate::error::InvalidGraphql;
+
+/// Query texts remembered per thread; past this the cache starts over.
+const CACHE_ENTRIES: usize = 512;
+/// Fragment spreads followed at the root before a document is refused.
+const MAX_FRAGMENT_DEPTH: usize = 16;
+
+/// The three GraphQL operation types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationType {
+    /// A read.
+    Query,
+    /// A write.
+    Mutation,
+    /// A stream of events.
+    Subscription,
+}
+
+impl OperationType {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationType::Query => "query",
+            OperationType::Mutation => "mutation",
+            OperationType::Subscription => "subscription",
+        }
+    }
+}
+
+/// A field selected at the root of the operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootField {
+    /// The key it appears under in `data` (the alias, or the name).
+    pub response_key: Box<str>,
+    /// The schema field, e.g. `ingestStep`.
+    pub name: Box<str>,
+}
+
+/// What a GraphQL request does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    /// Query, mutation or subscription.
+    pub kind: OperationType,
+    /// The operation's name, if it has one.
+    pub name: Option<Box<str>>,
+    /// Root fields, fragments resolved, in document order.
+    pub root_fields: Box<[RootField]>,
+}
+
+impl Operation {
+    /// The name for logs, `-` when anonymous.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or("-")
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestFields<'a> {
+    #[serde(borrow, default)]
+    query: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "operationName")]
+    operation_name: Option<Cow<'a, str>>,
+}
+
+/// A parsed document: every operation in it, or why it is invalid.
+type Parsed = Result<Arc<[Arc<Operation>]>, String>;
+
+thread_local! {
+    static CACHE: RefCell<HashMap<Box<str>, Parsed>> = RefCell::new(HashMap::new());
+}
+
+/// The operation a GraphQL-over-HTTP request body runs.
+pub fn operation_of(body: &[u8]) -> Result<Arc<Operation>, InvalidGraphql> {
+    if body.first().is_some_and(|b| *b == b'[') {
+        return Err(InvalidGraphql(
+            "batched requests (a JSON array) are not supported; send one operation per request"
+                .into(),
+        ));
+    }
+    let fields: RequestFields<'_> = serde_json::from_slice(body)
+        .map_err(|e| InvalidGraphql(format!("body is not a GraphQL request object: {e}")))?;
+    let query = fields
+        .query
+        .ok_or_else(|| InvalidGraphql("the `query` field is missing".into()))?;
+    let ops = CACHE.with(|cache| {
+        if let Some(hit) = cache.borrow().get(query.as_ref()) {
+            return hit.clone();
+        }
+        let parsed = summarize(&query);
+        let mut cache = cache.borrow_mut();
+        if cache.len() >= CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(query.as_ref().into(), parsed.clone());
+        parsed
+    });
+    let ops = ops.map_err(InvalidGraphql)?;
+    select(&ops, fields.operation_name.as_deref())
+}
+
+fn select(ops: &[Arc<Operation>], name: Option<&str>) -> Result<Arc<Operation>, InvalidGraphql> {
+    match name {
+        Some(wanted) => ops
+            .iter()
+            .find(|op| op.name.as_deref() == Some(wanted))
+            .cloned()
+            .ok_or_else(|| {
+                InvalidGraphql(format!("operationName `{wanted}` is not in the document"))
+            }),
+        None if ops.len() == 1 => Ok(ops[0].clone()),
+        None => Err(InvalidGraphql(
+            "the document has several operations and no operationName".into(),
+        )),
+    }
+}
+
+/// Parse a query document and summarize every operation in it.
+fn summarize(query: &str) -> Parsed {
+    let doc: Document<'_, &str> = graphql_parser::parse_query(query).map_err(|e| {
+        // The parser's message spans lines; one line reads better in a log.
+        e.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    })?;
+    let mut ops = Vec::new();
+    for def in &doc.definitions {
+        let Definition::Operation(op) = def else {
+            continue;
+        };
+        let (kind, name, set) = match op {
+            OperationDefinition::SelectionSet(s) => (OperationType::Query, None, s),
+            OperationDefinition::Query(q) => (OperationType::Query, q.name, &q.selection_set),
+            OperationDefinition::Mutation(m) => (OperationType::Mutation, m.name, &m.selection_set),
+            OperationDefinition::Subscription(s) => {
+                (OperationType::Subscription, s.name, &s.selection_set)
+            }
+        };
+        let mut root_fields = Vec::new();
+        collect_root_fields(&doc, set, 0, &mut root_fields)?;
+        ops.push(Arc::new(Operation {
+            kind,
+            name: name.map(Into::into),
+            root_fields: root_fields.into_boxed_slice(),
+        }));
+    }
+    if ops.is_empty() {
+        return Err("the document has no operation".into());
+    }
+    Ok(ops.into())
+}
+
+fn collect_root_fields<'a>(
+    doc: &Document<'a, &'a str>,
+    set: &SelectionSet<'a, &'a str>,
+    depth: usize,
+    out: &mut Vec<RootField>,
+) -> Result<(), String> {
+    if depth > MAX_FRAGMENT_DEPTH {
+        return Err("fragments nest too deeply at the root (a cycle?)".into());
+    }
+    for item in &set.items {
+        match item {
+            Selection::Field(f) => out.push(RootField {
+                response_key: f.alias.unwrap_or(f.name).into(),
+                name: f.name.into(),
+            }),
+            Selection::InlineFragment(inline) => {
+                collect_root_fields(doc, &inline.selection_set, depth + 1, out)?
+            }
+            Selection::FragmentSpread(spread) => {
+                let frag = doc
+                    .definitions
+                    .iter()
+                    .find_map(|d| match d {
+                        Definition::Fragment(f) if f.name == spread.fragment_name => Some(f),
+                        _ => None,
+                    })
+                    .ok_or_else(|| format!("fragment `{}` is not defined", spread.fragment_name))?;
+                collect_root_fields(doc, &frag.selection_set, depth + 1, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(body: &str) -> Result<Arc<Operation>, InvalidGraphql> {
+        operation_of(body.as_bytes())
+    }
+
+    const ADD_STEP: &str = r#"{"query":"mutation AddStep($id_0: String!, $id_1: String!) {\n  step0: ingestStep(id: $id_0) { ok message }\n  step1: ingestStep(id: $id_1) { ok message }\n}","variables":{"id_0":"a","id_1":"b","nested":{"deep":[1,2,{"x":"y"}]}}}"#;
+
+    #[test]
+    fn add_step_batch() {
+        let o = op(ADD_STEP).unwrap();
+        assert_eq!(o.kind, OperationType::Mutation);
+        assert_eq!(o.name.as_deref(), Some("AddStep"));
+        let keys: Vec<_> = o.root_fields.iter().map(|f| &*f.response_key).collect();
+        assert_eq!(keys, ["step0", "step1"]);
+        assert!(o.root_fields.iter().all(|f| &*f.name == "ingestStep"));
+        // Second time comes from the cache and is the same.
+        assert_eq!(op(ADD_STEP).unwrap(), o);
+    }
+
+    #[test]
+    fn shorthand_query_and_fragments() {
+        let o = op(r#"{"query":"{ a b: c }"}"#).unwrap();
+        assert_eq!(o.kind, OperationType::Query);
+        assert_eq!(o.root_fields.len(), 2);
+        let o = op(r#"{"query":"mutation M { ...F ... on Mutation { z } } fragment F on Mutation { x y: w }"}"#)
+            .unwrap();
+        let names: Vec<_> = o.root_fields.iter().map(|f| &*f.name).collect();
+        assert_eq!(names, ["x", "w", "z"]);
+    }
+
+    #[test]
+    fn operation_name_selects() {
+        let body = r#"{"query":"query A { a } mutation B { b }","operationName":"B"}"#;
+        assert_eq!(op(body).unwrap().kind, OperationType::Mutation);
+        assert!(op(r#"{"query":"query A { a } mutation B { b }"}"#).is_err());
+        assert!(op(r#"{"query":"query A { a }","operationName":"Z"}"#).is_err());
+    }
+
+    #[test]
+    fn invalid_inputs_have_clear_errors() {
+        for bad in [
+            "not json",
+            r#"{"variables":{}}"#,
+            r#"{"query":"mutation { "}"#,
+            r#"[{"query":"{a}"}]"#,
+            r#"{"query":"fragment F on Q { a }"}"#,
+            r#"{"query":"{ ...Missing }"}"#,
+            r#"{"query":"{ ...A } fragment A on Q { ...A }"}"#,
+        ] {
+            let e = op(bad).unwrap_err();
+            assert!(!e.0.is_empty(), "{bad}");
+        }
+    }
+}

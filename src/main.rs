@@ -1,0 +1,129 @@
+//! `datalayer-sidecar`: parse the command line, load the config, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use datalayer_sidecar::cli::{Cli, Command};
+use datalayer_sidecar::config::Config;
+use datalayer_sidecar::{admin, sidecar, telemetry};
+use tokio::sync::watch;
+
+/// `EX_USAGE`: the configuration is wrong.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref(), &cli.overrides()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("datalayer-sidecar: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match cli.command {
+        Some(Command::CheckConfig) => check_config(&cfg),
+        Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
+        None | Some(Command::Run) => run(cfg),
+    }
+}
+
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = if worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(worker_threads);
+        b
+    };
+    // Blocking threads serve DNS lookups and the spool; a few are plenty.
+    b.enable_all().max_blocking_threads(8).build()
+}
+
+fn run(cfg: Config) -> ExitCode {
+    let _log = telemetry::init(&cfg.file.log);
+    let rt = match runtime(cfg.file.runtime.worker_threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+        });
+        sidecar::run(cfg, rx).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "datalayer-sidecar failed");
+            eprintln!("datalayer-sidecar: {e}");
+            if e.is_config() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the sidecar");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check_config(cfg: &Config) -> ExitCode {
+    for (key, addr) in [
+        ("listen.address", cfg.file.listen.address),
+        ("admin.address", cfg.file.admin.address),
+    ] {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            eprintln!("datalayer-sidecar: config key `{key}`: cannot listen on {addr}: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    }
+    print!("{}", cfg.to_toml());
+    eprintln!("datalayer-sidecar: config is valid");
+    ExitCode::SUCCESS
+}
+
+fn healthcheck(cfg: &Config, timeout: std::time::Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("datalayer-sidecar: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(admin::probe(cfg.file.admin.address, timeout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("datalayer-sidecar: unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! Prometheus metrics, with the per-request handles resolved up front.
+//!
+//! `prometheus-client` keeps labelled series in a map behind a lock; looking
+//! one up per request would hash label strings on the hot path. Instead every
+//! series a request can touch (per route × status class × verdict) is created
+//! at start and kept in plain arrays indexed by the route's position, so the
+//! hot path is an index and an atomic add.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::breaker::BreakerMetrics;
+use crate::classify::{Class, Verdict};
+use crate::exchange::NotRetried;
+use crate::route::Route;
+
+/// Prefix of every metric name.
+const PREFIX: &str = "datalayer_sidecar";
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+const VERDICTS: [Verdict; 3] = [Verdict::Success, Verdict::Transient, Verdict::Permanent];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status_class: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LatencyLabels {
+    route: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    route: String,
+    class: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    route: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Handles for one route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    name: String,
+    requests: [[Counter; 3]; 6],
+    latency: [Histogram; 6],
+    /// Retries started.
+    pub retries: Counter,
+    not_retried: [Counter; NotRetried::ALL.len()],
+    attempts: Family<AttemptLabels, Counter>,
+}
+
+impl RouteMetrics {
+    /// Count a finished request.
+    pub fn request(&self, status: u16, verdict: Verdict, seconds: f64) {
+        let sc = status_class(status);
+        let v = VERDICTS.iter().position(|x| *x == verdict).unwrap_or(0);
+        self.requests[sc][v].inc();
+        self.latency[sc].observe(seconds);
+    }
+
+    /// Count one upstream attempt.
+    pub fn attempt(&self, class: &Class) {
+        self.attempts
+            .get_or_create(&AttemptLabels {
+                route: self.name.clone(),
+                class: class.verdict.as_str(),
+                kind: class.kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Count a request that failed and was not retried.
+    pub fn not_retried(&self, reason: NotRetried) {
+        if let Some(i) = NotRetried::ALL.iter().position(|r| *r == reason) {
+            self.not_retried[i].inc();
+        }
+    }
+}
+
+/// One series of a family. Returning a clone from a function drops the
+/// family's lock guard before the next lookup (a guard kept alive across two
+/// lookups in one expression deadlocks the family's lock).
+fn series<L, M, C>(family: &Family<L, M, C>, labels: &L) -> M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    family.get_or_create(labels).clone()
+}
+
+fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// Spool metrics handles.
+#[derive(Debug, Clone, Default)]
+pub struct SpoolMetrics {
+    /// Entries waiting for delivery.
+    pub depth: Gauge,
+    /// Stored bytes waiting for delivery.
+    pub bytes: Gauge,
+    /// Age of the oldest waiting entry, in seconds.
+    pub oldest_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Entries in the dead-letter table.
+    pub dead_letters: Gauge,
+    /// Writes durably committed.
+    pub committed: Counter,
+    /// Group commits (transactions) made.
+    pub commit_batches: Counter,
+    /// Writes refused because the spool was full.
+    pub full: Counter,
+    /// Replays delivered.
+    pub replay_delivered: Counter,
+    /// Replays that failed transiently (will be tried again).
+    pub replay_transient: Counter,
+    /// Replays that failed permanently (dead-lettered).
+    pub replay_dead_lettered: Counter,
+}
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    routes: Vec<RouteMetrics>,
+    /// Breaker state and transitions.
+    pub breaker: BreakerMetrics,
+    /// Retries available in the budget (set at scrape time).
+    pub budget_balance: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Client connections open now.
+    pub connections_active: Gauge,
+    /// Client connections accepted.
+    pub connections_total: Counter,
+    /// Spool state and activity.
+    pub spool: SpoolMetrics,
+}
+
+impl Metrics {
+    /// Register every series for these routes.
+    pub fn new(routes: &[Arc<Route>]) -> Arc<Self> {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, status class and final class",
+            requests.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response, by route and status class",
+            latency.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Attempts sent to the upstream, by route, class and kind",
+            attempts.clone(),
+        );
+        let retries = Family::<RouteLabel, Counter>::default();
+        registry.register("retries", "Retries started, by route", retries.clone());
+        let not_retried = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "not_retried",
+            "Failed requests not tried again, by route and reason",
+            not_retried.clone(),
+        );
+
+        let routes = routes
+            .iter()
+            .map(|r| {
+                let name = r.name.to_string();
+                RouteMetrics {
+                    requests: std::array::from_fn(|sc| {
+                        std::array::from_fn(|v| {
+                            series(
+                                &requests,
+                                &RequestLabels {
+                                    route: name.clone(),
+                                    status_class: STATUS_CLASSES[sc],
+                                    class: VERDICTS[v].as_str(),
+                                },
+                            )
+                        })
+                    }),
+                    latency: std::array::from_fn(|sc| {
+                        series(
+                            &latency,
+                            &LatencyLabels {
+                                route: name.clone(),
+                                status_class: STATUS_CLASSES[sc],
+                            },
+                        )
+                    }),
+                    retries: series(
+                        &retries,
+                        &RouteLabel {
+                            route: name.clone(),
+                        },
+                    ),
+                    not_retried: std::array::from_fn(|i| {
+                        series(
+                            &not_retried,
+                            &ReasonLabels {
+                                route: name.clone(),
+                                reason: NotRetried::ALL[i].as_str(),
+                            },
+                        )
+                    }),
+                    attempts: attempts.clone(),
+                    name,
+                }
+            })
+            .collect();
+
+        let breaker = BreakerMetrics::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            breaker.state.clone(),
+        );
+        let transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker transitions, by the state entered",
+            transitions.clone(),
+        );
+        let breaker = BreakerMetrics {
+            to_closed: series(&transitions, &TransitionLabels { to: "closed" }),
+            to_half_open: series(&transitions, &TransitionLabels { to: "half_open" }),
+            to_open: series(&transitions, &TransitionLabels { to: "open" }),
+            ..breaker
+        };
+        registry.register(
+            "breaker_rejected",
+            "Requests refused because the breaker was open",
+            breaker.rejected.clone(),
+        );
+        let budget_balance = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "retry_budget_balance",
+            "Retries the shared budget allows right now",
+            budget_balance.clone(),
+        );
+        let connections_active = Gauge::default();
+        registry.register(
+            "connections_active",
+            "Client connections open now",
+            connections_active.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+
+        let spool = SpoolMetrics::default();
+        registry.register(
+            "spool_depth",
+            "Spooled writes waiting for delivery",
+            spool.depth.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of spooled writes waiting for delivery",
+            spool.bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest spooled write waiting for delivery",
+            spool.oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "spool_dead_letters",
+            "Writes in the dead-letter table",
+            spool.dead_letters.clone(),
+        );
+        registry.register(
+            "spool_committed",
+            "Writes durably committed to the spool",
+            spool.committed.clone(),
+        );
+        registry.register(
+            "spool_commit_batches",
+            "Spool transactions (group commits)",
+            spool.commit_batches.clone(),
+        );
+        registry.register(
+            "spool_full",
+            "Writes refused because the spool was full",
+            spool.full.clone(),
+        );
+        let replays = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "spool_replays",
+            "Replays of spooled writes, by outcome",
+            replays.clone(),
+        );
+        let spool = SpoolMetrics {
+            replay_delivered: series(
+                &replays,
+                &OutcomeLabels {
+                    outcome: "delivered",
+                },
+            ),
+            replay_transient: series(
+                &replays,
+                &OutcomeLabels {
+                    outcome: "transient_failure",
+                },
+            ),
+            replay_dead_lettered: series(
+                &replays,
+                &OutcomeLabels {
+                    outcome: "dead_lettered",
+                },
+            ),
+            ..spool
+        };
+
+        Arc::new(Metrics {
+            registry,
+            routes,
+            breaker,
+            budget_balance,
+            connections_active,
+            connections_total,
+            spool,
+        })
+    }
+
+    /// Handles for `route`.
+    pub fn route(&self, route: &Route) -> &RouteMetrics {
+        // Routes are the ones the metrics were built from; index is their slot.
+        &self.routes[route.index.min(self.routes.len() - 1)]
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}

@@ -1,0 +1,191 @@
+//! The upstream client and the innermost service of the stack.
+//!
+//! hyper-util's pooled client over hyper-rustls: keep-alive connections with
+//! an idle timeout, a connect timeout, TLS verified against the configured
+//! roots plus an optional extra CA file, and HTTP/2 when the upstream offers
+//! it through ALPN. DNS failures are tagged on the way out of the resolver so
+//! [`crate::classify`] can tell them from TCP failures.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{self, Poll};
+
+use http::{Request, Response};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pki_types::CertificateDer;
+use pki_types::pem::PemObject;
+use tower::Service;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::classify::DnsError;
+use crate::config::{TlsRoots, UpstreamFile};
+use crate::error::Error;
+use crate::exchange;
+use crate::proxy::forward::strip_hop_by_hop;
+
+/// The pooled HTTP(S) client used for every upstream request.
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>;
+
+/// The system resolver, with failures tagged as [`DnsError`].
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    inner: GaiResolver,
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Resolver {
+            inner: GaiResolver::new(),
+        }
+    }
+}
+
+impl Service<Name> for Resolver {
+    type Response = <GaiResolver as Service<Name>>::Response;
+    type Error = DnsError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, DnsError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut task::Context<'_>) -> Poll<Result<(), DnsError>> {
+        self.inner.poll_ready(cx).map_err(DnsError)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let fut = self.inner.call(name);
+        Box::pin(async move { fut.await.map_err(DnsError) })
+    }
+}
+
+/// Why the client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The extra CA file could not be used.
+    #[error("upstream.ca_file {path}: {message}")]
+    CaFile {
+        /// The configured path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No root certificates could be loaded.
+    #[error("upstream.tls_roots: {0}")]
+    Roots(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+fn root_store(cfg: &UpstreamFile) -> Result<rustls::RootCertStore, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match cfg.tls_roots {
+        TlsRoots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        TlsRoots::Platform => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 && cfg.ca_file.is_none() {
+                return Err(ClientError::Roots(format!(
+                    "no usable certificates in the platform store ({} errors)",
+                    found.errors.len()
+                )));
+            }
+        }
+    }
+    if let Some(path) = &cfg.ca_file {
+        let fail = |message: String| ClientError::CaFile {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| fail(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(fail("no PEM certificates found".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    Ok(roots)
+}
+
+/// Build the pooled client from `[upstream]`.
+pub fn build(cfg: &UpstreamFile) -> Result<HttpClient, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(root_store(cfg)?)
+        .with_no_client_auth();
+    let mut http = HttpConnector::new_with_resolver(Resolver::default());
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    let https = if cfg.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle)
+        .build(https))
+}
+
+/// Sends one attempt upstream. For GraphQL requests a successful response
+/// body is read (up to a bound) so it can be classified and replaced.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: HttpClient,
+    max_graphql_response: u64,
+}
+
+impl Upstream {
+    /// Send through `client`, buffering GraphQL answers up to `max` bytes.
+    pub fn new(client: HttpClient, max_graphql_response: u64) -> Self {
+        Upstream {
+            client,
+            max_graphql_response,
+        }
+    }
+}
+
+impl Service<Request<RequestBody>> for Upstream {
+    type Response = Response<ResponseBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut task::Context<'_>) -> Poll<Result<(), Error>> {
+        // The pooled client queues internally and is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let buffer = exchange::of(&req)
+            .and_then(|e| e.routed())
+            .is_some_and(|r| r.operation.is_some());
+        let fut = self.client.request(req);
+        let max = self.max_graphql_response;
+        Box::pin(async move {
+            let resp = fut.await.map_err(|e| Box::new(e) as Error)?;
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let body = if buffer && parts.status.is_success() {
+                ResponseBody::buffer(body, max).await?
+            } else {
+                ResponseBody::stream(body)
+            };
+            Ok(Response::from_parts(parts, body))
+        })
+    }
+}

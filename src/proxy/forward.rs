@@ -1,0 +1,402 @@
+//! Turning the client's request into the upstream's, once per request.
+//!
+//! [`Prepare`] reads the body (bounded; whole for GraphQL and for bodies small
+//! enough to replay, streamed otherwise), parses the GraphQL operation when a
+//! route needs it, picks the route, records the decision on the exchange, and
+//! rewrites the head for the one upstream: the URI is rebuilt from the
+//! configured scheme and authority (an absolute-form URI or a foreign `Host`
+//! never changes the destination — the sidecar is not an open proxy),
+//! hop-by-hop headers are dropped, `Host` is rewritten, `X-Forwarded-*` added.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version, request};
+use hyper::body::Incoming;
+use tower::{Layer, Service};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::{Config, UpstreamTarget};
+use crate::error::{BodyTooLarge, Error, InvalidGraphql, MethodNotAllowed};
+use crate::exchange::{self, Routed};
+use crate::graphql;
+use crate::route::{ErrorFormat, Routes};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+/// `TE` is handled apart: `TE: trailers` is kept so trailers can flow.
+fn hop_by_hop() -> [&'static HeaderName; 6] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
+
+/// Remove hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            // Never let `Connection` strip what the proxy must keep.
+            if name != header::HOST && name != header::CONTENT_LENGTH {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in hop_by_hop() {
+        headers.remove(name);
+    }
+    headers.remove(header::PROXY_AUTHENTICATE);
+    if let Some(te) = headers.get(header::TE) {
+        let trailers_only = te
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+            .unwrap_or(false);
+        headers.remove(header::TE);
+        if trailers_only {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+}
+
+/// The upstream, ready to rewrite request heads.
+#[derive(Debug)]
+pub struct Target {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    base_path: String,
+    host: HeaderValue,
+}
+
+impl Target {
+    /// From the validated upstream settings.
+    pub fn new(t: &UpstreamTarget) -> Result<Self, Error> {
+        Ok(Target {
+            scheme: t.scheme.clone(),
+            authority: t.authority.clone(),
+            base_path: t.base_path.clone(),
+            host: HeaderValue::from_str(t.authority.as_str())?,
+        })
+    }
+
+    /// The URI of `incoming`'s path and query on the upstream.
+    fn uri(&self, incoming: &Uri) -> Result<Uri, Error> {
+        let pq = incoming.path_and_query().map_or("/", |p| p.as_str());
+        let mut b = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone());
+        b = if self.base_path.is_empty() {
+            b.path_and_query(pq)
+        } else {
+            b.path_and_query(format!("{}{}", self.base_path, pq))
+        };
+        Ok(b.build()?)
+    }
+
+    /// Rewrite a request head for the upstream.
+    pub fn rewrite(
+        &self,
+        parts: &mut request::Parts,
+        client: Option<&HeaderValue>,
+    ) -> Result<(), Error> {
+        let original_host = parts.headers.remove(header::HOST).or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        parts.uri = self.uri(&parts.uri)?;
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::HOST, self.host.clone());
+        if let Some(ip) = client {
+            let value = match parts.headers.get(&X_FORWARDED_FOR) {
+                Some(prev) => {
+                    let mut v = prev.as_bytes().to_vec();
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(ip.as_bytes());
+                    HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+                }
+                None => ip.clone(),
+            };
+            parts.headers.insert(&X_FORWARDED_FOR, value);
+        }
+        parts
+            .headers
+            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if let Some(host) = original_host {
+            parts.headers.insert(&X_FORWARDED_HOST, host);
+        }
+        Ok(())
+    }
+}
+
+/// Settings [`Prepare`] shares across connections.
+#[derive(Debug)]
+pub struct PrepareShared {
+    /// The route table.
+    pub routes: Routes,
+    /// The upstream.
+    pub target: Target,
+    /// `limits.max_request_body`.
+    pub max_body: u64,
+    /// `limits.max_graphql_body`.
+    pub max_graphql_body: u64,
+    /// `spool.commit_margin`, kept off a spooling route's deadline.
+    pub commit_margin: Duration,
+}
+
+impl PrepareShared {
+    /// From the validated config.
+    pub fn new(cfg: &Config) -> Result<Self, Error> {
+        Ok(PrepareShared {
+            routes: Routes::new(cfg.routes.clone()),
+            target: Target::new(&cfg.upstream)?,
+            max_body: cfg.file.limits.max_request_body.as_u64(),
+            max_graphql_body: cfg.file.limits.max_graphql_body.as_u64(),
+            commit_margin: cfg.file.spool.commit_margin,
+        })
+    }
+}
+
+/// Adds [`Prepare`] to a stack for one client connection.
+#[derive(Debug, Clone)]
+pub struct PrepareLayer {
+    shared: Arc<PrepareShared>,
+    client: Option<HeaderValue>,
+}
+
+impl PrepareLayer {
+    /// For a connection from `client`.
+    pub fn new(shared: Arc<PrepareShared>, client: Option<SocketAddr>) -> Self {
+        PrepareLayer {
+            shared,
+            client: client.and_then(|a| HeaderValue::from_str(&a.ip().to_string()).ok()),
+        }
+    }
+}
+
+impl<S> Layer<S> for PrepareLayer {
+    type Service = Prepare<S>;
+    fn layer(&self, inner: S) -> Prepare<S> {
+        Prepare {
+            inner,
+            shared: self.shared.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Prepare<S> {
+    inner: S,
+    shared: Arc<PrepareShared>,
+    client: Option<HeaderValue>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
+
+// === impl Prepare ===
+
+impl<S> Service<Request<Incoming>> for Prepare<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Error;
+    type Future = BoxFuture<Response<ResponseBody>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        // Use the service that was polled ready; leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        let client = self.client.clone();
+        Box::pin(async move {
+            let req = prepare(&shared, client.as_ref(), req).await?;
+            inner.call(req).await
+        })
+    }
+}
+
+/// Read a GraphQL request whole (bounded) and find its operation.
+async fn read_graphql(
+    shared: &PrepareShared,
+    incoming: Incoming,
+    content_length: Option<u64>,
+) -> Result<(RequestBody, Arc<graphql::Operation>), Error> {
+    let limit = shared.max_graphql_body;
+    let body = RequestBody::read(incoming, content_length, limit, limit)
+        .await
+        .map_err(|e| {
+            if crate::error::is_caused_by::<BodyTooLarge>(e.as_ref()) {
+                Box::new(BodyTooLarge { limit }) as Error
+            } else {
+                e
+            }
+        })?;
+    let bytes = body.bytes().ok_or(BodyTooLarge { limit })?;
+    let op = graphql::operation_of(bytes).inspect_err(|e: &InvalidGraphql| {
+        tracing::debug!(error = %e, "invalid GraphQL request");
+    })?;
+    Ok((body, op))
+}
+
+async fn prepare(
+    shared: &PrepareShared,
+    client: Option<&HeaderValue>,
+    req: Request<Incoming>,
+) -> Result<Request<RequestBody>, Error> {
+    let (mut parts, incoming) = req.into_parts();
+    if parts.method == http::Method::CONNECT {
+        return Err(Box::new(MethodNotAllowed(parts.method)));
+    }
+    let ex = parts
+        .extensions
+        .get::<Arc<exchange::Exchange>>()
+        .cloned()
+        .ok_or("request reached Prepare without an exchange")?;
+    let content_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let routes = &shared.routes;
+    let path = parts.uri.path();
+    let is_graphql = routes.needs_graphql(&parts.method, path);
+    let (body, operation, route) = if is_graphql {
+        match read_graphql(shared, incoming, content_length).await {
+            Ok((body, op)) => {
+                let route = routes.find(&parts.method, path, Some(&op)).clone();
+                (body, Some(op), route)
+            }
+            Err(e) => {
+                // Refused before routing: still answer in the GraphQL envelope
+                // and log under the route the head matches.
+                let route = routes.find(&parts.method, path, None).clone();
+                ex.set_routed(Routed {
+                    deadline: ex.started + route.deadline,
+                    route,
+                    operation: None,
+                    idempotent: false,
+                    replayable: false,
+                    error_format: ErrorFormat::Graphql,
+                    body_bytes: content_length,
+                });
+                return Err(e);
+            }
+        }
+    } else {
+        let route = routes.find(&parts.method, path, None).clone();
+        let keep = route.retry.max_replay_body.as_u64();
+        let body = RequestBody::read(incoming, content_length, keep, shared.max_body).await?;
+        (body, None, route)
+    };
+    if body.has_trailers() {
+        // Trailers need chunked framing; a length header would drop them.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body_bytes = body.bytes().map(|b| b.len() as u64).or(content_length);
+    let replayable = body
+        .bytes()
+        .is_some_and(|b| b.len() as u64 <= route.retry.max_replay_body.as_u64());
+    let margin = if route.spools() {
+        shared.commit_margin
+    } else {
+        Duration::ZERO
+    };
+    let deadline = ex.started + route.deadline.saturating_sub(margin);
+    let error_format = route.error_format_for(operation.as_deref());
+    let idempotent = route.is_idempotent(&parts.method, operation.as_deref());
+    shared.target.rewrite(&mut parts, client)?;
+    ex.set_routed(Routed {
+        route,
+        operation,
+        idempotent,
+        replayable,
+        error_format,
+        deadline,
+        body_bytes,
+    });
+    Ok(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(url: &str) -> Target {
+        Target::new(&UpstreamTarget::parse(url).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn rewrite_pins_destination_and_drops_hop_by_hop() {
+        let t = target("https://backend.example.com:8443/base");
+        let mut req = Request::builder()
+            .uri("http://evil.example.net/api/graphql?x=1")
+            .header("host", "evil.example.net")
+            .header("connection", "keep-alive, x-secret-hop")
+            .header("x-secret-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers, deflate")
+            .header("transfer-encoding", "chunked")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("x-api-key", "k")
+            .body(())
+            .unwrap();
+        let ip = HeaderValue::from_static("127.0.0.1");
+        let (mut parts, _) = req.into_parts();
+        t.rewrite(&mut parts, Some(&ip)).unwrap();
+        req = Request::from_parts(parts, ());
+        assert_eq!(
+            req.uri().to_string(),
+            "https://backend.example.com:8443/base/api/graphql?x=1"
+        );
+        let h = req.headers();
+        assert_eq!(h["host"], "backend.example.com:8443");
+        assert_eq!(h["x-forwarded-host"], "evil.example.net");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["te"], "trailers");
+        assert_eq!(h["x-api-key"], "k");
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "transfer-encoding",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} was kept");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The data path: the listener, the request rewrite, and the upstream client.
+
+pub mod client;
+pub mod forward;
+pub mod server;

@@ -1,0 +1,160 @@
+//! The retry decision, as a tower [`Policy`].
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use tokio::time::{Instant, Sleep};
+use tower::retry::Policy;
+use tower::retry::budget::Budget;
+
+use super::{Backoff, RetryBudget};
+use crate::body::{RequestBody, ResponseBody};
+use crate::breaker::{Breaker, State};
+use crate::classify::{Class, Verdict};
+use crate::error::Error;
+use crate::exchange::{self, Exchange, NotRetried, Routed};
+use crate::metrics::Metrics;
+
+/// Decides, after each failed attempt, whether and when to try again.
+///
+/// The policy in the service is a template: tower clones it for each
+/// request, and the clone keeps that request's state.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    budget: Arc<RetryBudget>,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+    /// Set on a request's own copy once it has retried, so the request's
+    /// deposit into the budget is made exactly once.
+    retrying: bool,
+}
+
+impl RetryPolicy {
+    /// A policy sharing `budget` and `breaker` with every other request.
+    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker, metrics: Arc<Metrics>) -> Self {
+        RetryPolicy {
+            budget,
+            breaker,
+            metrics,
+            retrying: false,
+        }
+    }
+
+    /// Why not to retry, or how long to wait first.
+    fn decide(
+        &self,
+        ex: &Exchange,
+        routed: &Routed,
+        class: &Class,
+    ) -> Result<std::time::Duration, NotRetried> {
+        let route = &routed.route;
+        let attempts = ex.attempts();
+        if let Some(reason) = static_refusal(routed, class, attempts) {
+            return Err(reason);
+        }
+        if route.breaker && self.breaker.state() == State::Open {
+            return Err(NotRetried::BreakerOpen);
+        }
+        let backoff = Backoff::try_new(
+            route.retry.backoff_base,
+            route.retry.backoff_max,
+            route.retry.jitter,
+        )
+        .map_err(|_| NotRetried::Permanent)?;
+        let mut delay = backoff.delay(attempts);
+        if let Some(asked) = class.retry_after {
+            if asked > route.retry.retry_after_max {
+                return Err(NotRetried::RetryAfterTooLong);
+            }
+            delay = delay.max(asked);
+        }
+        if Instant::now() + delay + route.retry.min_attempt_time > routed.deadline {
+            return Err(NotRetried::Deadline);
+        }
+        if !self.budget.withdraw() {
+            return Err(NotRetried::BudgetExhausted);
+        }
+        Ok(delay)
+    }
+}
+
+/// The reasons not to retry that depend only on the request and the
+/// failure (not on time, the budget or the breaker). Also used to explain a
+/// failure the policy never saw, such as one whose body was not kept.
+pub fn static_refusal(routed: &Routed, class: &Class, attempts: u32) -> Option<NotRetried> {
+    if class.verdict == Verdict::Permanent {
+        return Some(NotRetried::Permanent);
+    }
+    if attempts >= routed.route.retry.max_attempts {
+        return Some(NotRetried::MaxAttempts);
+    }
+    if class.may_have_reached && !routed.idempotent {
+        return Some(NotRetried::NotIdempotent);
+    }
+    if !routed.replayable {
+        return Some(NotRetried::BodyOverCap);
+    }
+    None
+}
+
+impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy {
+    type Future = Sleep;
+
+    fn retry(
+        &mut self,
+        req: &mut Request<RequestBody>,
+        result: &mut Result<Response<ResponseBody>, Error>,
+    ) -> Option<Sleep> {
+        let class = match result {
+            Ok(resp) => resp
+                .extensions()
+                .get::<Class>()
+                .copied()
+                .unwrap_or(Class::OK),
+            Err(e) => Class::of_error(e),
+        };
+        if !class.is_failure() {
+            return None;
+        }
+        let ex = exchange::of(req)?;
+        let routed = ex.routed()?;
+        match self.decide(ex, routed, &class) {
+            Ok(delay) => {
+                self.retrying = true;
+                self.metrics.route(&routed.route).retries.inc();
+                tracing::debug!(
+                    request_id = ?ex.request_id,
+                    attempt = ex.attempts(),
+                    kind = class.kind.as_str(),
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying"
+                );
+                Some(tokio::time::sleep(delay))
+            }
+            Err(reason) => {
+                ex.set_not_retried(reason);
+                None
+            }
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+        if !self.retrying {
+            self.budget.deposit();
+        }
+        let replayable = exchange::of(req)
+            .and_then(|e| e.routed())
+            .is_some_and(|r| r.replayable);
+        if !replayable {
+            return None;
+        }
+        let body = req.body().try_clone()?;
+        let mut copy = Request::new(body);
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
+    }
+}

@@ -1,0 +1,141 @@
+//! The one place where the layers are put in order.
+//!
+//! A request goes down this list and its response comes back up it. Every
+//! layer says why it stands where it does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tower::retry::RetryLayer;
+use tower::{Service, ServiceBuilder};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+
+use crate::breaker::{Breaker, BreakerGateLayer};
+use crate::classify::Classifier;
+use crate::classify::layer::ClassifyLayer;
+use crate::edge::{AccessBody, EdgeLayer, EdgeShared, X_REQUEST_ID};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::proxy::client::Upstream;
+use crate::proxy::forward::{PrepareLayer, PrepareShared};
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::timeout::TimeoutLayer;
+
+/// Everything the layers share across connections.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// Routing and request rewrite.
+    pub prepare: Arc<PrepareShared>,
+    /// Access log and request metrics.
+    pub edge: Arc<EdgeShared>,
+    /// Outcome classification.
+    pub classifier: Arc<Classifier>,
+    /// The upstream's breaker.
+    pub breaker: Breaker,
+    /// The retry budget shared by all requests.
+    pub budget: Arc<RetryBudget>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The upstream client.
+    pub upstream: Upstream,
+    /// Header names whose values are secret.
+    pub sensitive: Arc<[HeaderName]>,
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique without a
+/// random draw or a lock per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FastRequestId;
+
+impl MakeRequestId for FastRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static PREFIX: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let prefix = *PREFIX.get_or_init(|| fastrand::u64(..));
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{prefix:016x}{n:016x}");
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// The credential headers never to print: always these, plus the header the
+/// spool replays a key in.
+pub fn sensitive_headers(extra: &str) -> Arc<[HeaderName]> {
+    let mut v = vec![
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        COOKIE,
+        HeaderName::from_static("x-api-key"),
+    ];
+    if let Ok(h) = HeaderName::from_bytes(extra.as_bytes()) {
+        if !v.contains(&h) {
+            v.push(h);
+        }
+    }
+    v.into()
+}
+
+/// The service for one client connection from `peer`.
+pub fn build(
+    shared: &Shared,
+    peer: Option<SocketAddr>,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<AccessBody>,
+    Error = Error,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
+        // Mark credentials sensitive before anything can see them, so no
+        // Debug print or trace event of a request head can show a key.
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(
+            shared.sensitive.clone(),
+        ))
+        // Give every request an id (the client's own if it sent one) before
+        // the edge opens the exchange, so every log line carries it...
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), FastRequestId))
+        // ...and return it to the client on every answer, errors included.
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
+        // Outermost of ours: sees every outcome, so it alone turns errors
+        // into structured responses and writes the access line and metrics.
+        .layer(EdgeLayer::new(shared.edge.clone()))
+        // Read the body, parse GraphQL, pick the route, rewrite the head for
+        // the one upstream. Everything below knows the route's policy.
+        .layer(PrepareLayer::new(shared.prepare.clone(), peer))
+        // One deadline over all attempts and backoff, below the client's own
+        // timeout, so the app always gets our answer first.
+        .layer(TimeoutLayer::deadline())
+        // Fail fast while the upstream is known to be down; one admission
+        // covers all of a request's attempts (a probe keeps its slot).
+        .layer(BreakerGateLayer::new(shared.breaker.clone()))
+        // Retry transient failures when safe, paced by backoff, Retry-After
+        // and the shared budget; stops early if the breaker opens.
+        .layer(RetryLayer::new(RetryPolicy::new(
+            shared.budget.clone(),
+            shared.breaker.clone(),
+            shared.metrics.clone(),
+        )))
+        // Judge each attempt once, for retry, breaker, metrics and logs;
+        // above the per-try timeout so a timeout is judged like any failure.
+        .layer(ClassifyLayer::new(
+            shared.classifier.clone(),
+            shared.breaker.clone(),
+            shared.metrics.clone(),
+        ))
+        // Bound one attempt (clamped to the deadline) so a hung upstream
+        // costs one try, not the whole request.
+        .layer(TimeoutLayer::per_try())
+        .service(shared.upstream.clone())
+}

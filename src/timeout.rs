@@ -1,0 +1,140 @@
+//! Two timeouts: the per-try timeout around one attempt, and the deadline
+//! around all attempts of a request.
+//!
+//! Both fail with a typed error ([`UpstreamTimeout`], [`DeadlineExceeded`])
+//! that [`crate::respond`] turns into a 504 with a structured body; a
+//! timeout never shows up to the client as a dropped connection. The per-try
+//! timeout is clamped to the time left before the deadline, so no attempt
+//! outlives the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service};
+
+use crate::error::{DeadlineExceeded, Error, UpstreamTimeout};
+use crate::exchange;
+
+/// Which timeout a [`Timeout`] enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// One attempt: the route's `per_try`, clamped to the deadline.
+    PerTry,
+    /// The whole request: the route's deadline.
+    Deadline,
+}
+
+/// Adds a [`Timeout`] to a stack.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeoutLayer {
+    scope: Scope,
+}
+
+impl TimeoutLayer {
+    /// Per-attempt timeout.
+    pub fn per_try() -> Self {
+        TimeoutLayer {
+            scope: Scope::PerTry,
+        }
+    }
+
+    /// Overall deadline.
+    pub fn deadline() -> Self {
+        TimeoutLayer {
+            scope: Scope::Deadline,
+        }
+    }
+}
+
+impl<S> Layer<S> for TimeoutLayer {
+    type Service = Timeout<S>;
+    fn layer(&self, inner: S) -> Timeout<S> {
+        Timeout {
+            inner,
+            scope: self.scope,
+        }
+    }
+}
+
+/// Fails a request that takes too long.
+#[derive(Debug, Clone)]
+pub struct Timeout<S> {
+    inner: S,
+    scope: Scope,
+}
+
+// === impl Timeout ===
+
+impl<S, B> Service<Request<B>> for Timeout<S>
+where
+    S: Service<Request<B>, Error = Error>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let routed = exchange::of(&req).and_then(|e| e.routed());
+        let (until, label) = match (routed, self.scope) {
+            (Some(r), Scope::PerTry) => {
+                let until = (Instant::now() + r.route.per_try).min(r.deadline);
+                (until, r.route.per_try)
+            }
+            (Some(r), Scope::Deadline) => (r.deadline, r.route.deadline),
+            // Unrouted requests never reach these layers; be safe anyway.
+            (None, _) => {
+                let d = Duration::from_secs(30);
+                (Instant::now() + d, d)
+            }
+        };
+        ResponseFuture {
+            inner: self.inner.call(req),
+            sleep: tokio::time::sleep_until(until),
+            scope: self.scope,
+            label,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Timeout`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        scope: Scope,
+        label: Duration,
+    }
+}
+
+impl<F, T> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, Error>>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.inner.poll(cx) {
+            return Poll::Ready(out);
+        }
+        match this.sleep.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(match this.scope {
+                Scope::PerTry => Box::new(UpstreamTimeout(*this.label)) as Error,
+                Scope::Deadline => Box::new(DeadlineExceeded(*this.label)),
+            })),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

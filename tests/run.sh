@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every test: the Rust unit and integration tests, then the end-to-end suite
+# with the real Chainlit data layer (tests/e2e/run.sh) when it exists.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --all-targets --no-fail-fast
+else
+    cargo test --locked --all-targets --no-fail-fast
+fi
+cargo test --locked --doc
+
+if [ -x tests/e2e/run.sh ]; then
+    tests/e2e/run.sh
+fi
