@@ -4,18 +4,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::client;
+use support::client::{self, sample};
 use support::proxy::shipped_routes;
 use support::{FakeUpstream, Reply, Sidecar};
-
-/// The value of the first sample line starting with `prefix`.
-fn sample(metrics: &str, prefix: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test]
 async fn healthz_readyz_and_unknown_paths() {

@@ -178,3 +178,29 @@ async fn text_log_format_by_flag() {
     assert!(line.contains("status=200"), "{logs}");
     assert!(serde_json::from_str::<serde_json::Value>(line).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_retried_reason_is_in_the_access_line() {
+    let up = FakeUpstream::start(|_, _| Reply::text(503, "down")).await;
+    let cfg = config_text(
+        &up.url(),
+        "[retry]\nmax_replay_body = \"1KiB\"\nbackoff_base = \"1ms\"\nbackoff_max = \"1ms\"\n[breaker]\nenabled = false\n",
+    );
+    let mut p = Process::spawn(&cfg, &[]).await;
+    let big = serde_json::json!({"blob": "x".repeat(4096)});
+    let a = client::post_json_to(p.addr, "/api/things", &big, "PUT").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(up.hits(), 1);
+    p.signal("TERM");
+    assert!(p.wait_exit(Duration::from_secs(10)).await.success());
+    let logs = p.logs();
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["target"] == "access")
+        .unwrap_or_else(|| panic!("no access line:\n{logs}"));
+    assert_eq!(line["not_retried"], "body_over_cap", "{line}");
+    assert_eq!(line["class"], "transient");
+    assert_eq!(line["kind"], "status_5xx");
+    assert_eq!(line["attempts"], 1);
+}

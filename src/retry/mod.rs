@@ -15,3 +15,6 @@ pub mod policy;
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use policy::RetryPolicy;
+
+#[cfg(test)]
+mod tests;

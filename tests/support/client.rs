@@ -150,6 +150,24 @@ pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     send(addr, Request::get(path).body(TestBody::empty()).unwrap()).await
 }
 
+pub async fn post_json_to(
+    addr: SocketAddr,
+    path: &str,
+    value: &serde_json::Value,
+    method: &str,
+) -> Answer {
+    send(
+        addr,
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(TestBody::full(value.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
 pub async fn post_json(addr: SocketAddr, path: &str, value: &serde_json::Value) -> Answer {
     send(
         addr,
@@ -190,4 +208,38 @@ pub fn add_step_with(steps: Vec<(String, String)>) -> serde_json::Value {
         "query": format!("mutation AddStep({}) {{\n{}\n}}", decls.join(", "), fields.join("\n")),
         "variables": vars,
     })
+}
+
+/// The value of the first sample line of `/metrics` starting with `prefix`.
+pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A mutation that is not `ingestStep` (so not idempotent in the preset).
+pub fn other_mutation() -> serde_json::Value {
+    serde_json::json!({
+        "query": "mutation CreateThread($id: String!) { upsertThread(id: $id) { id } }",
+        "variables": {"id": "thread-1"}
+    })
+}
+
+/// A query (idempotent).
+pub fn query() -> serde_json::Value {
+    serde_json::json!({"query": "query GetStep($id: String!) { step(id: $id) { id } }", "variables": {"id": "s"}})
+}
+
+/// The success answer for an `AddStep` with these aliases.
+pub fn steps_ok(n: usize) -> serde_json::Value {
+    let mut data = serde_json::Map::new();
+    for i in 0..n {
+        data.insert(
+            format!("step{i}"),
+            serde_json::json!({"ok": true, "message": "stored"}),
+        );
+    }
+    serde_json::json!({ "data": data })
 }

@@ -28,6 +28,10 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub trailers: Option<HeaderMap>,
+    /// When the request's body had fully arrived.
+    pub at: tokio::time::Instant,
+    /// The same moment, on the wall clock (for HTTP-date checks).
+    pub wall: std::time::SystemTime,
 }
 
 impl Recorded {
@@ -118,10 +122,13 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<State>,
     task: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for FakeUpstream {
     fn drop(&mut self) {
+        // Stop accepting and drop every open connection, like a dead process.
+        let _ = self.stop.send(true);
         self.task.abort();
     }
 }
@@ -170,6 +177,7 @@ impl FakeUpstream {
             consumed: Mutex::new(Vec::new()),
         });
         let st = state.clone();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
             loop {
@@ -178,7 +186,8 @@ impl FakeUpstream {
                 };
                 let st = st.clone();
                 let acceptor = acceptor.clone();
-                tokio::spawn(async move {
+                let mut stopped = stopped.clone();
+                let conn = async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let st = st.clone();
                         async move { handle(st, req).await }
@@ -195,10 +204,21 @@ impl FakeUpstream {
                             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                         }
                     }
+                };
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = conn => {}
+                        _ = stopped.wait_for(|s| *s) => {}
+                    }
                 });
             }
         });
-        FakeUpstream { addr, state, task }
+        FakeUpstream {
+            addr,
+            state,
+            task,
+            stop,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -220,9 +240,7 @@ impl FakeUpstream {
 
     /// Stop listening (the port then refuses connections) and return it.
     pub fn stop(self) -> SocketAddr {
-        let addr = self.addr;
-        self.task.abort();
-        addr
+        self.addr
     }
 }
 
@@ -262,6 +280,8 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Reply
         headers: parts.headers,
         body: collected.to_bytes(),
         trailers,
+        at: tokio::time::Instant::now(),
+        wall: std::time::SystemTime::now(),
     };
     let n = st.hits.fetch_add(1, Ordering::SeqCst);
     let reply = (st.handler)(&rec, n);

@@ -1,0 +1,185 @@
+//! The reliability layers composed as in the stack, over a mock upstream,
+//! with paused time: deadlines and `Retry-After` are checked to the instant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower::retry::RetryLayer;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use super::{RetryBudget, RetryPolicy};
+use crate::body::{RequestBody, ResponseBody};
+use crate::breaker::{Breaker, BreakerGateLayer};
+use crate::classify::Classifier;
+use crate::classify::layer::ClassifyLayer;
+use crate::config::{Config, Overrides};
+use crate::error::Error;
+use crate::exchange::{Exchange, NotRetried, Routed};
+use crate::metrics::Metrics;
+use crate::route::Routes;
+use crate::timeout::TimeoutLayer;
+
+type Mock = tower_test::mock::Mock<Request<RequestBody>, Response<ResponseBody>>;
+type Handle = tower_test::mock::Handle<Request<RequestBody>, Response<ResponseBody>>;
+
+struct Rig {
+    svc: tower::util::BoxCloneService<Request<RequestBody>, Response<ResponseBody>, Error>,
+    handle: Handle,
+    routes: Routes,
+}
+
+fn rig(timeouts: &str, retry: &str) -> Rig {
+    let text = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[timeouts]\n{timeouts}\n[retry]\njitter = 0.0\n{retry}\n[[routes]]\nname = \"steps\"\nidempotent = true\n"
+    );
+    let cfg = Config::from_toml_str(&text, std::path::Path::new("t"), &[], &Overrides::default())
+        .unwrap();
+    let routes = Routes::new(cfg.routes.clone());
+    let metrics = Metrics::new(routes.all());
+    let breaker = Breaker::new(cfg.file.breaker.clone(), metrics.breaker.clone());
+    let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 100, 1.0));
+    let (mock, handle): (Mock, Handle) = tower_test::mock::pair();
+    let svc = ServiceBuilder::new()
+        .layer(TimeoutLayer::deadline())
+        .layer(BreakerGateLayer::new(breaker.clone()))
+        .layer(RetryLayer::new(RetryPolicy::new(
+            budget,
+            breaker.clone(),
+            metrics.clone(),
+        )))
+        .layer(ClassifyLayer::new(
+            Arc::new(Classifier::new(&cfg.file.classify)),
+            breaker,
+            metrics,
+        ))
+        .layer(TimeoutLayer::per_try())
+        .service(mock);
+    Rig {
+        svc: tower::util::BoxCloneService::new(svc),
+        handle,
+        routes,
+    }
+}
+
+fn request(rig: &Rig) -> (Request<RequestBody>, Arc<Exchange>) {
+    let ex = Exchange::new(http::HeaderValue::from_static("test"));
+    let route = rig.routes.all()[0].clone();
+    ex.set_routed(Routed {
+        deadline: ex.started + route.deadline,
+        idempotent: true,
+        replayable: true,
+        error_format: crate::route::ErrorFormat::Problem,
+        operation: None,
+        body_bytes: Some(2),
+        route,
+    });
+    let mut req = Request::post("http://127.0.0.1:9/x")
+        .body(RequestBody::full(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    req.extensions_mut().insert(ex.clone());
+    (req, ex)
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn hanging_upstream_is_answered_exactly_at_the_deadline() {
+    let mut rig = rig("per_try = \"3s\"\ndeadline = \"8500ms\"", "");
+    let (req, ex) = request(&rig);
+    let mut handle = rig.handle;
+    let arrivals = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut at = Vec::new();
+        while let Some((_req, send)) = handle.next_request().await {
+            at.push(Instant::now());
+            held.push(send); // never answered
+        }
+        at
+    });
+    let started = Instant::now();
+    let out = rig.svc.ready().await.unwrap().call(req).await;
+    let took = started.elapsed();
+    assert!(out.is_err());
+    assert_eq!(
+        took,
+        Duration::from_millis(8500),
+        "answered at the deadline, not after"
+    );
+    // Attempts at 0, 3.05 s and 6.15 s (backoff 50 ms, then 100 ms); the
+    // third is clamped to the deadline.
+    assert_eq!(ex.attempts(), 3);
+    assert_eq!(ex.not_retried(), Some(NotRetried::Deadline));
+    drop(rig.svc);
+    let at = arrivals.await.unwrap();
+    let offsets: Vec<_> = at.iter().map(|t| (*t - started).as_millis()).collect();
+    assert_eq!(offsets, [0, 3050, 6150]);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn retry_after_is_waited_for_exactly() {
+    let mut rig = rig("per_try = \"1s\"\ndeadline = \"8s\"", "");
+    let (req, ex) = request(&rig);
+    let mut handle = rig.handle;
+    let server = tokio::spawn(async move {
+        let mut at = Vec::new();
+        let mut n = 0;
+        while let Some((_req, send)) = handle.next_request().await {
+            at.push(Instant::now());
+            n += 1;
+            let resp = if n == 1 {
+                Response::builder()
+                    .status(503)
+                    .header("retry-after", "3")
+                    .body(ResponseBody::empty())
+                    .unwrap()
+            } else {
+                Response::new(ResponseBody::empty())
+            };
+            send.send_response(resp);
+        }
+        at
+    });
+    let started = Instant::now();
+    let resp = rig.svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(ex.attempts(), 2);
+    drop(rig.svc);
+    let at = server.await.unwrap();
+    assert_eq!(at[1] - at[0], Duration::from_secs(3), "not a moment early");
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn backoff_doubles_between_attempts_up_to_the_cap() {
+    let mut rig = rig(
+        "per_try = \"1s\"\ndeadline = \"8s\"",
+        "max_attempts = 4\nbackoff_base = \"100ms\"\nbackoff_max = \"250ms\"",
+    );
+    let (req, ex) = request(&rig);
+    let mut handle = rig.handle;
+    let server = tokio::spawn(async move {
+        let mut at = Vec::new();
+        while let Some((_req, send)) = handle.next_request().await {
+            at.push(Instant::now());
+            send.send_response(
+                Response::builder()
+                    .status(503)
+                    .body(ResponseBody::empty())
+                    .unwrap(),
+            );
+        }
+        at
+    });
+    let started = Instant::now();
+    let resp = rig.svc.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        503,
+        "the backend's answer after the last try"
+    );
+    assert_eq!(ex.not_retried(), Some(NotRetried::MaxAttempts));
+    drop(rig.svc);
+    let at = server.await.unwrap();
+    let offsets: Vec<_> = at.iter().map(|t| (*t - started).as_millis()).collect();
+    assert_eq!(offsets, [0, 100, 300, 550]);
+}
