@@ -330,7 +330,7 @@ impl Default for BreakerFile {
             window: Duration::from_secs(10),
             min_calls: 20,
             failure_rate: 0.5,
-            consecutive_failures: 5,
+            consecutive_failures: 20,
             open_for: Duration::from_secs(5),
             max_open_for: Duration::from_secs(60),
             probes: 3,

@@ -120,9 +120,11 @@ pub async fn run_with_listeners(
         admin_stop,
     ));
 
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(
-        listen = ?local,
+        listen = %local,
         upstream = %cfg.file.upstream.url,
         admin = %cfg.file.admin.address,
         routes = routes.all().len(),
