@@ -67,6 +67,14 @@ impl RequestBody {
         }
     }
 
+    /// The whole body, shared (no copy), when held whole.
+    pub fn full_bytes(&self) -> Option<Bytes> {
+        match self {
+            RequestBody::Full { data, .. } => Some(data.clone().unwrap_or_default()),
+            RequestBody::Stream { .. } => None,
+        }
+    }
+
     /// Whether a whole body carries trailers.
     pub fn has_trailers(&self) -> bool {
         matches!(

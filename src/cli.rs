@@ -27,6 +27,10 @@ pub struct Cli {
     /// Override `log.format`.
     #[arg(long = "log-format", global = true, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Move a corrupt spool store aside (renamed `*.corrupt-<ms>`) and start
+    /// with an empty one, instead of refusing to start.
+    #[arg(long, global = true)]
+    pub quarantine_corrupt_spool: bool,
     /// What to do (default: run the sidecar).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -47,6 +51,10 @@ pub enum Command {
         #[arg(long, default_value = "2s")]
         timeout: humantime::Duration,
     },
+    /// Inspect and manage the spool store (works whether the sidecar runs
+    /// or not).
+    #[command(subcommand)]
+    Spool(crate::spool::cli::SpoolCommand),
 }
 
 impl Cli {

@@ -12,7 +12,10 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use graphql_parser::query::{Definition, Document, OperationDefinition, Selection, SelectionSet};
+use graphql_parser::query::{
+    Definition, Document, OperationDefinition, Selection, SelectionSet, Value,
+};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::InvalidGraphql;
@@ -45,6 +48,15 @@ impl OperationType {
     }
 }
 
+/// Where a root field's `id` argument comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdArg {
+    /// `id: $name`: from the request's variables.
+    Variable(Box<str>),
+    /// `id: "literal"`.
+    Literal(Box<str>),
+}
+
 /// A field selected at the root of the operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootField {
@@ -52,6 +64,8 @@ pub struct RootField {
     pub response_key: Box<str>,
     /// The schema field, e.g. `ingestStep`.
     pub name: Box<str>,
+    /// Its `id` argument, if it has one (the key of an upsert).
+    pub id: Option<IdArg>,
 }
 
 /// What a GraphQL request does.
@@ -132,6 +146,113 @@ fn select(ops: &[Arc<Operation>], name: Option<&str>) -> Result<Arc<Operation>, 
     }
 }
 
+/// The ids the operation's root fields write (their `id` arguments, looked
+/// up in `variables`), in field order. Reads only the variables it needs and
+/// skips the rest without building them.
+pub fn ids_of(body: &[u8], op: &Operation) -> Vec<String> {
+    let wanted: Vec<&str> = op
+        .root_fields
+        .iter()
+        .filter_map(|f| match &f.id {
+            Some(IdArg::Variable(v)) => Some(&**v),
+            _ => None,
+        })
+        .collect();
+    let mut found: Vec<(usize, String)> = Vec::new();
+    if !wanted.is_empty() {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let _ = BodySeed {
+            wanted: &wanted,
+            found: &mut found,
+        }
+        .deserialize(&mut de);
+    }
+    let mut ids = Vec::with_capacity(op.root_fields.len());
+    let mut next_var = 0;
+    for f in op.root_fields.iter() {
+        match &f.id {
+            Some(IdArg::Literal(s)) => ids.push(s.to_string()),
+            Some(IdArg::Variable(_)) => {
+                if let Some((_, v)) = found.iter().find(|(i, _)| *i == next_var) {
+                    ids.push(v.clone());
+                }
+                next_var += 1;
+            }
+            None => {}
+        }
+    }
+    ids
+}
+
+struct BodySeed<'w, 'f> {
+    wanted: &'w [&'w str],
+    found: &'f mut Vec<(usize, String)>,
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a GraphQL request")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "variables" {
+                map.next_value_seed(VarsSeed {
+                    wanted: self.wanted,
+                    found: &mut *self.found,
+                })?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+struct VarsSeed<'w, 'f> {
+    wanted: &'w [&'w str],
+    found: &'f mut Vec<(usize, String)>,
+}
+
+impl<'de> DeserializeSeed<'de> for VarsSeed<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for VarsSeed<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GraphQL variables")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.wanted.iter().position(|w| *w == key) {
+                Some(i) => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(s) => self.found.push((i, s)),
+                    serde_json::Value::Number(n) => self.found.push((i, n.to_string())),
+                    _ => {}
+                },
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Parse a query document and summarize every operation in it.
 fn summarize(query: &str) -> Parsed {
     let doc: Document<'_, &str> = graphql_parser::parse_query(query).map_err(|e| {
@@ -182,6 +303,15 @@ fn collect_root_fields<'a>(
             Selection::Field(f) => out.push(RootField {
                 response_key: f.alias.unwrap_or(f.name).into(),
                 name: f.name.into(),
+                id: f
+                    .arguments
+                    .iter()
+                    .find(|(n, _)| *n == "id")
+                    .and_then(|(_, v)| match v {
+                        Value::Variable(name) => Some(IdArg::Variable((*name).into())),
+                        Value::String(s) => Some(IdArg::Literal(s.as_str().into())),
+                        _ => None,
+                    }),
             }),
             Selection::InlineFragment(inline) => {
                 collect_root_fields(doc, &inline.selection_set, depth + 1, out)?
@@ -241,6 +371,18 @@ mod tests {
         assert_eq!(op(body).unwrap().kind, OperationType::Mutation);
         assert!(op(r#"{"query":"query A { a } mutation B { b }"}"#).is_err());
         assert!(op(r#"{"query":"query A { a }","operationName":"Z"}"#).is_err());
+    }
+
+    #[test]
+    fn ids_come_from_variables_and_literals() {
+        let o = op(ADD_STEP).unwrap();
+        assert_eq!(ids_of(ADD_STEP.as_bytes(), &o), ["a", "b"]);
+        let body = r#"{"query":"mutation { x: ingestStep(id: \"lit\") { ok } y: other { ok } }"}"#;
+        let o = op(body).unwrap();
+        assert_eq!(ids_of(body.as_bytes(), &o), ["lit"]);
+        let body = r#"{"variables":{"b":"second","a":"first"},"query":"mutation M($a: String!, $b: String!) { p: ingestStep(id: $a) { ok } q: ingestStep(id: $b) { ok } }"}"#;
+        let o = op(body).unwrap();
+        assert_eq!(ids_of(body.as_bytes(), &o), ["first", "second"]);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`classify`]: one [`classify::Class`] for every outcome.
 //! - [`timeout`], [`retry`], [`breaker`]: the reliability layers.
 //! - [`respond`]: errors → structured responses.
+//! - [`spool`]: durable store-and-forward of idempotent writes.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
 //! - [`sidecar`]: wiring and the run loop; [`cli`]: the command line.
 
@@ -40,6 +41,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod sidecar;
+pub mod spool;
 pub mod stack;
 pub mod telemetry;
 pub mod timeout;

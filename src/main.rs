@@ -20,10 +20,20 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    let opts = sidecar::Options {
+        quarantine_corrupt_spool: cli.quarantine_corrupt_spool,
+    };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cfg),
         Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
-        None | Some(Command::Run) => run(cfg),
+        Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("datalayer-sidecar: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None | Some(Command::Run) => run(cfg, opts),
     }
 }
 
@@ -39,7 +49,7 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     b.enable_all().max_blocking_threads(8).build()
 }
 
-fn run(cfg: Config) -> ExitCode {
+fn run(cfg: Config, opts: sidecar::Options) -> ExitCode {
     let _log = telemetry::init(&cfg.file.log);
     let rt = match runtime(cfg.file.runtime.worker_threads) {
         Ok(rt) => rt,
@@ -54,7 +64,7 @@ fn run(cfg: Config) -> ExitCode {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
-        sidecar::run(cfg, rx).await
+        sidecar::run(cfg, opts, rx).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -383,6 +383,22 @@ impl Route {
         }
         validate_retry(&key("retry"), &retry)?;
         if r.on_failure == OnFailure::Spool {
+            let mutation = r
+                .graphql
+                .as_ref()
+                .is_some_and(|g| g.operation_type == Some(OperationType::Mutation));
+            if !mutation {
+                return Err(ConfigError::key(
+                    key("on_failure"),
+                    "`spool` needs `graphql = { operation_type = \"mutation\", ... }`: the sidecar answers a spooled write with the GraphQL success the client expects",
+                ));
+            }
+            if !file.spool.store_credentials && file.spool.api_key.is_none() {
+                return Err(ConfigError::key(
+                    "spool.api_key",
+                    "is required when spool.store_credentials = false (set it, or DATALAYER_SIDECAR_SPOOL_API_KEY): replays need a key",
+                ));
+            }
             if r.idempotent != Some(true) {
                 return Err(ConfigError::key(
                     key("on_failure"),

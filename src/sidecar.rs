@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::proxy::forward::Target;
+use crate::spool::Spool;
+use crate::spool::drain::Drain;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -38,6 +42,9 @@ pub enum RunError {
     /// The upstream client could not be built.
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    /// The spool store could not be opened (corrupt, unreadable, ...).
+    #[error(transparent)]
+    Spool(#[from] crate::spool::store::StoreError),
     /// Anything else during start-up.
     #[error("{0}")]
     Start(String),
@@ -57,16 +64,28 @@ pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Ru
         .map_err(|source| RunError::Bind { key, addr, source })
 }
 
+/// Start-up choices that are not configuration.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Move a corrupt spool store aside and start with an empty one.
+    pub quarantine_corrupt_spool: bool,
+}
+
 /// Run the sidecar until `shutdown` turns true, then drain and return.
-pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), RunError> {
+pub async fn run(
+    cfg: Config,
+    opts: Options,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RunError> {
     let listener = bind("listen.address", cfg.file.listen.address).await?;
     let admin_listener = bind("admin.address", cfg.file.admin.address).await?;
-    run_with_listeners(cfg, listener, admin_listener, shutdown).await
+    run_with_listeners(cfg, opts, listener, admin_listener, shutdown).await
 }
 
 /// Like [`run`], on listeners the caller bound (tests bind port 0).
 pub async fn run_with_listeners(
     cfg: Config,
+    opts: Options,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: watch::Receiver<bool>,
@@ -91,6 +110,25 @@ pub async fn run_with_listeners(
     let http = client::build(&file.upstream)?;
     let upstream = Upstream::new(http, file.classify.max_graphql_response.as_u64());
     let prepare = PrepareShared::new(&cfg).map_err(|e| RunError::Start(e.to_string()))?;
+    let sensitive = stack::sensitive_headers(&file.spool.api_key_header);
+    // Opened before the listener serves anything: a store that cannot be
+    // opened is a refusal to start, never a silent loss later.
+    let spool = if routes.all().iter().any(|r| r.spools()) {
+        let spool = Spool::open(
+            &file.spool,
+            &sensitive,
+            metrics.spool.clone(),
+            opts.quarantine_corrupt_spool,
+        )?;
+        tracing::info!(
+            path = %file.spool.path.display(),
+            waiting = spool.store().totals.entries.load(Ordering::Relaxed),
+            "spool open"
+        );
+        Some(spool)
+    } else {
+        None
+    };
     let shared = Shared {
         prepare: Arc::new(prepare),
         edge: Arc::new(EdgeShared {
@@ -103,16 +141,21 @@ pub async fn run_with_listeners(
         budget: budget.clone(),
         metrics: metrics.clone(),
         upstream,
-        sensitive: stack::sensitive_headers(&file.spool.api_key_header),
+        spool: spool.clone(),
+        sensitive,
     };
 
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         breaker,
         budget,
+        spool: spool.clone(),
         ready: false.into(),
         config_toml: cfg.to_toml(),
     });
+    let admin_local = admin_listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     let (admin_stop_tx, admin_stop) = watch::channel(false);
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -126,12 +169,42 @@ pub async fn run_with_listeners(
     tracing::info!(
         listen = %local,
         upstream = %cfg.file.upstream.url,
-        admin = %cfg.file.admin.address,
+        admin = %admin_local,
         routes = routes.all().len(),
         version = env!("CARGO_PKG_VERSION"),
         "datalayer-sidecar started"
     );
     admin_state.ready.store(true, Ordering::Release);
+
+    let (worker_stop_tx, worker_stop) = watch::channel(false);
+    let worker = spool.clone().map(|spool| {
+        let api_key = if file.spool.store_credentials {
+            None
+        } else {
+            file.spool.api_key.as_deref().and_then(|k| {
+                Some((
+                    http::HeaderName::from_bytes(file.spool.api_key_header.as_bytes()).ok()?,
+                    http::HeaderValue::from_str(k).ok()?,
+                ))
+            })
+        };
+        let drain = Drain {
+            spool,
+            service: stack::replay_service(&shared),
+            routes: routes.clone(),
+            target: Arc::new(
+                Target::new(&cfg.upstream).map_err(|e| RunError::Start(e.to_string()))?,
+            ),
+            breaker: shared.breaker.clone(),
+            api_key,
+            backoff: (
+                file.spool.replay_backoff_base,
+                file.spool.replay_backoff_max,
+            ),
+        };
+        Ok::<_, RunError>(tokio::spawn(drain.run(worker_stop)))
+    });
+    let worker = worker.transpose()?;
 
     // Readiness drops the moment shutdown starts, before the drain.
     let mut watch_ready = shutdown.clone();
@@ -151,6 +224,15 @@ pub async fn run_with_listeners(
     )
     .await;
 
+    // Live requests are done (or past the grace period); now the replay
+    // worker stops between entries, then the store's writer finishes its
+    // queue and checkpoints when the last handle is dropped.
+    let _ = worker_stop_tx.send(true);
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    drop(shared);
+    drop(spool);
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     tracing::info!("datalayer-sidecar stopped");

@@ -25,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::proxy::client::Upstream;
 use crate::proxy::forward::{PrepareLayer, PrepareShared};
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::spool::drain::ReplayService;
+use crate::spool::{Spool, SpoolLayer};
 use crate::timeout::TimeoutLayer;
 
 /// Everything the layers share across connections.
@@ -44,6 +46,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The upstream client.
     pub upstream: Upstream,
+    /// The spool, when a route uses it.
+    pub spool: Option<Spool>,
     /// Header names whose values are secret.
     pub sensitive: Arc<[HeaderName]>,
 }
@@ -114,6 +118,26 @@ pub fn build(
         // Read the body, parse GraphQL, pick the route, rewrite the head for
         // the one upstream. Everything below knows the route's policy.
         .layer(PrepareLayer::new(shared.prepare.clone(), peer))
+        // Outside the deadline: a write that cannot be delivered in time is
+        // committed locally and acknowledged before the client gives up.
+        .layer(SpoolLayer::new(shared.spool.clone()))
+        .service(delivery(shared))
+}
+
+/// The layers that deliver one request to the upstream: the part of the
+/// stack below the spool, shared by live traffic and the spool's replays so
+/// both are paced by the same breaker and budget.
+pub fn delivery(
+    shared: &Shared,
+) -> impl Service<
+    Request<crate::body::RequestBody>,
+    Response = Response<crate::body::ResponseBody>,
+    Error = Error,
+    Future = impl Send + 'static,
+> + Clone
++ Send
++ 'static {
+    ServiceBuilder::new()
         // One deadline over all attempts and backoff, below the client's own
         // timeout, so the app always gets our answer first.
         .layer(TimeoutLayer::deadline())
@@ -138,4 +162,9 @@ pub fn build(
         // costs one try, not the whole request.
         .layer(TimeoutLayer::per_try())
         .service(shared.upstream.clone())
+}
+
+/// [`delivery`], boxed for the spool's replay worker.
+pub fn replay_service(shared: &Shared) -> ReplayService {
+    ReplayService::new(delivery(shared))
 }

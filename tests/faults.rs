@@ -30,7 +30,12 @@ fn settings(timeouts: &str, retry: &str, breaker: &str) -> String {
         } else {
             breaker
         },
+        // The reliability stack alone, with the global policy: failures are
+        // answered, not spooled, and the step route's own overrides are off.
         shipped_routes()
+            .replace("on_failure = \"spool\"", "on_failure = \"error\"")
+            .replace("timeouts = { per_try = \"2500ms\" }\n", "")
+            .replace("retry = { max_attempts = 8 }\n", "")
     )
 }
 

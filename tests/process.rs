@@ -138,7 +138,7 @@ async fn healthcheck_subcommand_reports_health() {
     let up = FakeUpstream::start(|_, _| Reply::status(200)).await;
     let cfg = config_text(&up.url(), "");
     let mut p = Process::spawn(&cfg, &[]).await;
-    let cfg_path = p.dir.path().join("sidecar.toml");
+    let cfg_path = p.dir.join("sidecar.toml");
     let run = |admin: String| {
         std::process::Command::new(support::proxy::binary())
             .arg("healthcheck")

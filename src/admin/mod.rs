@@ -6,6 +6,7 @@
 //!   listener is bound and from the moment shutdown starts.
 //! - `GET /metrics` — Prometheus text exposition.
 //! - `GET /breaker` — the circuit breaker's state as JSON.
+//! - `GET /spool`   — the spool's depth, age and counters as JSON.
 //! - `GET /config`  — the effective configuration (secrets redacted), TOML.
 //!
 //! It is served by hyper directly, not through the proxy stack: it must
@@ -30,6 +31,7 @@ use crate::breaker::Breaker;
 use crate::metrics::Metrics;
 use crate::proxy::server::shutdown_requested;
 use crate::retry::RetryBudget;
+use crate::spool::Spool;
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -40,6 +42,8 @@ pub struct AdminState {
     pub breaker: Breaker,
     /// The retry budget (its balance is exported at scrape time).
     pub budget: Arc<RetryBudget>,
+    /// The spool, if configured.
+    pub spool: Option<Spool>,
     /// Whether the data listener is accepting traffic.
     pub ready: AtomicBool,
     /// The effective config as TOML, secrets redacted.
@@ -75,6 +79,9 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
         }
         "/metrics" => {
             state.metrics.budget_balance.set(state.budget.balance());
+            if let Some(spool) = &state.spool {
+                spool.refresh_metrics().await;
+            }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             r.headers_mut().insert(
                 CONTENT_TYPE,
@@ -88,6 +95,22 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
             StatusCode::OK,
             &serde_json::to_value(state.breaker.snapshot()).unwrap_or_default(),
         ),
+        "/spool" => match &state.spool {
+            Some(spool) => match spool.stats().await {
+                Ok(stats) => json(
+                    StatusCode::OK,
+                    &serde_json::to_value(stats).unwrap_or_default(),
+                ),
+                Err(e) => json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({"error": e.to_string()}),
+                ),
+            },
+            None => json(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"error": "no route spools; the spool is not open"}),
+            ),
+        },
         "/config" => {
             let mut r = Response::new(Full::new(Bytes::from(state.config_toml.clone())));
             r.headers_mut().insert(
@@ -100,7 +123,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
             StatusCode::NOT_FOUND,
             &serde_json::json!({
                 "error": "not found",
-                "endpoints": ["/healthz", "/readyz", "/metrics", "/breaker", "/config"],
+                "endpoints": ["/healthz", "/readyz", "/metrics", "/breaker", "/spool", "/config"],
             }),
         ),
     }

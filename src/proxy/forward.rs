@@ -103,7 +103,16 @@ impl Target {
 
     /// The URI of `incoming`'s path and query on the upstream.
     fn uri(&self, incoming: &Uri) -> Result<Uri, Error> {
-        let pq = incoming.path_and_query().map_or("/", |p| p.as_str());
+        self.uri_for(incoming.path_and_query().map_or("/", |p| p.as_str()))
+    }
+
+    /// The `Host` header value for the upstream.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// The upstream URI for a path and query.
+    pub fn uri_for(&self, pq: &str) -> Result<Uri, Error> {
         let mut b = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone());

@@ -2,6 +2,7 @@
 //! to run the real sidecar (in process, or as the built binary).
 #![allow(dead_code, unused_imports)] // each test binary uses a different part of it
 
+pub mod backend;
 pub mod client;
 pub mod proxy;
 pub mod upstream;

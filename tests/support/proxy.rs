@@ -42,25 +42,51 @@ pub struct Sidecar {
     pub admin: SocketAddr,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<Result<(), RunError>>>,
+    /// Holds the spool file unless the test chose its own path.
+    pub dir: tempfile::TempDir,
 }
 
 impl Sidecar {
+    /// Start with `extra` config; the spool lives in a fresh temporary
+    /// directory unless `extra` has its own `[spool]` section.
     pub async fn start(upstream: &str, extra: &str) -> Sidecar {
-        Self::start_with(config(upstream, extra)).await
+        let dir = tempfile::tempdir().unwrap();
+        let extra = if extra.contains("[spool]") {
+            extra.to_string()
+        } else {
+            format!(
+                "[spool]\npath = \"{}\"\n{extra}",
+                dir.path().join("spool.sqlite3").display()
+            )
+        };
+        Self::start_in(config(upstream, &extra), dir).await
     }
 
     pub async fn start_with(cfg: Config) -> Sidecar {
+        Self::start_in(cfg, tempfile::tempdir().unwrap()).await
+    }
+
+    pub async fn start_in(cfg: Config, dir: tempfile::TempDir) -> Sidecar {
+        Self::start_opts(cfg, dir, Default::default()).await
+    }
+
+    pub async fn start_opts(
+        cfg: Config,
+        dir: tempfile::TempDir,
+        opts: datalayer_sidecar::sidecar::Options,
+    ) -> Sidecar {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(sidecar::run_with_listeners(cfg, listener, admin, rx));
+        let task = tokio::spawn(sidecar::run_with_listeners(cfg, opts, listener, admin, rx));
         Sidecar {
             addr,
             admin: admin_addr,
             stop,
             task: Some(task),
+            dir,
         }
     }
 
@@ -68,6 +94,15 @@ impl Sidecar {
         let _ = self.stop.send(true);
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+
+    /// Stop and return the start-up/run result (for start-up failures).
+    pub async fn result(mut self) -> Result<(), RunError> {
+        let t = self.task.take().unwrap();
+        match tokio::time::timeout(Duration::from_secs(30), t).await {
+            Ok(Ok(r)) => r,
+            _ => panic!("sidecar task did not finish"),
         }
     }
 }
@@ -95,23 +130,45 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub dir: tempfile::TempDir,
+    /// Working directory (the spool's relative path resolves here).
+    pub dir: PathBuf,
     pub log: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl Process {
-    /// Spawn with `config` (TOML text) and extra environment.
+    /// Spawn with `config` (TOML text) and extra environment, in a fresh
+    /// temporary directory.
     pub async fn spawn(config: &str, env: &[(&str, &str)]) -> Process {
-        let dir = tempfile::tempdir().unwrap();
-        Self::spawn_in(dir, config, env).await
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = Self::spawn_at(tmp.path(), config, env, &[]).await;
+        p._tmp = Some(tmp);
+        p
     }
 
-    pub async fn spawn_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Process {
-        let path = dir.path().join("sidecar.toml");
+    /// Spawn in `dir` (kept by the caller, so a restart finds the same
+    /// spool), with extra command-line arguments.
+    pub async fn spawn_at(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Process {
+        let mut p = Self::start_at(dir, config, env, args);
+        p.wait_ready(Duration::from_secs(20)).await;
+        p
+    }
+
+    /// Spawn without waiting for readiness (for start-up failures).
+    pub fn start_at(dir: &Path, config: &str, env: &[(&str, &str)], args: &[&str]) -> Process {
+        let path = dir.join("sidecar.toml");
         std::fs::write(&path, config).unwrap();
-        let addr = free_port();
-        let admin = free_port();
-        let log = dir.path().join("sidecar.log");
+        // Port 0: the sidecar binds free ports itself and logs them, so
+        // parallel tests never race for a port.
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let admin = addr;
+        let log = dir.join("sidecar.log");
+        let _ = std::fs::remove_file(&log);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -125,26 +182,68 @@ impl Process {
             .arg(addr.to_string())
             .arg("--admin-listen")
             .arg(admin.to_string())
-            .current_dir(dir.path())
+            .args(args)
+            .current_dir(dir)
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err));
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn sidecar");
-        let p = Process {
+        Process {
             child,
             addr,
             admin,
-            dir,
+            dir: dir.to_path_buf(),
             log,
-        };
-        p.wait_ready(Duration::from_secs(20)).await;
-        p
+            _tmp: None,
+        }
     }
 
-    pub async fn wait_ready(&self, within: Duration) {
+    /// Run the binary with `args` (e.g. `spool stats`) against this
+    /// process's config, in its directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary())
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.join("sidecar.toml"))
+            .current_dir(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    /// The addresses from the "started" line of the log, once written.
+    fn bound_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let logs = self.logs();
+        let line = logs
+            .lines()
+            .find(|l| l.contains("datalayer-sidecar started"))?;
+        let field = |name: &str| -> Option<SocketAddr> {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                return v[name].as_str()?.parse().ok();
+            }
+            let start = line.find(&format!("{name}="))? + name.len() + 1;
+            line[start..].split_whitespace().next()?.parse().ok()
+        };
+        Some((field("listen")?, field("admin")?))
+    }
+
+    pub async fn wait_ready(&mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some((addr, admin)) = self.bound_addrs() {
+                self.addr = addr;
+                self.admin = admin;
+                break;
+            }
+            if let Some(st) = self.child.try_wait().unwrap() {
+                panic!("sidecar exited with {st}; log:\n{}", self.logs());
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("sidecar did not start; log:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         loop {
             if let Ok(Ok(s)) = tokio::time::timeout(
                 Duration::from_millis(500),

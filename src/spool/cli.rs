@@ -1,0 +1,228 @@
+//! `datalayer-sidecar spool stats|list|dead-letters|requeue|purge`: the
+//! operator's tools. They open the store file directly, so they work whether
+//! the sidecar runs or not (SQLite's WAL mode and locking make that safe; a
+//! running sidecar picks the changes up within seconds).
+
+use std::io::Write as _;
+
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::store::{self, StoreError};
+use crate::config::Config;
+
+/// The spool subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Depth, bytes, oldest entry age and dead letters.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Waiting entries, in delivery order.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes the backend refused, with its answer and the reason.
+    DeadLetters {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back at the end of the queue to be sent again.
+    Requeue {
+        /// Dead-letter ids (see `dead-letters`).
+        ids: Vec<i64>,
+        /// Requeue every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete waiting entries and/or dead letters. Deleted writes are never
+    /// delivered.
+    Purge {
+        /// Delete waiting entries.
+        #[arg(long)]
+        pending: bool,
+        /// Delete dead letters.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn age(ms: i64) -> String {
+    let secs = ((store::now_ms() - ms).max(0) / 1000) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+/// Run a spool subcommand against the store named by `spool.path`.
+pub fn run(cmd: SpoolCommand, cfg: &Config) -> Result<(), StoreError> {
+    let path = &cfg.file.spool.path;
+    if !path.exists() {
+        return Err(StoreError::Open {
+            path: path.clone(),
+            detail: "no spool store here (it is created when a spooling route first starts)".into(),
+        });
+    }
+    let mut conn = store::open_checked(path)?;
+    let mut out = std::io::stdout().lock();
+    let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
+        let _ = writeln!(out, "{s}");
+    };
+    match cmd {
+        SpoolCommand::Stats { json } => {
+            let s = store::stats(&conn)?;
+            if json {
+                print(
+                    &mut out,
+                    serde_json::to_string_pretty(&s).unwrap_or_default(),
+                );
+            } else {
+                print(&mut out, format!("store         {}", path.display()));
+                print(&mut out, format!("waiting       {}", s.depth));
+                print(&mut out, format!("bytes         {}", s.bytes));
+                print(
+                    &mut out,
+                    format!(
+                        "oldest        {}",
+                        s.oldest_age_seconds
+                            .map_or("-".into(), |a| format!("{a:.1}s"))
+                    ),
+                );
+                print(&mut out, format!("dead letters  {}", s.dead_letters));
+                let mut routes: Vec<_> = s.per_route.into_iter().collect();
+                routes.sort();
+                for (route, n) in routes {
+                    print(&mut out, format!("  route {route}: {n}"));
+                }
+            }
+        }
+        SpoolCommand::List { limit, json } => {
+            let entries = store::list_entries(&conn, limit, 0)?;
+            if json {
+                print(
+                    &mut out,
+                    serde_json::to_string_pretty(&entries).unwrap_or_default(),
+                );
+            } else {
+                print(
+                    &mut out,
+                    format!(
+                        "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} last error",
+                        "id", "age", "route", "bytes", "tries", "steps"
+                    ),
+                );
+                for e in entries {
+                    print(
+                        &mut out,
+                        format!(
+                            "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} {}",
+                            e.id,
+                            age(e.created_ms),
+                            e.route,
+                            e.body_bytes,
+                            e.attempts,
+                            e.step_ids.join(","),
+                            e.last_error.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+        SpoolCommand::DeadLetters { limit, json } => {
+            let dead = store::list_dead(&conn, limit)?;
+            if json {
+                print(
+                    &mut out,
+                    serde_json::to_string_pretty(&dead).unwrap_or_default(),
+                );
+            } else {
+                for d in dead {
+                    print(
+                        &mut out,
+                        format!(
+                            "{:>8} {} route={} steps={} tries={} class={} kind={} status={} reason={}\n         answer: {}",
+                            d.id,
+                            age(d.dead_ms),
+                            d.route,
+                            d.step_ids.join(","),
+                            d.attempts,
+                            d.class,
+                            d.kind,
+                            d.status.map_or("-".into(), |s| s.to_string()),
+                            d.reason,
+                            d.response.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+        SpoolCommand::Requeue { ids, all } => {
+            if ids.is_empty() && !all {
+                return Err(StoreError::Sql(
+                    "name the dead letters to requeue, or pass --all".into(),
+                ));
+            }
+            let total = if all {
+                store::count(&conn, "dead_letters")?
+            } else {
+                ids.len() as u64
+            };
+            let pb = bar(total, "requeue");
+            let moved = store::requeue(&mut conn, if all { &[] } else { &ids }, |n| pb.inc(n))?;
+            pb.finish_and_clear();
+            print(&mut out, format!("requeued {moved} of {total}"));
+        }
+        SpoolCommand::Purge {
+            pending,
+            dead_letters,
+            yes,
+        } => {
+            if !pending && !dead_letters {
+                return Err(StoreError::Sql(
+                    "say what to purge: --pending and/or --dead-letters".into(),
+                ));
+            }
+            if !yes {
+                return Err(StoreError::Sql(
+                    "purging deletes writes that will never be delivered; add --yes to confirm"
+                        .into(),
+                ));
+            }
+            let mut total = 0;
+            if pending {
+                total += store::count(&conn, "entries")?;
+            }
+            if dead_letters {
+                total += store::count(&conn, "dead_letters")?;
+            }
+            let pb = bar(total, "purge");
+            let n = store::purge(&mut conn, pending, dead_letters, |n| pb.inc(n))?;
+            pb.finish_and_clear();
+            print(&mut out, format!("deleted {n}"));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,554 @@
+//! Store-and-forward for idempotent writes: nothing acknowledged is lost.
+//!
+//! When a write on a spooling route cannot be delivered now for a transient
+//! reason (breaker open, retries exhausted on a transient class, deadline
+//! about to pass), [`SpoolLayer`] commits it to the durable [`store`] and
+//! answers the app with the protocol-correct success the SDK expects (see
+//! [`record::spooled_response`]) — only after the commit. The [`drain`]
+//! worker then delivers entries in order through the same breaker and retry
+//! budget as live traffic; delivered entries are deleted, permanently
+//! refused ones move to a dead-letter table with the backend's answer.
+//!
+//! Order: every write gets a ticket on arrival and entries replay in ticket
+//! order. While a route has entries waiting, its new writes are appended
+//! behind them instead of going ahead; a write that touches a step id an
+//! earlier write still has in flight also goes behind it, and the worker
+//! waits for that earlier write to finish (delivered, or spooled ahead).
+//! So an older version of a step never overwrites a newer one upstream.
+//! Delivery is at least once; the backend's upsert by step id makes a
+//! repeat harmless, and an identical write already waiting is not stored
+//! twice.
+//!
+//! No anchor codebase has a spool; the shape borrows from tower's `buffer`
+//! (a worker fed by a channel, `Closed` when it dies) and mini-redis (a
+//! background task stopped by a shutdown signal, drained on exit).
+
+pub mod cli;
+pub mod drain;
+pub mod record;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tower::{Layer, Service};
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::classify::Class;
+use crate::config::SpoolFile;
+use crate::error::{Error, SpoolFull, SpoolUnavailable};
+use crate::exchange;
+use crate::graphql;
+use crate::metrics::SpoolMetrics;
+use crate::route::SpoolMode;
+use store::{Appended, NewEntry, Store, StoreError};
+
+#[derive(Debug, Default)]
+struct OrderState {
+    next_ticket: u64,
+    /// Step id → ticket of the live (in-flight) write that holds it.
+    live: HashMap<Box<str>, u64>,
+    /// Route → entries committed and waiting.
+    stored: HashMap<Arc<str>, u64>,
+    /// Route → writes being committed right now.
+    reserved: HashMap<Arc<str>, u64>,
+}
+
+impl OrderState {
+    fn waiting(&self, route: &str) -> u64 {
+        self.stored.get(route).copied().unwrap_or(0)
+            + self.reserved.get(route).copied().unwrap_or(0)
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    cfg: SpoolFile,
+    /// Headers not written to disk (credentials, when not stored).
+    skip: Vec<HeaderName>,
+    order: Mutex<OrderState>,
+    /// Wakes the worker: something was stored, or a live write finished.
+    wake: Notify,
+    metrics: SpoolMetrics,
+}
+
+/// A cheap handle to the open spool.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+/// The spool's state, for the admin endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolStatus {
+    /// The store file.
+    pub path: String,
+    /// Counts read from the store.
+    #[serde(flatten)]
+    pub stats: store::Stats,
+    /// Writes committed since start.
+    pub committed: u64,
+    /// Group commits since start.
+    pub commit_batches: u64,
+    /// Writes refused because the spool was full, since start.
+    pub refused_full: u64,
+    /// Capacity in entries.
+    pub max_entries: u64,
+    /// Capacity in bytes.
+    pub max_bytes: u64,
+}
+
+/// Whether a write goes to the upstream now or behind the spool.
+#[derive(Debug)]
+pub enum Admit {
+    /// Send it; hold the guard until it is done.
+    Live(LiveGuard),
+    /// Spool it at this ticket.
+    Behind(u64),
+}
+
+/// Held by a live write on a spooling route; releases its step ids.
+#[derive(Debug)]
+pub struct LiveGuard {
+    spool: Spool,
+    ticket: u64,
+    ids: Vec<Box<str>>,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.spool.inner.order.lock() {
+            for id in &self.ids {
+                if o.live.get(id) == Some(&self.ticket) {
+                    o.live.remove(id);
+                }
+            }
+        }
+        self.spool.inner.wake.notify_one();
+    }
+}
+
+/// A write ready to be spooled.
+#[derive(Debug, Clone)]
+pub struct Write {
+    /// Route name.
+    pub route: Arc<str>,
+    /// Original request id.
+    pub request_id: String,
+    /// Method.
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Encoded headers (credentials left out unless stored).
+    pub headers: Vec<u8>,
+    /// Body.
+    pub body: Bytes,
+    /// Step ids.
+    pub ids: Vec<String>,
+}
+
+impl Spool {
+    /// Open the store at `spool.path` (see [`Store::open`]).
+    pub fn open(
+        cfg: &SpoolFile,
+        sensitive: &[HeaderName],
+        metrics: SpoolMetrics,
+        quarantine_corrupt: bool,
+    ) -> Result<Spool, StoreError> {
+        let store = Store::open(&cfg.path, quarantine_corrupt)?;
+        let next_ticket = store.totals.max_ticket.load(Ordering::Relaxed).max(0) as u64 + 1;
+        let mut skip = vec![http::header::HOST];
+        if !cfg.store_credentials {
+            skip.extend(sensitive.iter().cloned());
+        }
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                store,
+                cfg: cfg.clone(),
+                skip,
+                order: Mutex::new(OrderState {
+                    next_ticket,
+                    ..OrderState::default()
+                }),
+                wake: Notify::new(),
+                metrics,
+            }),
+        };
+        spool.update_gauges();
+        Ok(spool)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Decide where a write on `route` touching `ids` goes.
+    pub fn admit(&self, route: &str, ids: &[String], write_behind: bool) -> Admit {
+        let Ok(mut o) = self.inner.order.lock() else {
+            return Admit::Behind(0);
+        };
+        let ticket = o.next_ticket;
+        o.next_ticket += 1;
+        let behind = write_behind
+            || o.waiting(route) > 0
+            || ids.iter().any(|id| o.live.contains_key(id.as_str()));
+        if behind {
+            return Admit::Behind(ticket);
+        }
+        let ids: Vec<Box<str>> = ids.iter().map(|s| s.as_str().into()).collect();
+        for id in &ids {
+            o.live.insert(id.clone(), ticket);
+        }
+        Admit::Live(LiveGuard {
+            spool: self.clone(),
+            ticket,
+            ids,
+        })
+    }
+
+    /// Whether any of `ids` is held by a live write.
+    fn held(&self, ids: &[String]) -> bool {
+        self.inner
+            .order
+            .lock()
+            .map(|o| ids.iter().any(|id| o.live.contains_key(id.as_str())))
+            .unwrap_or(false)
+    }
+
+    fn adjust(&self, route: &Arc<str>, reserved: i64, stored: i64) {
+        if let Ok(mut guard) = self.inner.order.lock() {
+            let o = &mut *guard;
+            for (map, d) in [(&mut o.reserved, reserved), (&mut o.stored, stored)] {
+                let v = map.entry(route.clone()).or_insert(0);
+                *v = v.saturating_add_signed(d);
+            }
+        }
+    }
+
+    /// Commit `write` at `ticket`; returns once it is durable.
+    pub async fn enqueue(&self, write: Write, ticket: u64) -> Result<(), Error> {
+        let inner = &self.inner;
+        let totals = &inner.store.totals;
+        let entries = totals.entries.load(Ordering::Relaxed);
+        let bytes = totals.bytes.load(Ordering::Relaxed);
+        if entries >= inner.cfg.max_entries
+            || bytes + write.body.len() as u64 > inner.cfg.max_bytes.as_u64()
+        {
+            inner.metrics.full.inc();
+            tracing::warn!(
+                entries,
+                bytes,
+                max_entries = inner.cfg.max_entries,
+                max_bytes = inner.cfg.max_bytes.as_u64(),
+                "spool full; write refused"
+            );
+            return Err(Box::new(SpoolFull(format!(
+                "{entries} entries, {bytes} bytes waiting"
+            ))));
+        }
+        let route = write.route.clone();
+        self.adjust(&route, 1, 0);
+        let result = inner
+            .store
+            .append(NewEntry {
+                ticket,
+                route: write.route.to_string(),
+                request_id: write.request_id,
+                method: write.method,
+                path: write.path,
+                headers: write.headers,
+                body: write.body,
+                step_ids: write.ids,
+            })
+            .await;
+        match result {
+            Ok(appended) => {
+                let stored = i64::from(appended == Appended::Stored);
+                self.adjust(&route, -1, stored);
+                inner.metrics.committed.inc();
+                inner
+                    .metrics
+                    .commit_batches
+                    .inner()
+                    .store(totals.batches.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.update_gauges();
+                inner.wake.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                self.adjust(&route, -1, 0);
+                Err(Box::new(SpoolUnavailable(e.to_string())))
+            }
+        }
+    }
+
+    /// An entry of `route` left the queue (delivered or dead-lettered).
+    fn removed(&self, route: &str) {
+        let route: Arc<str> = route.into();
+        self.adjust(&route, 0, -1);
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let t = &self.inner.store.totals;
+        let m = &self.inner.metrics;
+        m.depth.set(t.entries.load(Ordering::Relaxed) as i64);
+        m.bytes.set(t.bytes.load(Ordering::Relaxed) as i64);
+        m.dead_letters.set(t.dead.load(Ordering::Relaxed) as i64);
+    }
+
+    /// Refresh the gauges that need a query (oldest entry's age).
+    pub async fn refresh_metrics(&self) {
+        self.update_gauges();
+        let oldest = self
+            .inner
+            .store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT created_ms FROM entries ORDER BY ticket, id LIMIT 1",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .ok())
+            })
+            .await
+            .ok()
+            .flatten();
+        let age = oldest.map_or(0.0, |o| (store::now_ms() - o).max(0) as f64 / 1000.0);
+        self.inner.metrics.oldest_age_seconds.set(age);
+    }
+
+    /// The spool's state.
+    pub async fn stats(&self) -> Result<SpoolStatus, StoreError> {
+        let stats = self.inner.store.stats().await?;
+        let m = &self.inner.metrics;
+        Ok(SpoolStatus {
+            path: self.inner.store.path().display().to_string(),
+            stats,
+            committed: m.committed.get(),
+            commit_batches: self.inner.store.totals.batches.load(Ordering::Relaxed),
+            refused_full: m.full.get(),
+            max_entries: self.inner.cfg.max_entries,
+            max_bytes: self.inner.cfg.max_bytes.as_u64(),
+        })
+    }
+
+    /// Re-read per-route waiting counts from the store (the operator CLI may
+    /// have changed it while the sidecar runs).
+    async fn resync(&self) {
+        if self.inner.store.refresh_totals().await.is_err() {
+            return;
+        }
+        if let Ok(stats) = self.inner.store.stats().await {
+            if let Ok(mut o) = self.inner.order.lock() {
+                o.stored = stats
+                    .per_route
+                    .into_iter()
+                    .map(|(k, v)| (Arc::from(k.as_str()), v))
+                    .collect();
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// The write for `req`, as it will be stored.
+    fn write_of(
+        &self,
+        req: &Request<RequestBody>,
+        route: &Arc<str>,
+        body: Bytes,
+        ids: Vec<String>,
+    ) -> Write {
+        let request_id = exchange::of(req)
+            .and_then(|e| e.request_id.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        Write {
+            route: route.clone(),
+            request_id,
+            method: req.method().as_str().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            headers: record::encode_headers(req.headers(), &self.inner.skip),
+            body,
+            ids,
+        }
+    }
+}
+
+/// Adds [`SpoolService`] to a stack.
+#[derive(Debug, Clone)]
+pub struct SpoolLayer {
+    spool: Option<Spool>,
+}
+
+impl SpoolLayer {
+    /// Spool through `spool` (no-op when `None`).
+    pub fn new(spool: Option<Spool>) -> Self {
+        SpoolLayer { spool }
+    }
+}
+
+impl<S> Layer<S> for SpoolLayer {
+    type Service = SpoolService<S>;
+    fn layer(&self, inner: S) -> SpoolService<S> {
+        SpoolService {
+            inner,
+            spool: self.spool.clone(),
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct SpoolService<S> {
+    inner: S,
+    spool: Option<Spool>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// Response future of [`SpoolService`]: the inner future untouched on
+    /// routes that do not spool.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Passthrough { #[pin] future: F },
+        Spooling { future: BoxFuture<Response<ResponseBody>> },
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("spool::ResponseFuture")
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, Error>>,
+{
+    type Output = Result<Response<ResponseBody>, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Passthrough { future } => future.poll(cx),
+            StateProj::Spooling { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+// === impl SpoolService ===
+
+impl<S> Service<Request<RequestBody>> for SpoolService<S>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        let spools = exchange::of(&req)
+            .and_then(|e| e.routed())
+            .is_some_and(|r| r.route.spools() && r.operation.is_some());
+        let spool = match (&self.spool, spools) {
+            (Some(s), true) => s.clone(),
+            _ => {
+                return ResponseFuture {
+                    state: State::Passthrough {
+                        future: self.inner.call(req),
+                    },
+                };
+            }
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            state: State::Spooling {
+                future: Box::pin(spool_call(spool, inner, req)),
+            },
+        }
+    }
+}
+
+async fn spool_call<S>(
+    spool: Spool,
+    mut inner: S,
+    req: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, Error>
+where
+    S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Error>,
+{
+    let ex = exchange::of(&req).cloned().ok_or("spool: no exchange")?;
+    let routed = ex.routed().ok_or("spool: request not routed")?;
+    let op = routed
+        .operation
+        .clone()
+        .ok_or("spool: not a GraphQL request")?;
+    let Some(body) = req.body().full_bytes() else {
+        // GraphQL bodies are always read whole; nothing to keep otherwise.
+        return inner.call(req).await;
+    };
+    let ids = graphql::ids_of(&body, &op);
+    let route = routed.route.clone();
+    let write_behind = route.mode == SpoolMode::WriteBehind;
+    let write = spool.write_of(&req, &route.name, body, ids);
+    match spool.admit(&route.name, &write.ids, write_behind) {
+        Admit::Behind(ticket) => {
+            spool.enqueue(write, ticket).await?;
+            ex.set_spooled();
+            Ok(record::spooled_response(&op))
+        }
+        Admit::Live(guard) => {
+            let result = inner.call(req).await;
+            let class = match &result {
+                Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
+                Err(e) => Class::of_error(e),
+            };
+            if !class.is_transient() {
+                return result;
+            }
+            // Spooled at its own (earlier) ticket: anything that touched the
+            // same steps meanwhile went behind it.
+            let ticket = guard.ticket;
+            let stored = spool.enqueue(write, ticket).await;
+            drop(guard);
+            stored?;
+            ex.set_spooled();
+            tracing::debug!(
+                request_id = ?ex.request_id,
+                kind = class.kind.as_str(),
+                "write spooled after a transient failure"
+            );
+            Ok(record::spooled_response(&op))
+        }
+    }
+}

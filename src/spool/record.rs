@@ -1,0 +1,99 @@
+//! How a request is written into the spool and read back, and the answer
+//! the app gets while its write waits.
+//!
+//! Headers are stored as `name NUL value NUL` pairs: neither a header name
+//! nor a header value can contain NUL, so the encoding needs no escaping and
+//! keeps non-UTF-8 values byte for byte.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::body::ResponseBody;
+use crate::graphql::Operation;
+
+/// `x-sidecar-spooled: true` marks an answer given for a spooled write.
+pub static X_SIDECAR_SPOOLED: HeaderName = HeaderName::from_static("x-sidecar-spooled");
+
+/// The message in each item of a spooled write's answer.
+pub const SPOOLED_MESSAGE: &str = "stored by datalayer-sidecar; delivery to the backend is pending";
+
+/// Encode `headers`, leaving out those in `skip`.
+pub fn encode_headers(headers: &HeaderMap, skip: &[HeaderName]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(headers.len() * 32);
+    for (name, value) in headers {
+        if skip.contains(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Decode what [`encode_headers`] wrote; malformed pairs are skipped.
+pub fn decode_headers(data: &[u8]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    let mut parts = data.split(|b| *b == 0);
+    while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            map.append(n, v);
+        }
+    }
+    map
+}
+
+/// The answer for a spooled GraphQL write: exactly what the SDK expects from
+/// a successful batch, `{"data":{"<alias>":{"ok":true,"message":...},...}}`,
+/// with the aliases taken from the parsed request.
+pub fn spooled_response(op: &Operation) -> Response<ResponseBody> {
+    let mut data = serde_json::Map::with_capacity(op.root_fields.len());
+    for field in op.root_fields.iter() {
+        data.insert(
+            field.response_key.to_string(),
+            serde_json::json!({ "ok": true, "message": SPOOLED_MESSAGE }),
+        );
+    }
+    let body = serde_json::json!({ "data": data }).to_string();
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(&X_SIDECAR_SPOOLED, HeaderValue::from_static("true"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip_and_skip_secrets() {
+        let mut h = HeaderMap::new();
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        h.insert("x-api-key", HeaderValue::from_static("secret"));
+        h.insert("x-bin", HeaderValue::from_bytes(b"\xff\x80ok").unwrap());
+        let enc = encode_headers(&h, &[HeaderName::from_static("x-api-key")]);
+        let back = decode_headers(&enc);
+        assert_eq!(back.get_all("x-multi").iter().count(), 2);
+        assert!(back.get("x-api-key").is_none());
+        assert_eq!(back["x-bin"].as_bytes(), b"\xff\x80ok");
+    }
+
+    #[test]
+    fn spooled_answer_uses_the_request_aliases() {
+        let body = r#"{"query":"mutation AddStep { step0: ingestStep(id: \"a\") { ok message } step1: ingestStep(id: \"b\") { ok message } }"}"#;
+        let op = crate::graphql::operation_of(body.as_bytes()).unwrap();
+        let resp = spooled_response(&op);
+        assert_eq!(resp.headers()["x-sidecar-spooled"], "true");
+        let v: serde_json::Value = serde_json::from_slice(resp.body().bytes().unwrap()).unwrap();
+        assert_eq!(v["data"]["step0"]["ok"], true);
+        assert_eq!(v["data"]["step1"]["ok"], true);
+        assert_eq!(v["data"].as_object().unwrap().len(), 2);
+    }
+}

@@ -1,0 +1,516 @@
+//! The spool: acknowledged writes are never lost, arrive in order, and the
+//! operator can see and manage what waits.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use support::backend::{Backend, Fault};
+use support::client::{self, TestBody, add_step_with, sample};
+use support::proxy::{config, config_text, shipped_routes};
+use support::{Answer, Process, Reply, Sidecar};
+
+/// Short timeouts so a down backend is noticed quickly; the shipped routes
+/// (step writes spool) with the step route's attempts shortened to match.
+fn settings(extra: &str) -> String {
+    let routes = shipped_routes()
+        .replace(
+            "timeouts = { per_try = \"2500ms\" }",
+            "timeouts = { per_try = \"300ms\" }",
+        )
+        .replace(
+            "retry = { max_attempts = 8 }",
+            "retry = { max_attempts = 2 }",
+        );
+    format!(
+        "[timeouts]\nper_try = \"500ms\"\ndeadline = \"2s\"\n[retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\nmin_attempt_time = \"10ms\"\n[breaker]\nconsecutive_failures = 5\nopen_for = \"300ms\"\n{extra}\n{routes}"
+    )
+}
+
+fn spool_section(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[spool]\npath = \"{}\"\nreplay_backoff_base = \"20ms\"\nreplay_backoff_max = \"200ms\"\ncommit_margin = \"300ms\"\n{extra}\n",
+        dir.join("spool.sqlite3").display()
+    )
+}
+
+async fn start(backend: &Backend, spool_extra: &str) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let text = settings(&spool_section(dir.path(), spool_extra));
+    Sidecar::start_in(config(&backend.url(), &text), dir).await
+}
+
+async fn write(addr: std::net::SocketAddr, id: &str, content: &str) -> Answer {
+    client::post_json(
+        addr,
+        "/api/graphql",
+        &add_step_with(vec![(id.to_string(), content.to_string())]),
+    )
+    .await
+}
+
+/// The write was acknowledged the way the SDK needs: 200, every alias ok.
+fn assert_acked(a: &Answer) {
+    assert_eq!(a.status, 200, "{}", a.text());
+    let j = a.json();
+    assert!(j.get("errors").is_none(), "{j}");
+    for (_, v) in j["data"].as_object().unwrap() {
+        assert_eq!(v["ok"], true, "{j}");
+    }
+}
+
+fn spooled(a: &Answer) -> bool {
+    a.header("x-sidecar-spooled") == Some("true")
+}
+
+/// Versions of `id` in the order the backend applied them.
+fn versions(applied: &[(String, String)], id: &str) -> Vec<String> {
+    applied
+        .iter()
+        .filter(|(i, _)| i == id)
+        .map(|(_, c)| c.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_safety_acknowledged_writes_survive_sigkill() {
+    let mut backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_text(&backend.url(), &settings(""));
+    let mut p = Process::spawn_at(dir.path(), &cfg, &[], &[]).await;
+    // 30 steps, written 1..=3 times each; versions of a step in sequence.
+    let mut last: HashMap<String, String> = HashMap::new();
+    let mut tasks = Vec::new();
+    for s in 0..30 {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            let id = format!("step-{s}");
+            let mut content = String::new();
+            for v in 1..=(1 + s % 3) {
+                content = format!("{id} v{v}");
+                let a = write(addr, &id, &content).await;
+                assert_acked(&a);
+                assert!(spooled(&a), "backend is down, so the write was spooled");
+            }
+            (id, content)
+        }));
+    }
+    for t in tasks {
+        let (id, content) = t.await.unwrap();
+        last.insert(id, content);
+    }
+    // Acknowledged means committed: kill without any chance to flush.
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).await;
+    backend.up().await;
+    let _p2 = Process::spawn_at(dir.path(), &cfg, &[], &[]).await;
+    let expected = last.clone();
+    backend
+        .wait_for(Duration::from_secs(30), "every step delivered", |st| {
+            expected.iter().all(|(id, c)| st.steps.get(id) == Some(c))
+        })
+        .await;
+    assert_eq!(
+        backend.steps(),
+        last,
+        "each step upstream holds the app's last write"
+    );
+    let applied = backend.applied();
+    for id in last.keys() {
+        let vs = versions(&applied, id);
+        let mut sorted = vs.clone();
+        sorted.sort();
+        assert_eq!(vs, sorted, "{id} applied out of order: {vs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_of_a_step_arrive_in_order() {
+    let mut backend = Backend::down(None);
+    let sc = start(&backend, "").await;
+    for v in 1..=3 {
+        let a = write(sc.addr, "s-order", &format!("v{v}")).await;
+        assert_acked(&a);
+        assert!(spooled(&a));
+    }
+    // While entries wait, a new write goes behind them even if the backend
+    // is back: it cannot overtake v1..v3.
+    backend.up().await;
+    let a = write(sc.addr, "s-order", "v4").await;
+    assert_acked(&a);
+    backend
+        .wait_for(Duration::from_secs(10), "v4 applied", |st| {
+            st.steps.get("s-order").map(String::as_str) == Some("v4")
+        })
+        .await;
+    let vs = versions(&backend.applied(), "s-order");
+    assert_eq!(
+        vs,
+        ["v1", "v2", "v3", "v4"],
+        "never an older version after a newer one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackout_of_twenty_seconds_loses_nothing() {
+    let mut backend = Backend::up_now(None).await;
+    let sc = start(&backend, "").await;
+    let addr = sc.addr;
+    let writer = tokio::spawn(async move {
+        let mut last = HashMap::new();
+        let mut answers = Vec::new();
+        let started = tokio::time::Instant::now();
+        let mut n = 0;
+        while started.elapsed() < Duration::from_secs(26) {
+            // A few steps updated over and over, plus a new one each time.
+            let id = format!("b-{}", n % 7);
+            let content = format!("{id} @{n}");
+            let a = write(addr, &id, &content).await;
+            answers.push((a.status.as_u16(), spooled(&a), a.json()));
+            last.insert(id, content);
+            let fresh = format!("new-{n}");
+            let a = write(addr, &fresh, "fresh").await;
+            answers.push((a.status.as_u16(), spooled(&a), a.json()));
+            last.insert(fresh, "fresh".to_string());
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (last, answers)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    backend.take_down();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    backend.up().await;
+    let (last, answers) = writer.await.unwrap();
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "a write failed: {body}");
+        assert!(body.get("errors").is_none());
+    }
+    let spooled_count = answers.iter().filter(|a| a.1).count();
+    assert!(
+        spooled_count > 100,
+        "the blackout was spooled ({spooled_count})"
+    );
+    let expected = last.clone();
+    backend
+        .wait_for(Duration::from_secs(30), "all steps after recovery", |st| {
+            expected.iter().all(|(id, c)| st.steps.get(id) == Some(c))
+        })
+        .await;
+    let m = client::get(sc.admin, "/metrics").await.text();
+    assert_eq!(sample(&m, "datalayer_sidecar_spool_depth "), Some(0.0));
+    assert!(
+        sample(
+            &m,
+            "datalayer_sidecar_breaker_transitions_total{to=\"open\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_refusal_is_dead_lettered_and_requeue_sends_it_again() {
+    // The backend refuses step "bad" the first time it sees it.
+    let fault: Fault = Arc::new(|id, attempt| {
+        (id == "bad" && attempt == 0).then(|| {
+            Reply::json(
+                400,
+                serde_json::json!({"errors": [{"message": "Variable \"$id_0\" got invalid value", "extensions": {"code": "BAD_USER_INPUT"}}]}),
+            )
+        })
+    });
+    let mut backend = Backend::down(Some(fault));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_text(&backend.url(), &settings(""));
+    let p = Process::spawn_at(dir.path(), &cfg, &[], &[]).await;
+    assert_acked(&write(p.addr, "good", "fine").await);
+    assert_acked(&write(p.addr, "bad", "refused once").await);
+    backend.up().await;
+    backend
+        .wait_for(
+            Duration::from_secs(15),
+            "good delivered, bad refused",
+            |st| st.steps.contains_key("good") && st.attempts.get("bad") == Some(&1),
+        )
+        .await;
+    // Give the worker a moment to commit the dead letter.
+    let mut dead = serde_json::Value::Null;
+    for _ in 0..100 {
+        let out = p.cli(&["spool", "dead-letters", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dead = serde_json::from_slice(&out.stdout).unwrap();
+        if dead.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = &dead[0];
+    assert_eq!(d["step_ids"], serde_json::json!(["bad"]), "{dead}");
+    assert_eq!(d["status"], 400);
+    assert_eq!(d["class"], "permanent");
+    assert!(d["reason"].as_str().unwrap().contains("400"));
+    assert!(d["response"].as_str().unwrap().contains("BAD_USER_INPUT"));
+    assert!(!backend.steps().contains_key("bad"));
+
+    let out = p.cli(&["spool", "requeue", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("requeued 1"));
+    backend
+        .wait_for(
+            Duration::from_secs(15),
+            "bad delivered after requeue",
+            |st| st.steps.get("bad").map(String::as_str) == Some("refused once"),
+        )
+        .await;
+    let stats = p.cli(&["spool", "stats", "--json"]);
+    let s: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(s["dead_letters"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_spool_refuses_with_spool_full_and_keeps_what_it_has() {
+    let mut backend = Backend::down(None);
+    let sc = start(&backend, "max_entries = 3").await;
+    for i in 0..3 {
+        assert_acked(&write(sc.addr, &format!("f{i}"), "kept").await);
+    }
+    let a = write(sc.addr, "f3", "refused").await;
+    assert_eq!(a.status, 503);
+    assert_eq!(a.json()["errors"][0]["extensions"]["code"], "spool_full");
+    assert_eq!(a.header("retry-after"), Some("1"));
+    let m = client::get(sc.admin, "/metrics").await.text();
+    assert_eq!(sample(&m, "datalayer_sidecar_spool_full_total"), Some(1.0));
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(10), "stored writes delivered", |st| {
+            (0..3).all(|i| st.steps.contains_key(&format!("f{i}")))
+        })
+        .await;
+    assert!(
+        !backend.steps().contains_key("f3"),
+        "the refused write was not stored"
+    );
+    // Drained: spooling works again.
+    let status = client::get(sc.admin, "/spool").await.json();
+    assert_eq!(status["depth"], 0);
+    backend.take_down();
+    let a = write(sc.addr, "f4", "after drain").await;
+    assert_acked(&a);
+    assert!(spooled(&a));
+}
+
+#[tokio::test]
+async fn corrupt_store_refuses_to_start_unless_quarantined() {
+    let backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.sqlite3");
+    std::fs::write(
+        &path,
+        b"this is not a database, it is a sandwich ".repeat(200),
+    )
+    .unwrap();
+    let text = settings(&spool_section(dir.path(), ""));
+    let cfg = config(&backend.url(), &text);
+    let sc = Sidecar::start_opts(
+        cfg.clone(),
+        tempfile::tempdir().unwrap(),
+        Default::default(),
+    )
+    .await;
+    let err = sc.result().await.unwrap_err().to_string();
+    assert!(
+        err.contains("corrupt") && err.contains("--quarantine-corrupt-spool"),
+        "{err}"
+    );
+    assert!(path.exists(), "the file is left alone");
+
+    let opts = datalayer_sidecar::sidecar::Options {
+        quarantine_corrupt_spool: true,
+    };
+    let sc = Sidecar::start_opts(cfg, tempfile::tempdir().unwrap(), opts).await;
+    let a = write(sc.addr, "q1", "fresh store").await;
+    assert_acked(&a);
+    let moved: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "the corrupt file was moved aside");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_store_through_the_binary_is_a_clear_error() {
+    let backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/spool.sqlite3"), vec![0x42u8; 8192]).unwrap();
+    let cfg = config_text(&backend.url(), &settings(""));
+    let mut p = Process::start_at(dir.path(), &cfg, &[], &[]);
+    let st = p.wait_exit(Duration::from_secs(10)).await;
+    assert!(!st.success());
+    let logs = p.logs();
+    assert!(logs.contains("corrupt"), "{logs}");
+    let p = Process::spawn_at(dir.path(), &cfg, &[], &["--quarantine-corrupt-spool"]).await;
+    assert_eq!(client::get(p.admin, "/readyz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_writers_each_get_one_ack_and_nothing_is_lost() {
+    let mut backend = Backend::down(None);
+    let sc = start(&backend, "").await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let addr = sc.addr;
+        tasks.push(tokio::spawn(async move {
+            write(addr, &format!("c{i}"), &format!("content {i}")).await
+        }));
+    }
+    for t in tasks {
+        assert_acked(&t.await.unwrap());
+    }
+    let status = client::get(sc.admin, "/spool").await.json();
+    assert_eq!(status["depth"], 200, "{status}");
+    assert_eq!(status["committed"], 200);
+    assert!(
+        status["commit_batches"].as_u64().unwrap() < 200,
+        "group commit: {status}"
+    );
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(20), "200 steps", |st| {
+            st.steps.len() == 200
+        })
+        .await;
+    for i in 0..200 {
+        assert_eq!(backend.steps()[&format!("c{i}")], format!("content {i}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_behind_acknowledges_after_commit_and_delivers_later() {
+    let backend = Backend::up_now(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = settings(&spool_section(dir.path(), "")).replace(
+        "on_failure = \"spool\"",
+        "on_failure = \"spool\"\nmode = \"write_behind\"",
+    );
+    let sc = Sidecar::start_in(config(&backend.url(), &routes), dir).await;
+    for i in 0..20 {
+        let a = write(sc.addr, &format!("w{i}"), "behind").await;
+        assert_acked(&a);
+        assert!(spooled(&a), "every write is acknowledged from the spool");
+    }
+    backend
+        .wait_for(Duration::from_secs(10), "20 steps", |st| {
+            st.steps.len() == 20
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_stay_off_disk_when_asked_and_replay_uses_the_configured_key() {
+    let mut backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.sqlite3");
+    let text = settings(&spool_section(
+        dir.path(),
+        "store_credentials = false\napi_key = \"replay-key-123\"",
+    ));
+    let sc = Sidecar::start_in(config(&backend.url(), &text), dir).await;
+    let req = Request::post("/api/graphql")
+        .header("x-api-key", "client-key-SECRET")
+        .header("authorization", "Bearer client-token-SECRET")
+        .body(TestBody::full(
+            add_step_with(vec![("k1".into(), "keyed".into())]).to_string(),
+        ))
+        .unwrap();
+    assert_acked(&client::send(sc.addr, req).await);
+    let mut raw = std::fs::read(&path).unwrap();
+    raw.extend(std::fs::read(path.with_extension("sqlite3-wal")).unwrap_or_default());
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains("client-key-SECRET") && !raw.contains("client-token-SECRET"));
+    assert!(raw.contains("keyed"), "the write itself is stored");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the store holds keys: owner only");
+    }
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(10), "k1", |st| {
+            st.steps.contains_key("k1")
+        })
+        .await;
+    let keys = backend.state.lock().unwrap().keys.clone();
+    assert_eq!(keys.last().map(String::as_str), Some("replay-key-123"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_live_failures_are_not_spooled() {
+    let fault: Fault = Arc::new(|_, _| {
+        Some(Reply::json(
+            200,
+            serde_json::json!({"errors": [{"message": "invalid", "extensions": {"code": "GRAPHQL_VALIDATION_FAILED"}}]}),
+        ))
+    });
+    let backend = Backend::up_now(Some(fault)).await;
+    let sc = start(&backend, "").await;
+    let a = write(sc.addr, "p1", "x").await;
+    assert_eq!(a.status, 200);
+    assert!(!spooled(&a));
+    assert_eq!(
+        a.json()["errors"][0]["extensions"]["code"],
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    let status = client::get(sc.admin, "/spool").await.json();
+    assert_eq!(status["depth"], 0);
+    assert_eq!(status["committed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_on_a_transient_failure_are_spooled_then_delivered() {
+    // 503 for the first four attempts at step "t1": two live attempts fail
+    // and the write is spooled; the first replay (two attempts) fails too;
+    // the next replay lands.
+    let fault: Fault = Arc::new(|_, attempt| (attempt < 4).then(|| Reply::text(503, "busy")));
+    let backend = Backend::up_now(Some(fault)).await;
+    let sc = start(&backend, "").await;
+    let a = write(sc.addr, "t1", "eventually").await;
+    assert_acked(&a);
+    assert!(spooled(&a));
+    assert_eq!(a.header("x-sidecar-attempts"), Some("2"));
+    backend
+        .wait_for(Duration::from_secs(10), "t1 delivered", |st| {
+            st.steps.contains_key("t1")
+        })
+        .await;
+    let m = client::get(sc.admin, "/metrics").await.text();
+    assert_eq!(
+        sample(
+            &m,
+            "datalayer_sidecar_spool_replays_total{outcome=\"delivered\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &m,
+            "datalayer_sidecar_spool_replays_total{outcome=\"transient_failure\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+}

@@ -1,0 +1,178 @@
+//! A LiteralAI-style backend that can be taken down and brought back on the
+//! same port: stores `ingestStep` upserts by step id and remembers every
+//! version it received, in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::upstream::{FakeUpstream, Recorded, Reply};
+
+/// What the backend holds.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Step id → content of the last write applied.
+    pub steps: HashMap<String, String>,
+    /// Every (step id, content) applied, in arrival order.
+    pub applied: Vec<(String, String)>,
+    /// Requests received (any answer).
+    pub requests: usize,
+    /// Step id → attempts seen (for scripted faults).
+    pub attempts: HashMap<String, usize>,
+    /// `x-api-key` of every request.
+    pub keys: Vec<String>,
+}
+
+/// Decides a fault for (first step id, attempt number), or `None` to apply.
+pub type Fault = Arc<dyn Fn(&str, usize) -> Option<Reply> + Send + Sync>;
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<State>>,
+    fault: Fault,
+    running: Option<FakeUpstream>,
+    /// While down: the port bound but not listening, so connections are
+    /// refused and no other test can take the port.
+    parked: Option<tokio::net::TcpSocket>,
+}
+
+fn park(addr: SocketAddr) -> tokio::net::TcpSocket {
+    for _ in 0..200 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_reuseaddr(true).unwrap();
+        if s.bind(addr).is_ok() {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("cannot hold {addr}");
+}
+
+/// `(step id, content)` pairs of an `AddStep` body.
+pub fn steps_in(body: &serde_json::Value) -> Vec<(String, String)> {
+    let vars = &body["variables"];
+    let mut out = Vec::new();
+    for i in 0.. {
+        let Some(id) = vars[format!("id_{i}")].as_str() else {
+            break;
+        };
+        let content = vars[format!("output_{i}")]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        out.push((id.to_string(), content));
+    }
+    out
+}
+
+fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
+    let body = r.json();
+    let steps = steps_in(&body);
+    let mut st = state.lock().unwrap();
+    st.requests += 1;
+    st.keys
+        .push(r.header("x-api-key").unwrap_or_default().to_string());
+    if steps.is_empty() {
+        return Reply::json(200, serde_json::json!({"data": {}}));
+    }
+    let first = steps[0].0.clone();
+    let n = {
+        let a = st.attempts.entry(first.clone()).or_insert(0);
+        *a += 1;
+        *a - 1
+    };
+    if let Some(reply) = fault(&first, n) {
+        return reply;
+    }
+    let mut data = serde_json::Map::new();
+    for (i, (id, content)) in steps.into_iter().enumerate() {
+        st.steps.insert(id.clone(), content.clone());
+        st.applied.push((id, content));
+        data.insert(
+            format!("step{i}"),
+            serde_json::json!({"ok": true, "message": "Step ingested"}),
+        );
+    }
+    Reply::json(200, serde_json::json!({ "data": data }))
+}
+
+impl Backend {
+    /// A backend that starts down (its port refuses connections).
+    pub fn down(fault: Option<Fault>) -> Backend {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.set_reuseaddr(true).unwrap();
+        s.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = s.local_addr().unwrap();
+        Backend {
+            addr,
+            state: Arc::new(Mutex::new(State::default())),
+            fault: fault.unwrap_or_else(|| Arc::new(|_, _| None)),
+            running: None,
+            parked: Some(s),
+        }
+    }
+
+    /// A backend that is up.
+    pub async fn up_now(fault: Option<Fault>) -> Backend {
+        let mut b = Backend::down(fault);
+        b.up().await;
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Start serving on the backend's port.
+    pub async fn up(&mut self) {
+        if self.running.is_some() {
+            return;
+        }
+        let socket = self.parked.take().unwrap_or_else(|| park(self.addr));
+        let listener = socket.listen(1024).expect("listen on the backend's port");
+        let (state, fault) = (self.state.clone(), self.fault.clone());
+        self.running = Some(FakeUpstream::start_on(
+            listener,
+            move |r, _| answer(&state, &fault, r),
+            None,
+        ));
+    }
+
+    /// Stop: the port refuses connections, open ones are dropped.
+    pub fn take_down(&mut self) {
+        self.running = None;
+        self.parked = Some(park(self.addr));
+    }
+
+    pub fn steps(&self) -> HashMap<String, String> {
+        self.state.lock().unwrap().steps.clone()
+    }
+
+    pub fn applied(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().applied.clone()
+    }
+
+    /// Wait until `pred` holds for the state, or panic after `within`.
+    pub async fn wait_for(&self, within: Duration, what: &str, pred: impl Fn(&State) -> bool) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if pred(&self.state.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let st = self.state.lock().unwrap();
+                panic!(
+                    "timed out waiting for {what}: {} steps, {} requests",
+                    st.steps.len(),
+                    st.requests
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
