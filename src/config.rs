@@ -410,6 +410,8 @@ pub struct SpoolFile {
     /// Margin kept before a spooling route's deadline for the local commit.
     #[serde(with = "humantime_serde")]
     pub commit_margin: Duration,
+    /// Replays in flight at once (entries touching different steps).
+    pub replay_concurrency: usize,
 }
 
 impl Default for SpoolFile {
@@ -425,6 +427,7 @@ impl Default for SpoolFile {
             replay_backoff_base: Duration::from_millis(100),
             replay_backoff_max: Duration::from_secs(10),
             commit_margin: Duration::from_millis(500),
+            replay_concurrency: 16,
         }
     }
 }
@@ -707,6 +710,12 @@ impl Config {
         }
         if file.spool.max_batch == 0 {
             return Err(ConfigError::key("spool.max_batch", "must be at least 1"));
+        }
+        if file.spool.replay_concurrency == 0 || file.spool.replay_concurrency > 1024 {
+            return Err(ConfigError::key(
+                "spool.replay_concurrency",
+                "must be 1..=1024",
+            ));
         }
         if file.spool.max_entries == 0 {
             return Err(ConfigError::key("spool.max_entries", "must be at least 1"));

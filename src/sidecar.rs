@@ -201,6 +201,7 @@ pub async fn run_with_listeners(
                 file.spool.replay_backoff_base,
                 file.spool.replay_backoff_max,
             ),
+            concurrency: file.spool.replay_concurrency,
         };
         Ok::<_, RunError>(tokio::spawn(drain.run(worker_stop)))
     });

@@ -11,6 +11,10 @@
 //! and the attempt count. On shutdown it stops between entries: a delivery
 //! in progress finishes (bounded by the route's deadline) and its result is
 //! committed before the worker exits.
+//!
+//! Entries that touch disjoint steps are delivered concurrently (up to
+//! `spool.replay_concurrency`); an entry that shares a step with an earlier
+//! one waits for it, so each step's versions still arrive in order.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +23,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower::util::BoxCloneService;
+use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
 use super::Spool;
@@ -40,7 +44,7 @@ use crate::route::{ErrorFormat, Routes};
 const IDLE_RESYNC: Duration = Duration::from_secs(5);
 
 /// The service replays go through (the stack below the spool layer).
-pub type ReplayService = BoxCloneService<Request<RequestBody>, Response<ResponseBody>, Error>;
+pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Error>;
 
 /// What the worker needs.
 #[derive(Debug)]
@@ -59,6 +63,8 @@ pub struct Drain {
     pub api_key: Option<(HeaderName, HeaderValue)>,
     /// First and largest backoff between failed deliveries.
     pub backoff: (Duration, Duration),
+    /// Deliveries in flight at once (entries touching disjoint steps).
+    pub concurrency: usize,
 }
 
 enum Outcome {
@@ -72,14 +78,15 @@ enum Outcome {
 
 impl Drain {
     /// Run until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = self.backoff.0;
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut backoff = this.backoff.0;
         let mut last_resync = Instant::now();
-        'outer: loop {
+        loop {
             if *shutdown.borrow() {
                 break;
             }
-            let batch = match self.spool.store().head(32).await {
+            let batch = match this.spool.store().head(this.concurrency * 2).await {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(error = %e, "spool: cannot read the queue");
@@ -90,95 +97,134 @@ impl Drain {
                 }
             };
             if batch.is_empty() || last_resync.elapsed() >= IDLE_RESYNC {
-                self.spool.resync().await;
+                this.spool.resync().await;
                 last_resync = Instant::now();
             }
             if batch.is_empty() {
                 tokio::select! {
-                    () = self.spool.inner.wake.notified() => {}
+                    () = this.spool.inner.wake.notified() => {}
                     () = tokio::time::sleep(IDLE_RESYNC) => {}
                     () = shutdown_requested(&mut shutdown) => break,
                 }
                 continue;
             }
-            for entry in batch {
-                if *shutdown.borrow() {
-                    break 'outer;
+            if let Some(wait) = this.breaker.retry_after() {
+                if sleep_or_stop(&mut shutdown, wait).await {
+                    break;
                 }
-                // An older write of the same steps is still in flight live:
-                // it goes first (delivered, or spooled ahead of this one).
-                while self.spool.held(&entry.step_ids) {
-                    tokio::select! {
-                        () = self.spool.inner.wake.notified() => {}
-                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        () = shutdown_requested(&mut shutdown) => break 'outer,
-                    }
+            }
+            let round = this.ready_prefix(batch);
+            if round.is_empty() {
+                // The head waits for an older live write of the same steps.
+                tokio::select! {
+                    () = this.spool.inner.wake.notified() => {}
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = shutdown_requested(&mut shutdown) => break,
                 }
-                if let Some(wait) = self.breaker.retry_after() {
-                    if sleep_or_stop(&mut shutdown, wait).await {
-                        break 'outer;
-                    }
+                continue;
+            }
+            // Entries in a round touch disjoint steps, so they may be
+            // delivered at once; each round finishes (deliveries and their
+            // commits) before the next starts or the worker stops.
+            let mut tasks = tokio::task::JoinSet::new();
+            for entry in round {
+                let this = this.clone();
+                tasks.spawn(async move { this.deliver_and_commit(entry).await });
+            }
+            let mut wait: Option<Duration> = None;
+            let mut failed = false;
+            while let Some(res) = tasks.join_next().await {
+                if let Ok(Some(w)) = res {
+                    failed = true;
+                    wait = Some(wait.map_or(w, |x: Duration| x.max(w)));
                 }
-                let outcome = self.deliver(&entry).await;
-                let metrics = &self.spool.inner.metrics;
-                match outcome {
-                    Outcome::Delivered => {
-                        if let Err(e) = self.spool.store().delivered(entry.id).await {
-                            tracing::error!(error = %e, entry = entry.id, "spool: cannot delete a delivered entry; it will be sent again");
-                            continue 'outer;
-                        }
-                        metrics.replay_delivered.inc();
-                        self.spool.removed(&entry.route);
-                        backoff = self.backoff.0;
-                        tracing::info!(
-                            target: "spool",
-                            entry = entry.id,
-                            request_id = %entry.request_id,
-                            route = %entry.route,
-                            attempts = entry.attempts + 1,
-                            "spooled write delivered"
-                        );
-                    }
-                    Outcome::Permanent(info) => {
-                        tracing::warn!(
-                            target: "spool",
-                            entry = entry.id,
-                            request_id = %entry.request_id,
-                            route = %entry.route,
-                            kind = %info.kind,
-                            status = info.status,
-                            reason = %info.reason,
-                            "spooled write refused by the backend; moved to dead letters"
-                        );
-                        if let Err(e) = self.spool.store().dead_letter(entry.id, info).await {
-                            tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry");
-                            continue 'outer;
-                        }
-                        metrics.replay_dead_lettered.inc();
-                        self.spool.removed(&entry.route);
-                    }
-                    Outcome::Transient { error, wait } => {
-                        metrics.replay_transient.inc();
-                        let _ = self.spool.store().failed(entry.id, error.clone()).await;
-                        let delay = wait.unwrap_or(backoff).max(self.backoff.0);
-                        tracing::info!(
-                            target: "spool",
-                            entry = entry.id,
-                            error = %error,
-                            retry_in_ms = delay.as_millis() as u64,
-                            "spooled write not delivered yet"
-                        );
-                        backoff = (backoff * 2).min(self.backoff.1);
-                        if sleep_or_stop(&mut shutdown, delay).await {
-                            break 'outer;
-                        }
-                        // Start again from the head: order is kept.
-                        continue 'outer;
-                    }
+            }
+            if failed {
+                let delay = wait.unwrap_or(backoff).max(this.backoff.0).max(backoff);
+                backoff = (backoff * 2).min(this.backoff.1);
+                if sleep_or_stop(&mut shutdown, delay).await {
+                    break;
                 }
+            } else {
+                backoff = this.backoff.0;
             }
         }
         tracing::info!("spool worker stopped");
+    }
+
+    /// The longest prefix of `batch` (in replay order) whose entries touch
+    /// disjoint steps, none held by a live write: safe to deliver at once.
+    fn ready_prefix(&self, batch: Vec<Entry>) -> Vec<Entry> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for entry in batch {
+            if out.len() >= self.concurrency
+                || self.spool.held(&entry.step_ids)
+                || entry.step_ids.iter().any(|id| seen.contains(id))
+            {
+                break;
+            }
+            seen.extend(entry.step_ids.iter().cloned());
+            out.push(entry);
+        }
+        out
+    }
+
+    /// Deliver one entry and commit the result. Returns the wait asked for
+    /// when the delivery failed transiently (`Some(ZERO)` when none).
+    async fn deliver_and_commit(&self, entry: Entry) -> Option<Duration> {
+        let outcome = self.deliver(&entry).await;
+        let metrics = &self.spool.inner.metrics;
+        let store = self.spool.store();
+        match outcome {
+            Outcome::Delivered => {
+                if let Err(e) = store.delivered(entry.id).await {
+                    tracing::error!(error = %e, entry = entry.id, "spool: cannot delete a delivered entry; it will be sent again");
+                    return Some(Duration::ZERO);
+                }
+                metrics.replay_delivered.inc();
+                self.spool.removed(&entry.route);
+                tracing::info!(
+                    target: "spool",
+                    entry = entry.id,
+                    request_id = %entry.request_id,
+                    route = %entry.route,
+                    attempts = entry.attempts + 1,
+                    "spooled write delivered"
+                );
+                None
+            }
+            Outcome::Permanent(info) => {
+                tracing::warn!(
+                    target: "spool",
+                    entry = entry.id,
+                    request_id = %entry.request_id,
+                    route = %entry.route,
+                    kind = %info.kind,
+                    status = info.status,
+                    reason = %info.reason,
+                    "spooled write refused by the backend; moved to dead letters"
+                );
+                if let Err(e) = store.dead_letter(entry.id, info).await {
+                    tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry");
+                    return Some(Duration::ZERO);
+                }
+                metrics.replay_dead_lettered.inc();
+                self.spool.removed(&entry.route);
+                None
+            }
+            Outcome::Transient { error, wait } => {
+                metrics.replay_transient.inc();
+                let _ = store.failed(entry.id, error.clone()).await;
+                tracing::info!(
+                    target: "spool",
+                    entry = entry.id,
+                    error = %error,
+                    "spooled write not delivered yet"
+                );
+                Some(wait.unwrap_or(Duration::ZERO))
+            }
+        }
     }
 
     fn request(&self, entry: &Entry) -> Result<(Request<RequestBody>, Arc<Exchange>), String> {
@@ -222,7 +268,7 @@ impl Drain {
         Ok((req, ex))
     }
 
-    async fn deliver(&mut self, entry: &Entry) -> Outcome {
+    async fn deliver(&self, entry: &Entry) -> Outcome {
         let (req, ex) = match self.request(entry) {
             Ok(r) => r,
             Err(reason) => {
@@ -235,7 +281,8 @@ impl Drain {
                 });
             }
         };
-        let result = match self.service.ready().await {
+        let mut service = self.service.clone();
+        let result = match service.ready().await {
             Ok(svc) => svc.call(req).await,
             Err(e) => Err(e),
         };

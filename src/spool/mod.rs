@@ -16,8 +16,7 @@
 //! waits for that earlier write to finish (delivered, or spooled ahead).
 //! So an older version of a step never overwrites a newer one upstream.
 //! Delivery is at least once; the backend's upsert by step id makes a
-//! repeat harmless, and an identical write already waiting is not stored
-//! twice.
+//! repeat harmless.
 //!
 //! No anchor codebase has a spool; the shape borrows from tower's `buffer`
 //! (a worker fed by a channel, `Closed` when it dies) and mini-redis (a
@@ -49,7 +48,7 @@ use crate::exchange;
 use crate::graphql;
 use crate::metrics::SpoolMetrics;
 use crate::route::SpoolMode;
-use store::{Appended, NewEntry, Store, StoreError};
+use store::{NewEntry, Store, StoreError};
 
 #[derive(Debug, Default)]
 struct OrderState {
@@ -197,8 +196,16 @@ impl Spool {
         let Ok(mut o) = self.inner.order.lock() else {
             return Admit::Behind(0);
         };
-        let ticket = o.next_ticket;
-        o.next_ticket += 1;
+        // Entries the operator requeued may have moved the end of the queue.
+        let end = self
+            .inner
+            .store
+            .totals
+            .max_ticket
+            .load(Ordering::Relaxed)
+            .max(0) as u64;
+        let ticket = o.next_ticket.max(end + 1);
+        o.next_ticket = ticket + 1;
         let behind = write_behind
             || o.waiting(route) > 0
             || ids.iter().any(|id| o.live.contains_key(id.as_str()));
@@ -272,9 +279,8 @@ impl Spool {
             })
             .await;
         match result {
-            Ok(appended) => {
-                let stored = i64::from(appended == Appended::Stored);
-                self.adjust(&route, -1, stored);
+            Ok(()) => {
+                self.adjust(&route, -1, 1);
                 inner.metrics.committed.inc();
                 inner
                     .metrics
@@ -315,7 +321,7 @@ impl Spool {
             .store
             .read(|c| {
                 Ok(c.query_row(
-                    "SELECT created_ms FROM entries ORDER BY ticket, id LIMIT 1",
+                    "SELECT created_ms FROM entries ORDER BY id LIMIT 1",
                     [],
                     |r| r.get::<_, i64>(0),
                 )

@@ -31,8 +31,7 @@ const MAX_DEAD_RESPONSE: usize = 64 * 1024;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    ticket      INTEGER NOT NULL,
+    id          INTEGER PRIMARY KEY, -- the ticket: replay order
     route       TEXT    NOT NULL,
     request_id  TEXT    NOT NULL,
     created_ms  INTEGER NOT NULL,
@@ -40,13 +39,10 @@ CREATE TABLE IF NOT EXISTS entries (
     path        TEXT    NOT NULL,
     headers     BLOB    NOT NULL,
     body        BLOB    NOT NULL,
-    digest      INTEGER NOT NULL,
     step_ids    TEXT    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT
 );
-CREATE INDEX IF NOT EXISTS entries_order ON entries (ticket, id);
-CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     ticket      INTEGER NOT NULL,
@@ -135,10 +131,8 @@ pub struct NewEntry {
 /// A stored write waiting for delivery.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
-    /// Row id.
+    /// Row id, which is also its position in the replay order.
     pub id: i64,
-    /// Position in the replay order.
-    pub ticket: i64,
     /// The route it came in on.
     pub route: String,
     /// The original request id.
@@ -224,17 +218,8 @@ pub struct DeadInfo {
     pub reason: String,
 }
 
-/// What `append` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Appended {
-    /// Stored as a new entry.
-    Stored,
-    /// An identical write was already waiting; nothing new stored.
-    Duplicate,
-}
-
 enum Cmd {
-    Append(NewEntry, oneshot::Sender<Result<Appended, StoreError>>),
+    Append(NewEntry, oneshot::Sender<Result<(), StoreError>>),
     Delivered(i64, oneshot::Sender<Result<(), StoreError>>),
     Failed(i64, String, oneshot::Sender<Result<(), StoreError>>),
     Dead(i64, DeadInfo, oneshot::Sender<Result<(), StoreError>>),
@@ -276,17 +261,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// FNV-1a: a stable content digest to find identical waiting writes (a
-/// match is then confirmed byte for byte).
-pub fn digest(data: &[u8]) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x100_0000_01b3);
-    }
-    h as i64
 }
 
 /// Create the file (mode 0600) and its directory (0700) if missing; tighten
@@ -421,17 +395,28 @@ impl Store {
             Err(e) => return Err(e),
         };
         let reader = open_checked(path)?;
+        let checkpointer = open_checked(path)?;
+        // Checkpoints copy the log into the main file and fsync it; run in
+        // the writer they would stall every acknowledgement behind them, so
+        // a separate thread runs them (WAL lets it work beside the writer).
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let totals = Arc::new(Totals::default());
         load_totals(&reader, &totals)?;
         let (tx, rx) = mpsc::channel();
+        let (kick, kicked) = mpsc::sync_channel(1);
         let t = totals.clone();
+        let spawn_err = |e: std::io::Error| StoreError::Open {
+            path: path.to_path_buf(),
+            detail: format!("cannot start a spool thread: {e}"),
+        };
+        std::thread::Builder::new()
+            .name("spool-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, kicked))
+            .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || writer_loop(writer, rx, t))
-            .map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                detail: format!("cannot start the writer thread: {e}"),
-            })?;
+            .spawn(move || writer_loop(writer, rx, t, kick))
+            .map_err(spawn_err)?;
         Ok(Store {
             tx,
             reader: Arc::new(Mutex::new(reader)),
@@ -455,7 +440,7 @@ impl Store {
     }
 
     /// Store a write; returns once it is durably committed.
-    pub async fn append(&self, entry: NewEntry) -> Result<Appended, StoreError> {
+    pub async fn append(&self, entry: NewEntry) -> Result<(), StoreError> {
         self.call(|r| Cmd::Append(entry, r)).await
     }
 
@@ -507,7 +492,7 @@ impl Store {
 
 fn load_totals(conn: &Connection, totals: &Totals) -> Result<(), StoreError> {
     let (n, bytes, max_ticket): (i64, i64, Option<i64>) = conn.query_row(
-        "SELECT count(*), coalesce(sum(length(body)), 0), max(ticket) FROM entries",
+        "SELECT count(*), coalesce(sum(length(body)), 0), max(id) FROM entries",
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
@@ -523,7 +508,16 @@ fn load_totals(conn: &Connection, totals: &Totals) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, totals: Arc<Totals>) {
+/// Commits between checkpoint requests.
+const CHECKPOINT_EVERY: u32 = 64;
+
+fn writer_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Cmd>,
+    totals: Arc<Totals>,
+    kick: mpsc::SyncSender<()>,
+) {
+    let mut since_kick = 0u32;
     // Ends when every sender is dropped (shutdown), after the queue is empty.
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -534,9 +528,31 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Cmd>, totals: Arc<Totals
             }
         }
         apply_batch(&mut conn, batch, &totals);
+        since_kick += 1;
+        if since_kick >= CHECKPOINT_EVERY {
+            // A full channel means a request is already pending.
+            let _ = kick.try_send(());
+            since_kick = 0;
+        }
     }
+    drop(kick);
     // Fold the WAL back into the main file so a clean stop leaves one file.
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+}
+
+/// Runs passive checkpoints when the writer asks, or every second while
+/// idle, until the writer is gone.
+fn checkpoint_loop(conn: Connection, kicked: mpsc::Receiver<()>) {
+    loop {
+        match kicked.recv_timeout(Duration::from_secs(1)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %e, "spool checkpoint skipped");
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+    }
 }
 
 /// What one command will change in the totals if the batch commits.
@@ -549,21 +565,21 @@ struct Delta {
 }
 
 fn apply_batch(conn: &mut Connection, batch: Vec<Cmd>, totals: &Totals) {
-    let mut results: Vec<Result<Option<Appended>, StoreError>> = Vec::with_capacity(batch.len());
+    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
     let mut delta = Delta::default();
     let outcome = (|| -> Result<(), rusqlite::Error> {
         let tx = conn.transaction()?;
         for cmd in &batch {
             let r = match cmd {
-                Cmd::Append(e, _) => append_one(&tx, e, &mut delta).map(Some),
-                Cmd::Delivered(id, _) => remove_one(&tx, *id, &mut delta).map(|()| None),
+                Cmd::Append(e, _) => append_one(&tx, e, &mut delta),
+                Cmd::Delivered(id, _) => remove_one(&tx, *id, &mut delta),
                 Cmd::Failed(id, err, _) => tx
                     .execute(
                         "UPDATE entries SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
                         params![id, err],
                     )
-                    .map(|_| None),
-                Cmd::Dead(id, info, _) => dead_one(&tx, *id, info, &mut delta).map(|()| None),
+                    .map(|_| ()),
+                Cmd::Dead(id, info, _) => dead_one(&tx, *id, info, &mut delta),
             };
             results.push(r.map_err(StoreError::from));
         }
@@ -602,13 +618,13 @@ fn add(counter: &AtomicU64, delta: i64) {
     }
 }
 
-fn reply(cmd: Cmd, r: Result<Option<Appended>, StoreError>) {
+fn reply(cmd: Cmd, r: Result<(), StoreError>) {
     match cmd {
-        Cmd::Append(_, tx) => {
-            let _ = tx.send(r.map(|a| a.unwrap_or(Appended::Stored)));
-        }
-        Cmd::Delivered(_, tx) | Cmd::Failed(_, _, tx) | Cmd::Dead(_, _, tx) => {
-            let _ = tx.send(r.map(|_| ()));
+        Cmd::Append(_, tx)
+        | Cmd::Delivered(_, tx)
+        | Cmd::Failed(_, _, tx)
+        | Cmd::Dead(_, _, tx) => {
+            let _ = tx.send(r);
         }
     }
 }
@@ -617,38 +633,50 @@ fn append_one(
     tx: &rusqlite::Transaction<'_>,
     e: &NewEntry,
     delta: &mut Delta,
-) -> Result<Appended, rusqlite::Error> {
-    let dig = digest(&e.body);
-    let existing: Option<i64> = tx
-        .prepare_cached(
-            "SELECT id FROM entries WHERE digest = ?1 AND route = ?2 AND path = ?3 AND body = ?4 LIMIT 1",
-        )?
-        .query_row(params![dig, e.route, e.path, &e.body[..]], |r| r.get(0))
-        .optional()?;
-    if existing.is_some() {
-        return Ok(Appended::Duplicate);
-    }
+) -> Result<(), rusqlite::Error> {
     let ids = serde_json::to_string(&e.step_ids).unwrap_or_else(|_| "[]".into());
-    tx.prepare_cached(
-        "INSERT INTO entries (ticket, route, request_id, created_ms, method, path, headers, body, digest, step_ids)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        e.ticket as i64,
-        e.route,
-        e.request_id,
-        now_ms(),
-        e.method,
-        e.path,
-        e.headers,
-        &e.body[..],
-        dig,
-        ids
-    ])?;
+    let created = now_ms();
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) DO NOTHING",
+        )?
+        .execute(params![
+            e.ticket as i64,
+            e.route,
+            e.request_id,
+            created,
+            e.method,
+            e.path,
+            e.headers,
+            &e.body[..],
+            ids
+        ])?;
+    let id = if inserted == 1 {
+        e.ticket as i64
+    } else {
+        // The ticket was taken by an entry the operator requeued while the
+        // sidecar ran: append at the end instead.
+        tx.prepare_cached(
+            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
+             VALUES ((SELECT coalesce(max(id), 0) + 1 FROM entries), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            e.route,
+            e.request_id,
+            created,
+            e.method,
+            e.path,
+            e.headers,
+            &e.body[..],
+            ids
+        ])?;
+        tx.last_insert_rowid()
+    };
     delta.entries += 1;
     delta.bytes += e.body.len() as i64;
-    delta.ticket = delta.ticket.max(e.ticket as i64);
-    Ok(Appended::Stored)
+    delta.ticket = delta.ticket.max(id);
+    Ok(())
 }
 
 fn remove_one(
@@ -681,7 +709,7 @@ fn dead_one(
         .map(|r| r[..r.len().min(MAX_DEAD_RESPONSE)].to_vec());
     let moved = tx.execute(
         "INSERT INTO dead_letters (ticket, route, request_id, created_ms, dead_ms, method, path, headers, body, step_ids, attempts, class, kind, status, response, reason)
-         SELECT ticket, route, request_id, created_ms, ?2, method, path, headers, body, step_ids, attempts + 1, ?3, ?4, ?5, ?6, ?7
+         SELECT id, route, request_id, created_ms, ?2, method, path, headers, body, step_ids, attempts + 1, ?3, ?4, ?5, ?6, ?7
          FROM entries WHERE id = ?1",
         params![
             id,
@@ -711,25 +739,24 @@ pub fn list_entries(
     offset: usize,
 ) -> Result<Vec<Entry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, ticket, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
-         FROM entries ORDER BY ticket, id LIMIT ?1 OFFSET ?2",
+        "SELECT id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
+         FROM entries ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
     let rows = stmt.query_map(params![limit as i64, offset as i64], |r| {
-        let body: Vec<u8> = r.get(8)?;
+        let body: Vec<u8> = r.get(7)?;
         Ok(Entry {
             id: r.get(0)?,
-            ticket: r.get(1)?,
-            route: r.get(2)?,
-            request_id: r.get(3)?,
-            created_ms: r.get(4)?,
-            method: r.get(5)?,
-            path: r.get(6)?,
-            headers: r.get(7)?,
+            route: r.get(1)?,
+            request_id: r.get(2)?,
+            created_ms: r.get(3)?,
+            method: r.get(4)?,
+            path: r.get(5)?,
+            headers: r.get(6)?,
             body_bytes: body.len(),
             body,
-            step_ids: row_ids(r.get(9)?),
-            attempts: r.get(10)?,
-            last_error: r.get(11)?,
+            step_ids: row_ids(r.get(8)?),
+            attempts: r.get(9)?,
+            last_error: r.get(10)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -803,26 +830,17 @@ pub fn requeue(
         let tx = conn.transaction()?;
         for id in chunk {
             let next: i64 = tx.query_row(
-                "SELECT max(coalesce((SELECT max(ticket) FROM entries), 0), coalesce((SELECT max(ticket) FROM dead_letters), 0)) + 1",
+                "SELECT max(coalesce((SELECT max(id) FROM entries), 0), coalesce((SELECT max(ticket) FROM dead_letters), 0)) + 1",
                 [],
                 |r| r.get(0),
             )?;
             let n = tx.execute(
-                "INSERT INTO entries (ticket, route, request_id, created_ms, method, path, headers, body, digest, step_ids, attempts, last_error)
-                 SELECT ?2, route, request_id, ?3, method, path, headers, body, 0, step_ids, 0, 'requeued from dead letter ' || id || ': ' || reason
+                "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error)
+                 SELECT ?2, route, request_id, ?3, method, path, headers, body, step_ids, 0, 'requeued from dead letter ' || id || ': ' || reason
                  FROM dead_letters WHERE id = ?1",
                 params![id, next, now_ms()],
             )?;
             if n == 1 {
-                let rowid = tx.last_insert_rowid();
-                let body: Vec<u8> =
-                    tx.query_row("SELECT body FROM entries WHERE id = ?1", [rowid], |r| {
-                        r.get(0)
-                    })?;
-                tx.execute(
-                    "UPDATE entries SET digest = ?2 WHERE id = ?1",
-                    params![rowid, digest(&body)],
-                )?;
                 tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
                 moved += 1;
             }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Spool benchmark: spooled-write throughput and acknowledgement latency with
+# real durable commits (SQLite WAL, synchronous=FULL, group commit), and the
+# drain rate to a local backend.
+#
+#   bash bench/spool.sh        # RATE=5000 DURATION=20 ROUNDS=3 CONNS=32
+#
+# The sidecar runs the shipped config with step writes in write-behind mode
+# (every write committed, then acknowledged) and is pinned, with the
+# backend, to one core; the load generators get the other.
+#
+# A  backend down, so nothing drains: the commit path alone.
+#    A1 closed loop (wrk, CONNS connections): the most writes/s it takes.
+#    A2 open loop at RATE writes/s (bench loadgen), ROUNDS times:
+#       acknowledgement latency measured from each write's scheduled time.
+# B  backend up (nginx answering like LiteralAI): time to empty the queue.
+# C  backend up, open loop at RATE: acknowledgement latency while the worker
+#    drains at the same time, and the queue left one second after.
+# Writes bench/out/spool.json.
+
+source "$(dirname "$0")/lib.sh"
+trap cleanup EXIT
+
+DURATION="${DURATION:-20}"
+CONNS="${CONNS:-32}"
+RATE="${RATE:-5000}"
+ROUNDS="${ROUNDS:-3}"
+ensure_tools
+LOADGEN="$REPO_DIR/target/release/examples/loadgen"
+
+python3 -c "import sys; sys.path.insert(0, '$BENCH_DIR'); from steps import add_step_body; print(add_step_body('STEP_ID'), end='')" > "$RUN_DIR/addstep.json"
+export BODY_FILE="$RUN_DIR/addstep.json" UNIQUE=1
+
+SPOOL_DIR="$RUN_DIR/spool"
+export SIDECAR_CONFIG="$RUN_DIR/sidecar-spool.toml"
+sed -e 's|^on_failure = "spool"$|on_failure = "spool"\nmode = "write_behind"|' \
+    -e "s|^path = \"data/spool.sqlite3\"|path = \"$SPOOL_DIR/spool.sqlite3\"|" \
+    "$REPO_DIR/config/sidecar.toml" > "$SIDECAR_CONFIG"
+
+UP_PORT=$(free_port)
+DOWN_PORT=$(free_port)   # nothing listens here
+SC_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
+RESULTS="$RUN_DIR/results.jsonl"
+: > "$RESULTS"
+
+spool_json() { curl -s "http://127.0.0.1:$ADMIN_PORT/spool"; }
+depth() { spool_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])'; }
+loadgen() { taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$SC_PORT/api/graphql" \
+    --body "$BODY_FILE" --rate "$RATE" --duration "$DURATION" --connections "$CONNS" --unique; }
+record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
+
+log "A1: backend down, closed loop, ${DURATION}s at $CONNS connections"
+SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$DOWN_PORT")
+C0=$(cpu_ticks "$SC")
+A1=$(run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION")
+C1=$(cpu_ticks "$SC")
+S=$(spool_json)
+record A1_closed_loop "$(python3 -c "
+import json; a=json.loads('$A1'); s=json.loads('''$S''')
+print(json.dumps({'writes_per_s':a['rps'],'errors':a['errors']+a['non2xx'],'p50_ms':a['p50_us']/1e3,
+ 'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'writes_per_commit':round(s['committed']/max(1,s['commit_batches']),1),
+ 'cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/max(1,a['requests']),1)}))")"
+
+for r in $(seq 1 "$ROUNDS"); do
+    log "A2 round $r: backend down, open loop at $RATE/s for ${DURATION}s"
+    A2=$(loadgen)
+    record A2_open_loop "$(python3 -c "
+import json; a=json.loads('$A2')
+print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],'errors':a['errors']+a['non2xx'],
+ 'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3}))")"
+done
+STORED=$(depth)
+kill "$SC"; wait "$SC" 2>/dev/null || true
+
+log "B: drain $STORED entries to a local backend"
+start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
+START=$(date +%s.%N)
+SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+while [ "$(depth)" != 0 ]; do sleep 0.1; done
+END=$(date +%s.%N)
+record B_drain "$(python3 -c "print(__import__('json').dumps({'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1)}))")"
+
+for r in $(seq 1 "$ROUNDS"); do
+    log "C round $r: backend up, open loop at $RATE/s for ${DURATION}s"
+    C=$(loadgen)
+    sleep 1
+    LEFT=$(depth)
+    record C_write_behind_live "$(python3 -c "
+import json; a=json.loads('$C')
+print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],'errors':a['errors']+a['non2xx'],
+ 'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3,'queue_after_1s':$LEFT}))")"
+    while [ "$(depth)" != 0 ]; do sleep 0.2; done
+done
+
+python3 - "$RESULTS" "$OUT_DIR/spool.json" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(phase, key):
+    v = [r[key] for r in rows if r['phase'] == phase]
+    return {'median': statistics.median(v), 'min': min(v), 'max': max(v)} if v else None
+summary = {
+    'A2_p99_ms': med('A2_open_loop', 'p99_ms'), 'A2_p50_ms': med('A2_open_loop', 'p50_ms'),
+    'C_p99_ms': med('C_write_behind_live', 'p99_ms'), 'C_p50_ms': med('C_write_behind_live', 'p50_ms'),
+}
+json.dump({'rows': rows, 'summary': summary}, open(sys.argv[2], 'w'), indent=1)
+print(json.dumps(summary))
+EOF
+log "wrote $OUT_DIR/spool.json"
