@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""A LiteralAI-style backend for the end-to-end tests (loopback only).
+
+Data port: POST /api/graphql stores `ingestStep` upserts by step id (any
+number of aliases per request) and answers like the real service:
+{"data": {"step0": {"ok": true, "message": "..."}, ...}}. Other GraphQL
+operations get {"data": {}}.
+
+Faults are deterministic: whether request R fails on its n-th arrival, and
+how, is a hash of (seed, sha256(R's body), n) -- never of arrival order --
+so a run is reproducible whatever the timing.
+
+Control port (JSON):
+  GET  /state            steps (id -> last output content), counters
+  POST /schedule         {"faults": [...], "rate": 0.3, "seed": 1, "hang": 12}
+  POST /blackout         {"seconds": 20}: stop listening on the data port
+  POST /reset            forget everything
+
+Fault names: close (drop the connection, no answer), hang (answer nothing for
+`hang` seconds, then drop), 502, 503, 504, 429 (Retry-After: 1), gql_error
+(200 with a transient GraphQL error), not_ok (200 with one alias ok:false).
+Standard library only.
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import sys
+import time
+
+REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+class Backend:
+    def __init__(self, port):
+        self.port = port
+        self.server = None
+        self.blackout_until = 0.0
+        self.reset()
+        self.schedule = {"faults": [], "rate": 0.0, "seed": 1, "hang": 12.0}
+
+    def reset(self):
+        self.steps = {}
+        self.applied = []
+        self.requests = 0
+        self.per_body = {}
+        self.faults = {}
+
+    def decide(self, body):
+        sch = self.schedule
+        if not sch["faults"] or sch["rate"] <= 0:
+            return None
+        digest = hashlib.sha256(body).hexdigest()
+        n = self.per_body.get(digest, 0)
+        self.per_body[digest] = n + 1
+        h = hashlib.sha256(f"{sch['seed']}:{digest}:{n}".encode()).digest()
+        if int.from_bytes(h[:4], "big") % 10000 >= sch["rate"] * 10000:
+            return None
+        return sch["faults"][h[4] % len(sch["faults"])]
+
+    async def serve(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port, backlog=1024)
+
+    async def blackout(self, seconds):
+        self.blackout_until = time.monotonic() + seconds
+        if self.server is not None:
+            self.server.close()
+            # Established keep-alive connections go too: a dead host.
+            for w in list(getattr(self, "writers", [])):
+                w.close()
+            self.server = None
+        await asyncio.sleep(seconds)
+        await self.serve()
+
+    async def handle(self, reader, writer):
+        self.writers = getattr(self, "writers", set())
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                length = 0
+                for line in lines[1:]:
+                    if line.lower().startswith("content-length:"):
+                        length = int(line.split(":", 1)[1])
+                body = await reader.readexactly(length) if length else b""
+                if not await self.answer(method, path, body, writer):
+                    return
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def answer(self, method, path, body, writer):
+        """Write one answer; False when the connection must be dropped."""
+        if path != "/api/graphql" or method != "POST":
+            write(writer, 404, {"error": "not found"})
+            return True
+        self.requests += 1
+        try:
+            req = json.loads(body)
+        except ValueError:
+            write(writer, 400, {"errors": [{"message": "body is not JSON"}]})
+            return True
+        variables = req.get("variables") or {}
+        steps = []
+        i = 0
+        while f"id_{i}" in variables:
+            out = variables.get(f"output_{i}")
+            content = out.get("content") if isinstance(out, dict) else out
+            steps.append((variables[f"id_{i}"], content))
+            i += 1
+        if not steps:
+            write(writer, 200, {"data": {}})
+            return True
+        fault = self.decide(body)
+        if fault:
+            self.faults[fault] = self.faults.get(fault, 0) + 1
+        if fault == "close":
+            return False
+        if fault == "hang":
+            await asyncio.sleep(self.schedule["hang"])
+            return False
+        if fault in ("502", "503", "504"):
+            write(writer, int(fault), {"error": "upstream unavailable"})
+            return True
+        if fault == "429":
+            write(writer, 429, {"error": "rate limited"}, b"retry-after: 1\r\n")
+            return True
+        if fault == "gql_error":
+            write(writer, 200, {"data": None, "errors": [
+                {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]})
+            return True
+        data = {}
+        for idx, (step_id, content) in enumerate(steps):
+            data[f"step{idx}"] = {"ok": True, "message": "Step ingested"}
+        if fault == "not_ok":
+            data["step0"] = {"ok": False, "message": "Could not ingest step: temporary storage failure"}
+            write(writer, 200, {"data": data})
+            return True
+        for step_id, content in steps:
+            self.steps[step_id] = content
+            self.applied.append([step_id, content])
+        write(writer, 200, {"data": data})
+        return True
+
+
+def write(writer, status, obj, extra=b""):
+    body = json.dumps(obj).encode()
+    writer.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n"
+                 % (status, REASONS.get(status, "X").encode(), len(body), extra) + body)
+
+
+async def control(backend, reader, writer):
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        length = 0
+        for line in lines[1:]:
+            if line.lower().startswith("content-length:"):
+                length = int(line.split(":", 1)[1])
+        body = json.loads(await reader.readexactly(length) or b"{}") if length else {}
+        if path == "/state":
+            out = {"steps": backend.steps, "applied": backend.applied, "requests": backend.requests,
+                   "faults": backend.faults, "listening": backend.server is not None}
+        elif path == "/schedule":
+            backend.schedule.update(body)
+            out = backend.schedule
+        elif path == "/blackout":
+            asyncio.get_running_loop().create_task(backend.blackout(float(body["seconds"])))
+            await asyncio.sleep(0.05)
+            out = {"ok": True}
+        elif path == "/reset":
+            backend.reset()
+            out = {"ok": True}
+        else:
+            out = {"error": "unknown"}
+        data = json.dumps(out).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n" % len(data) + data)
+        await writer.drain()
+    finally:
+        writer.close()
+
+
+async def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--control-port", type=int, required=True)
+    a = p.parse_args()
+    backend = Backend(a.port)
+    await backend.serve()
+    ctl = await asyncio.start_server(lambda r, w: control(backend, r, w), "127.0.0.1", a.control_port)
+    print(f"backend on 127.0.0.1:{a.port}, control on 127.0.0.1:{a.control_port}", file=sys.stderr, flush=True)
+    async with ctl:
+        await ctl.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

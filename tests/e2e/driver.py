@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Drive the real, unmodified Chainlit LiteralAI data layer.
+
+Uses `chainlit.data.literalai.LiteralDataLayer(api_key=..., server=URL)`,
+step dicts from Chainlit's own `Message` / `Step` `to_dict()`, and fires
+writes the way Chainlit does: `asyncio.create_task(data_layer.create_step(...))`
+and later `update_step(...)`, never awaited for their result. Outside a
+websocket session, `chainlit.context.init_http_context` gives the data layer
+a session so the writes run at once.
+
+Counts every "Task exception was never retrieved" (the loop's exception
+handler) and every ERROR log line from the SDK or Chainlit, and prints one
+JSON object: what was written last to each step, and those counts.
+
+With --rounds N, after each round but the last it prints "ROUND_DONE <i>"
+and waits for a line on stdin before going on (the test restarts the
+sidecar there).
+
+Importing chainlit writes .chainlit/ and .files/ into the working directory
+and reads .env from it: run it in a temporary directory (--workdir).
+"""
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import sys
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--server", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--conversations", type=int, default=4)
+    p.add_argument("--messages", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--pace", type=float, default=0.08, help="seconds between a step's create and update")
+    a = p.parse_args()
+    os.chdir(a.workdir)
+    os.environ.pop("LITERAL_API_KEY", None)
+    asyncio.run(run(a))
+
+
+class ErrorLines(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.count = 0
+        self.samples = []
+
+    def emit(self, record):
+        self.count += 1
+        if len(self.samples) < 5:
+            self.samples.append(f"{record.name}: {record.getMessage()[:300]}")
+
+
+async def run(a):
+    # Imported here, after chdir: chainlit writes its config into the cwd.
+    from chainlit.context import init_http_context
+    from chainlit.data.literalai import LiteralDataLayer
+    from chainlit.message import Message
+    from chainlit.step import Step
+
+    errors = ErrorLines()
+    logging.getLogger().addHandler(errors)
+    logging.getLogger().setLevel(logging.INFO)
+    never_retrieved = {"count": 0, "samples": []}
+    loop = asyncio.get_running_loop()
+
+    def on_exception(loop, context):
+        if "never retrieved" in context.get("message", ""):
+            never_retrieved["count"] += 1
+            exc = context.get("exception")
+            if len(never_retrieved["samples"]) < 5:
+                never_retrieved["samples"].append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(on_exception)
+    data_layer = LiteralDataLayer(api_key="e2e-key-not-a-secret", server=a.server)
+
+    # Like Chainlit: fire and forget. The set only keeps tasks alive until
+    # they finish (a bare create_task may be garbage collected mid-flight);
+    # discarding a finished task does not retrieve its exception.
+    tasks = set()
+
+    def fire(coro):
+        t = asyncio.create_task(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    expected = {}
+    writes = 0
+
+    async def conversation(conv, round_no):
+        nonlocal writes
+        init_http_context(thread_id=f"thread-{conv}")
+        for m in range(a.messages):
+            user = Message(content=f"question {conv}.{m} (round {round_no})", author="User",
+                           type="user_message")
+            d = user.to_dict()
+            fire(data_layer.create_step(d))
+            writes += 1
+            expected[d["id"]] = d["output"]
+
+            tool = Step(name="search", type="tool")
+            tool.input = f"query {conv}.{m}"
+            tool.output = "searching..."
+            fire(data_layer.create_step(tool.to_dict()))
+            writes += 1
+            await asyncio.sleep(a.pace)
+            tool.output = f"found 3 documents for {conv}.{m}"
+            fire(data_layer.update_step(tool.to_dict()))
+            writes += 1
+            expected[tool.id] = tool.output
+
+            answer = Message(content="", author="Assistant")
+            ad = answer.to_dict()
+            fire(data_layer.create_step(ad))
+            writes += 1
+            await asyncio.sleep(a.pace)
+            answer.content = f"The answer to {conv}.{m} is {conv * 100 + m}."
+            fire(data_layer.update_step(answer.to_dict()))
+            writes += 1
+            expected[answer.id] = answer.content
+            await asyncio.sleep(a.pace)
+
+    for round_no in range(a.rounds):
+        await asyncio.gather(*(conversation(c, round_no) for c in range(a.conversations)))
+        while tasks:
+            await asyncio.wait(set(tasks))
+        if round_no + 1 < a.rounds:
+            print(f"ROUND_DONE {round_no}", flush=True)
+            await loop.run_in_executor(None, sys.stdin.readline)
+
+    # Unretrieved exceptions are reported when their task is collected.
+    gc.collect()
+    await asyncio.sleep(0.1)
+    gc.collect()
+    # Only what the app wrote last to each step counts; an empty answer
+    # that was later filled is checked by its final content.
+    print(json.dumps({
+        "writes": writes,
+        "expected": expected,
+        "task_exceptions": never_retrieved["count"],
+        "task_exception_samples": never_retrieved["samples"],
+        "sdk_errors": errors.count,
+        "sdk_error_samples": errors.samples,
+    }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""End-to-end: the real Chainlit data layer and LiteralAI SDK, through the
+sidecar, against a faulty LiteralAI-style backend.
+
+For each fault schedule, several conversations of steps must end with every
+step upstream holding the app's last write (0 lost, 0 stale), no "Task
+exception was never retrieved" and no SDK error log line. The same flaky
+schedule run straight at the backend must show losses -- proof that the test
+can see one.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SIDECAR = os.environ.get("DLSC_BIN", str(REPO / "target" / "debug" / "datalayer-sidecar"))
+
+FLAKY = {"faults": ["close", "502", "503", "504", "429", "hang"], "rate": 0.3, "seed": 11, "hang": 12}
+GRAPHQL = {"faults": ["gql_error", "not_ok"], "rate": 0.3, "seed": 12}
+CLEAN = {"faults": [], "rate": 0.0, "seed": 1}
+
+RESULTS = []
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+def http_json(url, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+class BackendProc:
+    def __init__(self, tmp):
+        self.port = free_port()
+        self.ctl = free_port()
+        self.log = open(tmp / "backend.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "backend.py"), "--port", str(self.port),
+             "--control-port", str(self.ctl)], stdout=self.log, stderr=self.log)
+        wait_port(self.ctl)
+        wait_port(self.port)
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def control(self, path, body=None):
+        return http_json(f"http://127.0.0.1:{self.ctl}{path}", body if body is not None else None)
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class SidecarProc:
+    """The sidecar binary with the shipped config, on free ports."""
+
+    def __init__(self, tmp, upstream):
+        self.tmp = tmp
+        self.config = tmp / "sidecar.toml"
+        shipped = (REPO / "config" / "sidecar.toml").read_text()
+        shipped = shipped.replace('url = "http://127.0.0.1:4000"', f'url = "{upstream}"')
+        shipped = shipped.replace('path = "data/spool.sqlite3"', f'path = "{tmp / "spool.sqlite3"}"')
+        self.config.write_text(shipped)
+        self.start()
+
+    def start(self, listen="127.0.0.1:0", admin="127.0.0.1:0"):
+        self.logpath = self.tmp / f"sidecar-{time.time_ns()}.log"
+        self.log = open(self.logpath, "w")
+        self.proc = subprocess.Popen(
+            [SIDECAR, "--config", str(self.config), "--listen", listen,
+             "--admin-listen", admin], stdout=self.log, stderr=self.log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            for line in self.logpath.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("message") == "datalayer-sidecar started":
+                    self.addr = rec["listen"]
+                    self.admin = rec["admin"]
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError("sidecar exited:\n" + self.logpath.read_text())
+            time.sleep(0.05)
+        raise TimeoutError("sidecar did not start:\n" + self.logpath.read_text())
+
+    @property
+    def url(self):
+        return f"http://{self.addr}"
+
+    def spool(self):
+        return http_json(f"http://{self.admin}/spool")
+
+    def kill(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def driver(server, workdir, conversations=4, messages=5, rounds=1, pace=0.08):
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "driver.py"), "--server", server, "--workdir", str(workdir),
+         "--conversations", str(conversations), "--messages", str(messages),
+         "--rounds", str(rounds), "--pace", str(pace)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    lines = [l for l in out.splitlines() if l.startswith("{")]
+    assert proc.returncode == 0 and lines, f"driver failed ({proc.returncode}):\n{err[-3000:]}"
+    return json.loads(lines[-1])
+
+
+def settle(backend, expected, sidecar=None, timeout=90):
+    """Wait until every step holds its expected content (the spool may still
+    be draining), or the timeout; return the backend's state."""
+    deadline = time.time() + timeout
+    while True:
+        state = backend.control("/state")
+        done = all(state["steps"].get(k) == v for k, v in expected.items())
+        drained = sidecar is None or sidecar.spool()["depth"] == 0
+        if (done and drained) or time.time() > deadline:
+            return state
+        time.sleep(0.25)
+
+
+def score(name, result, state):
+    expected = result["expected"]
+    lost = [k for k in expected if k not in state["steps"]]
+    stale = [k for k, v in expected.items() if k in state["steps"] and state["steps"][k] != v]
+    row = {
+        "schedule": name,
+        "writes": result["writes"],
+        "steps": len(expected),
+        "lost": len(lost),
+        "stale": len(stale),
+        "exceptions": result["task_exceptions"],
+        "sdk_errors": result["sdk_errors"],
+        "upstream_attempts": state["requests"],
+        "faults": sum(state["faults"].values()),
+    }
+    RESULTS.append(row)
+    print_table([row])
+    if result["task_exception_samples"] or result["sdk_error_samples"]:
+        print("   samples:", result["task_exception_samples"][:2], result["sdk_error_samples"][:2])
+    return row
+
+
+def print_table(rows):
+    cols = ["schedule", "writes", "steps", "lost", "stale", "exceptions", "sdk_errors",
+            "upstream_attempts", "faults"]
+    print()
+    print(" | ".join(f"{c:>17}" for c in cols))
+    for r in rows:
+        print(" | ".join(f"{str(r[c]):>17}" for c in cols))
+
+
+def assert_nothing_lost(row):
+    assert row["lost"] == 0, row
+    assert row["stale"] == 0, row
+    assert row["exceptions"] == 0, row
+    assert row["sdk_errors"] == 0, row
+
+
+@pytest.fixture
+def rig(tmp_path):
+    backend = BackendProc(tmp_path)
+    sidecars = []
+
+    def sidecar():
+        s = SidecarProc(tmp_path, backend.url)
+        sidecars.append(s)
+        return s
+
+    yield backend, sidecar, tmp_path
+    for s in sidecars:
+        s.stop()
+    backend.stop()
+
+
+def test_clean(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", CLEAN)
+    result = finish(driver(sc.url, tmp / "app"))
+    assert_nothing_lost(score("clean", result, settle(backend, result["expected"], sc)))
+
+
+def test_flaky(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", FLAKY)
+    result = finish(driver(sc.url, tmp / "app"))
+    row = score("flaky", result, settle(backend, result["expected"], sc))
+    assert row["faults"] > 0, "the schedule injected faults"
+    assert_nothing_lost(row)
+
+
+def test_graphql_errors(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", GRAPHQL)
+    result = finish(driver(sc.url, tmp / "app"))
+    row = score("graphql_errors", result, settle(backend, result["expected"], sc))
+    assert row["faults"] > 0
+    assert_nothing_lost(row)
+
+
+def test_blackout_20s(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", CLEAN)
+    app = driver(sc.url, tmp / "app", conversations=3, messages=8, pace=1.0)
+    time.sleep(2)
+    backend.control("/blackout", {"seconds": 20})
+    assert backend.control("/state")["listening"] is False
+    result = finish(app)
+    row = score("blackout_20s", result, settle(backend, result["expected"], sc))
+    assert_nothing_lost(row)
+
+
+def test_sidecar_killed_and_restarted(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    # Round 1: the backend refuses everything, so every write is spooled.
+    backend.control("/schedule", {"faults": ["503"], "rate": 1.0, "seed": 3})
+    app = driver(sc.url, tmp / "app", rounds=2)
+    line = app.stdout.readline()
+    assert line.startswith("ROUND_DONE"), line
+    assert sc.spool()["depth"] > 0, "writes are waiting in the spool"
+    # SIGKILL: no shutdown, no flush. Acknowledged writes must survive.
+    sc.kill()
+    backend.control("/schedule", CLEAN)
+    sc.start(listen=sc.addr, admin=sc.admin)
+    app.stdin.write("go\n")
+    app.stdin.flush()
+    result = finish(app)
+    row = score("sidecar_sigkill", result, settle(backend, result["expected"], sc))
+    assert_nothing_lost(row)
+
+
+def test_flaky_without_the_sidecar_loses_steps(rig):
+    backend, _, tmp = rig
+    backend.control("/schedule", FLAKY)
+    result = finish(driver(backend.url, tmp / "app"))
+    row = score("flaky_direct_no_sidecar", result, settle(backend, result["expected"], None, timeout=2))
+    assert row["lost"] + row["stale"] > 0, "the test must be able to see a loss"
+    assert row["exceptions"] > 0 or row["sdk_errors"] > 0, row
+
+
+def teardown_module(module):
+    if RESULTS:
+        print("\n\nSummary (all schedules)")
+        print_table(RESULTS)
