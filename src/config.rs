@@ -166,6 +166,10 @@ pub struct UpstreamFile {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept in the pool.
     pub pool_max_idle: usize,
+    /// Requests in flight to the upstream at once (live and replays); more
+    /// wait their turn, within their deadline. Bounds the sidecar's
+    /// connections and memory under a burst.
+    pub max_concurrent_requests: usize,
     /// Offer HTTP/2 through ALPN on TLS connections.
     pub http2: bool,
     /// Root certificates trusted for the upstream.
@@ -181,6 +185,7 @@ impl Default for UpstreamFile {
             connect_timeout: Duration::from_secs(2),
             pool_idle_timeout: Duration::from_secs(60),
             pool_max_idle: 256,
+            max_concurrent_requests: 64,
             http2: true,
             tls_roots: TlsRoots::Webpki,
             ca_file: None,
@@ -661,6 +666,12 @@ impl Config {
                     "{} is also listen.address; the admin listener needs its own port",
                     file.admin.address
                 ),
+            ));
+        }
+        if file.upstream.max_concurrent_requests == 0 {
+            return Err(ConfigError::key(
+                "upstream.max_concurrent_requests",
+                "must be at least 1",
             ));
         }
         if file.listen.max_connections == 0 {

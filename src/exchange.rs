@@ -89,6 +89,8 @@ pub struct Routed {
     pub deadline: Instant,
     /// Request body size, when known.
     pub body_bytes: Option<u64>,
+    /// Ids the write touches (spooling routes only; ordering uses them).
+    pub step_ids: Box<[String]>,
 }
 
 /// The shared per-request record.

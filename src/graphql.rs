@@ -17,6 +17,7 @@ use graphql_parser::query::{
 };
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::InvalidGraphql;
 
@@ -86,23 +87,47 @@ impl Operation {
     }
 }
 
+/// The request fields the sidecar reads. `query` and `variables` are kept
+/// as raw JSON borrowed from the body: the query text is looked up in the
+/// cache by its raw (still escaped) form, so a repeated query is neither
+/// unescaped nor copied; variables are read only when a route needs ids.
 #[derive(Deserialize)]
 struct RequestFields<'a> {
     #[serde(borrow, default)]
-    query: Option<Cow<'a, str>>,
+    query: Option<&'a RawValue>,
     #[serde(borrow, default, rename = "operationName")]
     operation_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    variables: Option<&'a RawValue>,
 }
 
 /// A parsed document: every operation in it, or why it is invalid.
 type Parsed = Result<Arc<[Arc<Operation>]>, String>;
 
+type Cache = HashMap<Box<str>, Parsed, foldhash::fast::FixedState>;
+
 thread_local! {
-    static CACHE: RefCell<HashMap<Box<str>, Parsed>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// The operation a GraphQL-over-HTTP request body runs.
-pub fn operation_of(body: &[u8]) -> Result<Arc<Operation>, InvalidGraphql> {
+/// A GraphQL request: the operation it runs and its variables (borrowed).
+#[derive(Debug)]
+pub struct GraphqlRequest<'a> {
+    /// The operation selected by the request.
+    pub operation: Arc<Operation>,
+    variables: Option<&'a RawValue>,
+}
+
+impl GraphqlRequest<'_> {
+    /// The ids the operation's root fields write (their `id` arguments,
+    /// looked up in `variables`), in field order.
+    pub fn ids(&self) -> Vec<String> {
+        ids_in(self.variables.map(RawValue::get), &self.operation)
+    }
+}
+
+/// Parse a GraphQL-over-HTTP request body.
+pub fn parse_request(body: &[u8]) -> Result<GraphqlRequest<'_>, InvalidGraphql> {
     if body.first().is_some_and(|b| *b == b'[') {
         return Err(InvalidGraphql(
             "batched requests (a JSON array) are not supported; send one operation per request"
@@ -111,23 +136,35 @@ pub fn operation_of(body: &[u8]) -> Result<Arc<Operation>, InvalidGraphql> {
     }
     let fields: RequestFields<'_> = serde_json::from_slice(body)
         .map_err(|e| InvalidGraphql(format!("body is not a GraphQL request object: {e}")))?;
-    let query = fields
+    let raw = fields
         .query
-        .ok_or_else(|| InvalidGraphql("the `query` field is missing".into()))?;
+        .ok_or_else(|| InvalidGraphql("the `query` field is missing".into()))?
+        .get();
     let ops = CACHE.with(|cache| {
-        if let Some(hit) = cache.borrow().get(query.as_ref()) {
+        if let Some(hit) = cache.borrow().get(raw) {
             return hit.clone();
         }
-        let parsed = summarize(&query);
+        let parsed = match serde_json::from_str::<String>(raw) {
+            Ok(query) => summarize(&query),
+            Err(_) => Err("the `query` field is not a string".to_string()),
+        };
         let mut cache = cache.borrow_mut();
         if cache.len() >= CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(query.as_ref().into(), parsed.clone());
+        cache.insert(raw.into(), parsed.clone());
         parsed
     });
     let ops = ops.map_err(InvalidGraphql)?;
-    select(&ops, fields.operation_name.as_deref())
+    Ok(GraphqlRequest {
+        operation: select(&ops, fields.operation_name.as_deref())?,
+        variables: fields.variables,
+    })
+}
+
+/// The operation a GraphQL-over-HTTP request body runs.
+pub fn operation_of(body: &[u8]) -> Result<Arc<Operation>, InvalidGraphql> {
+    parse_request(body).map(|r| r.operation)
 }
 
 fn select(ops: &[Arc<Operation>], name: Option<&str>) -> Result<Arc<Operation>, InvalidGraphql> {
@@ -146,10 +183,10 @@ fn select(ops: &[Arc<Operation>], name: Option<&str>) -> Result<Arc<Operation>, 
     }
 }
 
-/// The ids the operation's root fields write (their `id` arguments, looked
-/// up in `variables`), in field order. Reads only the variables it needs and
-/// skips the rest without building them.
-pub fn ids_of(body: &[u8], op: &Operation) -> Vec<String> {
+/// The ids `op`'s root fields write, given the request's raw `variables`.
+/// Reads only the variables it needs and skips the rest without building
+/// them.
+fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<String> {
     let wanted: Vec<&str> = op
         .root_fields
         .iter()
@@ -159,9 +196,9 @@ pub fn ids_of(body: &[u8], op: &Operation) -> Vec<String> {
         })
         .collect();
     let mut found: Vec<(usize, String)> = Vec::new();
-    if !wanted.is_empty() {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let _ = BodySeed {
+    if let (false, Some(vars)) = (wanted.is_empty(), variables) {
+        let mut de = serde_json::Deserializer::from_str(vars);
+        let _ = VarsSeed {
             wanted: &wanted,
             found: &mut found,
         }
@@ -182,38 +219,6 @@ pub fn ids_of(body: &[u8], op: &Operation) -> Vec<String> {
         }
     }
     ids
-}
-
-struct BodySeed<'w, 'f> {
-    wanted: &'w [&'w str],
-    found: &'f mut Vec<(usize, String)>,
-}
-
-impl<'de> DeserializeSeed<'de> for BodySeed<'_, '_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BodySeed<'_, '_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a GraphQL request")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "variables" {
-                map.next_value_seed(VarsSeed {
-                    wanted: self.wanted,
-                    found: &mut *self.found,
-                })?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
 }
 
 struct VarsSeed<'w, 'f> {
@@ -375,14 +380,12 @@ mod tests {
 
     #[test]
     fn ids_come_from_variables_and_literals() {
-        let o = op(ADD_STEP).unwrap();
-        assert_eq!(ids_of(ADD_STEP.as_bytes(), &o), ["a", "b"]);
+        let ids = |b: &str| parse_request(b.as_bytes()).unwrap().ids();
+        assert_eq!(ids(ADD_STEP), ["a", "b"]);
         let body = r#"{"query":"mutation { x: ingestStep(id: \"lit\") { ok } y: other { ok } }"}"#;
-        let o = op(body).unwrap();
-        assert_eq!(ids_of(body.as_bytes(), &o), ["lit"]);
+        assert_eq!(ids(body), ["lit"]);
         let body = r#"{"variables":{"b":"second","a":"first"},"query":"mutation M($a: String!, $b: String!) { p: ingestStep(id: $a) { ok } q: ingestStep(id: $b) { ok } }"}"#;
-        let o = op(body).unwrap();
-        assert_eq!(ids_of(body.as_bytes(), &o), ["first", "second"]);
+        assert_eq!(ids(body), ["first", "second"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::breaker::BreakerMetrics;
-use crate::classify::{Class, Verdict};
+use crate::classify::{Class, Kind, Verdict};
 use crate::exchange::NotRetried;
 use crate::route::Route;
 
@@ -76,6 +76,9 @@ pub struct RouteMetrics {
     pub retries: Counter,
     not_retried: [Counter; NotRetried::ALL.len()],
     attempts: Family<AttemptLabels, Counter>,
+    /// Handles into `attempts` by (verdict, kind slot), made on first use
+    /// so only kinds that happen show up, and looked up without hashing.
+    attempt_slots: Box<[std::sync::OnceLock<Counter>]>,
 }
 
 impl RouteMetrics {
@@ -89,13 +92,25 @@ impl RouteMetrics {
 
     /// Count one upstream attempt.
     pub fn attempt(&self, class: &Class) {
-        self.attempts
-            .get_or_create(&AttemptLabels {
-                route: self.name.clone(),
-                class: class.verdict.as_str(),
-                kind: class.kind.as_str(),
-            })
-            .inc();
+        let v = VERDICTS
+            .iter()
+            .position(|x| *x == class.verdict)
+            .unwrap_or(0);
+        let slot = v * Kind::SLOTS + class.kind.slot();
+        let Some(cell) = self.attempt_slots.get(slot) else {
+            return;
+        };
+        cell.get_or_init(|| {
+            series(
+                &self.attempts,
+                &AttemptLabels {
+                    route: self.name.clone(),
+                    class: class.verdict.as_str(),
+                    kind: class.kind.as_str(),
+                },
+            )
+        })
+        .inc();
     }
 
     /// Count a request that failed and was not retried.
@@ -246,6 +261,9 @@ impl Metrics {
                         )
                     }),
                     attempts: attempts.clone(),
+                    attempt_slots: (0..VERDICTS.len() * Kind::SLOTS)
+                        .map(|_| std::sync::OnceLock::new())
+                        .collect(),
                     name,
                 }
             })

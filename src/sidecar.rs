@@ -142,6 +142,9 @@ pub async fn run_with_listeners(
         metrics: metrics.clone(),
         upstream,
         spool: spool.clone(),
+        upstream_slots: Arc::new(tokio::sync::Semaphore::new(
+            file.upstream.max_concurrent_requests,
+        )),
         sensitive,
     };
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
@@ -48,6 +49,8 @@ pub struct Shared {
     pub upstream: Upstream,
     /// The spool, when a route uses it.
     pub spool: Option<Spool>,
+    /// Bounds requests in flight to the upstream, across all connections.
+    pub upstream_slots: Arc<tokio::sync::Semaphore>,
     /// Header names whose values are secret.
     pub sensitive: Arc<[HeaderName]>,
 }
@@ -141,6 +144,12 @@ pub fn delivery(
         // One deadline over all attempts and backoff, below the client's own
         // timeout, so the app always gets our answer first.
         .layer(TimeoutLayer::deadline())
+        // Inside the deadline, so waiting for a slot counts against it;
+        // outside retry, so a request keeps its slot through its retries.
+        // Shared by every connection: it bounds upstream connections.
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+            shared.upstream_slots.clone(),
+        ))
         // Fail fast while the upstream is known to be down; one admission
         // covers all of a request's attempts (a probe keeps its slot).
         .layer(BreakerGateLayer::new(shared.breaker.clone()))

@@ -10,6 +10,11 @@
 //! per line under light load. A slow log reader never blocks requests: past
 //! 8 MiB waiting, lines are dropped and counted, and the count is logged.
 //!
+//! JSON lines are written by [`JsonLines`], a formatter that writes each field
+//! straight into the line (numbers with `itoa`-style formatting, strings
+//! escaped in place) instead of building a `serde_json` map per event: the
+//! access line is written for every request, so its cost is paid per request.
+//!
 //! Nothing in the sidecar logs header values; credential headers are also
 //! marked sensitive in the stack (see [`crate::stack`]).
 
@@ -18,8 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogFile, LogFormat};
 
@@ -155,12 +166,7 @@ pub fn init(log: &LogFile) -> LogGuard {
         .with_writer(writer)
         .with_target(true);
     let result = match log.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
         LogFormat::Text => builder.with_ansi(false).try_init(),
     };
     if let Err(e) = result {
@@ -169,11 +175,181 @@ pub fn init(log: &LogFile) -> LogGuard {
     LogGuard { shared, thread }
 }
 
-/// For unit tests: print everything at debug level to the test's output.
+/// One JSON object per event: `timestamp`, `level`, the event's fields
+/// (`message` first when there is one), `target`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let meta = event.metadata();
+        write!(
+            writer,
+            "{{\"timestamp\":\"{}\",\"level\":\"{}\"",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now()),
+            meta.level()
+        )?;
+        let mut visitor = JsonFields {
+            out: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut visitor);
+        visitor.result?;
+        writer.write_str(",\"target\":")?;
+        write_json_str(&mut writer, meta.target())?;
+        writer.write_str("}\n")
+    }
+}
+
+struct JsonFields<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    result: std::fmt::Result,
+}
+
+impl JsonFields<'_, '_> {
+    fn key(&mut self, field: &Field) -> std::fmt::Result {
+        self.out.write_str(",\"")?;
+        self.out.write_str(field.name())?;
+        self.out.write_str("\":")
+    }
+}
+
+impl Visit for JsonFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_ok() {
+            self.result = self
+                .key(field)
+                .and_then(|()| write_json_str(self.out, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| write!(self.out, "{value}"));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| write!(self.out, "{value}"));
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| {
+                if value.is_finite() {
+                    write!(self.out, "{value}")
+                } else {
+                    self.out.write_str("null")
+                }
+            });
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.result.is_ok() {
+            self.result = self
+                .key(field)
+                .and_then(|()| self.out.write_str(if value { "true" } else { "false" }));
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_ok() {
+            self.result = self.key(field).and_then(|()| {
+                self.out.write_char('"')?;
+                write!(Escaper(self.out), "{value:?}")?;
+                self.out.write_char('"')
+            });
+        }
+    }
+}
+
+/// Writes what it is given with JSON string escaping.
+struct Escaper<'a, W: std::fmt::Write>(&'a mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaper<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let esc = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            self.0.write_str(&s[start..i])?;
+            if esc.is_empty() {
+                write!(self.0, "\\u{b:04x}")?;
+            } else {
+                self.0.write_str(esc)?;
+            }
+            start = i + 1;
+        }
+        self.0.write_str(&s[start..])
+    }
+}
+
+fn write_json_str(out: &mut impl std::fmt::Write, s: &str) -> std::fmt::Result {
+    out.write_char('"')?;
+    Escaper(out).write_str(s)?;
+    out.write_char('"')
+}
+
 #[cfg(test)]
-pub fn trace_init() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::new("debug"))
-        .with_test_writer()
-        .try_init();
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_like_json() {
+        let mut s = String::new();
+        write_json_str(&mut s, "a\"b\\c\nd\u{1}é").unwrap();
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn events_are_one_json_object_per_line() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let shared = Arc::new(Shared::default());
+        let writer = BufferedStdout {
+            shared: shared.clone(),
+        };
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(writer),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "access", status = 200u64, ms = 1.5, ok = true, path = "/a\"b", "done {}", 7);
+        });
+        let buf = shared.buf.lock().unwrap().clone();
+        let line = String::from_utf8(buf).unwrap();
+        assert!(line.ends_with('\n'));
+        let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["ms"], 1.5);
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["path"], "/a\"b");
+        assert_eq!(v["message"], "done 7");
+        assert_eq!(v["target"], "access");
+        assert_eq!(v["level"], "INFO");
+    }
 }

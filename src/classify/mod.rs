@@ -93,6 +93,38 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Number of distinct labels (see [`Kind::slot`]).
+    pub const SLOTS: usize = 23;
+
+    /// A dense index per label, for arrays of per-kind metric handles.
+    pub fn slot(self) -> usize {
+        match self {
+            Kind::Ok => 0,
+            Kind::ConnectRefused => 1,
+            Kind::ConnectTimeout => 2,
+            Kind::Dns => 3,
+            Kind::Tls => 4,
+            Kind::ConnectError => 5,
+            Kind::ResetBeforeResponse => 6,
+            Kind::ResetMidBody => 7,
+            Kind::PerTryTimeout => 8,
+            Kind::Status(429) => 9,
+            Kind::Status(s) if s >= 500 => 10,
+            Kind::Status(_) => 11,
+            Kind::GraphqlError => 12,
+            Kind::ItemNotOk => 13,
+            Kind::BadJson => 14,
+            Kind::BadResponse => 15,
+            Kind::CircuitOpen => 16,
+            Kind::Deadline => 17,
+            Kind::BodyTooLarge => 18,
+            Kind::ClientBody => 19,
+            Kind::BadRequest => 20,
+            Kind::Unclassified => 21,
+            Kind::Internal => 22,
+        }
+    }
+
     /// Stable label for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

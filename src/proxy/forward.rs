@@ -18,14 +18,14 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version, request};
 use hyper::body::Incoming;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{Config, UpstreamTarget};
 use crate::error::{BodyTooLarge, Error, InvalidGraphql, MethodNotAllowed};
 use crate::exchange::{self, Routed};
 use crate::graphql;
-use crate::route::{ErrorFormat, Routes};
+use crate::route::{ErrorFormat, Route, Routes};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -103,7 +103,15 @@ impl Target {
 
     /// The URI of `incoming`'s path and query on the upstream.
     fn uri(&self, incoming: &Uri) -> Result<Uri, Error> {
-        self.uri_for(incoming.path_and_query().map_or("/", |p| p.as_str()))
+        match incoming.path_and_query() {
+            // No prefix to add: reuse the request's path without a copy.
+            Some(pq) if self.base_path.is_empty() => Ok(Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(pq.clone())
+                .build()?),
+            other => self.uri_for(other.map_or("/", |p| p.as_str())),
+        }
     }
 
     /// The `Host` header value for the upstream.
@@ -254,17 +262,28 @@ where
         let client = self.client.clone();
         Box::pin(async move {
             let req = prepare(&shared, client.as_ref(), req).await?;
-            inner.call(req).await
+            inner.ready().await?.call(req).await
         })
     }
 }
 
-/// Read a GraphQL request whole (bounded) and find its operation.
+/// Read a GraphQL request whole (bounded), find its operation and, when
+/// the matching route spools, the ids it writes.
 async fn read_graphql(
     shared: &PrepareShared,
+    method: &http::Method,
+    path: &str,
     incoming: Incoming,
     content_length: Option<u64>,
-) -> Result<(RequestBody, Arc<graphql::Operation>), Error> {
+) -> Result<
+    (
+        RequestBody,
+        Arc<graphql::Operation>,
+        Arc<Route>,
+        Box<[String]>,
+    ),
+    Error,
+> {
     let limit = shared.max_graphql_body;
     let body = RequestBody::read(incoming, content_length, limit, limit)
         .await
@@ -276,10 +295,20 @@ async fn read_graphql(
             }
         })?;
     let bytes = body.bytes().ok_or(BodyTooLarge { limit })?;
-    let op = graphql::operation_of(bytes).inspect_err(|e: &InvalidGraphql| {
+    let request = graphql::parse_request(bytes).inspect_err(|e: &InvalidGraphql| {
         tracing::debug!(error = %e, "invalid GraphQL request");
     })?;
-    Ok((body, op))
+    let route = shared
+        .routes
+        .find(method, path, Some(&request.operation))
+        .clone();
+    let ids = if route.spools() {
+        request.ids().into_boxed_slice()
+    } else {
+        Box::default()
+    };
+    let op = request.operation;
+    Ok((body, op, route, ids))
 }
 
 async fn prepare(
@@ -304,12 +333,9 @@ async fn prepare(
     let routes = &shared.routes;
     let path = parts.uri.path();
     let is_graphql = routes.needs_graphql(&parts.method, path);
-    let (body, operation, route) = if is_graphql {
-        match read_graphql(shared, incoming, content_length).await {
-            Ok((body, op)) => {
-                let route = routes.find(&parts.method, path, Some(&op)).clone();
-                (body, Some(op), route)
-            }
+    let (body, operation, route, step_ids) = if is_graphql {
+        match read_graphql(shared, &parts.method, path, incoming, content_length).await {
+            Ok((body, op, route, ids)) => (body, Some(op), route, ids),
             Err(e) => {
                 // Refused before routing: still answer in the GraphQL envelope
                 // and log under the route the head matches.
@@ -322,6 +348,7 @@ async fn prepare(
                     replayable: false,
                     error_format: ErrorFormat::Graphql,
                     body_bytes: content_length,
+                    step_ids: Box::default(),
                 });
                 return Err(e);
             }
@@ -330,7 +357,7 @@ async fn prepare(
         let route = routes.find(&parts.method, path, None).clone();
         let keep = route.retry.max_replay_body.as_u64();
         let body = RequestBody::read(incoming, content_length, keep, shared.max_body).await?;
-        (body, None, route)
+        (body, None, route, Box::default())
     };
     if body.has_trailers() {
         // Trailers need chunked framing; a length header would drop them.
@@ -357,6 +384,7 @@ async fn prepare(
         error_format,
         deadline,
         body_bytes,
+        step_ids,
     });
     Ok(Request::from_parts(parts, body))
 }

@@ -96,7 +96,7 @@ impl Drain {
                     continue;
                 }
             };
-            if batch.is_empty() || last_resync.elapsed() >= IDLE_RESYNC {
+            if last_resync.elapsed() >= IDLE_RESYNC {
                 this.spool.resync().await;
                 last_resync = Instant::now();
             }
@@ -256,6 +256,7 @@ impl Drain {
             replayable: true,
             error_format: ErrorFormat::Graphql,
             body_bytes: Some(body.len() as u64),
+            step_ids: entry.step_ids.clone().into_boxed_slice(),
         });
         let mut req = Request::new(RequestBody::full(body));
         *req.method_mut() = method;

@@ -38,14 +38,13 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use serde::Serialize;
 use tokio::sync::Notify;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::Class;
 use crate::config::SpoolFile;
 use crate::error::{Error, SpoolFull, SpoolUnavailable};
 use crate::exchange;
-use crate::graphql;
 use crate::metrics::SpoolMetrics;
 use crate::route::SpoolMode;
 use store::{NewEntry, Store, StoreError};
@@ -53,8 +52,9 @@ use store::{NewEntry, Store, StoreError};
 #[derive(Debug, Default)]
 struct OrderState {
     next_ticket: u64,
-    /// Step id → ticket of the live (in-flight) write that holds it.
-    live: HashMap<Box<str>, u64>,
+    /// Hash of a step id → ticket of the live (in-flight) write that holds
+    /// it. A hash collision only makes an unrelated write wait its turn.
+    live: HashMap<u64, u64>,
     /// Route → entries committed and waiting.
     stored: HashMap<Arc<str>, u64>,
     /// Route → writes being committed right now.
@@ -120,7 +120,12 @@ pub enum Admit {
 pub struct LiveGuard {
     spool: Spool,
     ticket: u64,
-    ids: Vec<Box<str>>,
+    ids: Vec<u64>,
+}
+
+fn id_key(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(id)
 }
 
 impl Drop for LiveGuard {
@@ -132,7 +137,19 @@ impl Drop for LiveGuard {
                 }
             }
         }
-        self.spool.inner.wake.notify_one();
+        // The worker waits on live writes only while entries wait; with an
+        // empty queue, waking it for every live write would cost a query.
+        if self
+            .spool
+            .inner
+            .store
+            .totals
+            .entries
+            .load(Ordering::Relaxed)
+            > 0
+        {
+            self.spool.inner.wake.notify_one();
+        }
     }
 }
 
@@ -206,16 +223,16 @@ impl Spool {
             .max(0) as u64;
         let ticket = o.next_ticket.max(end + 1);
         o.next_ticket = ticket + 1;
-        let behind = write_behind
-            || o.waiting(route) > 0
-            || ids.iter().any(|id| o.live.contains_key(id.as_str()));
+        let keys: Vec<u64> = ids.iter().map(|id| id_key(id)).collect();
+        let behind =
+            write_behind || o.waiting(route) > 0 || keys.iter().any(|k| o.live.contains_key(k));
         if behind {
             return Admit::Behind(ticket);
         }
-        let ids: Vec<Box<str>> = ids.iter().map(|s| s.as_str().into()).collect();
-        for id in &ids {
-            o.live.insert(id.clone(), ticket);
+        for k in &keys {
+            o.live.insert(*k, ticket);
         }
+        let ids = keys;
         Admit::Live(LiveGuard {
             spool: self.clone(),
             ticket,
@@ -228,7 +245,7 @@ impl Spool {
         self.inner
             .order
             .lock()
-            .map(|o| ids.iter().any(|id| o.live.contains_key(id.as_str())))
+            .map(|o| ids.iter().any(|id| o.live.contains_key(&id_key(id))))
             .unwrap_or(false)
     }
 
@@ -367,32 +384,31 @@ impl Spool {
         self.update_gauges();
     }
 
-    /// The write for `req`, as it will be stored.
-    fn write_of(
-        &self,
-        req: &Request<RequestBody>,
-        route: &Arc<str>,
-        body: Bytes,
-        ids: Vec<String>,
-    ) -> Write {
-        let request_id = exchange::of(req)
-            .and_then(|e| e.request_id.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
+    /// The write as it will be stored, from the parts of its request.
+    fn write_of(&self, head: &Head, route: &Arc<str>, body: Bytes, ids: &[String]) -> Write {
         Write {
             route: route.clone(),
-            request_id,
-            method: req.method().as_str().to_string(),
-            path: req
-                .uri()
+            request_id: head.request_id.to_str().unwrap_or("-").to_string(),
+            method: head.method.as_str().to_string(),
+            path: head
+                .uri
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            headers: record::encode_headers(req.headers(), &self.inner.skip),
+            headers: record::encode_headers(&head.headers, &self.inner.skip),
             body,
-            ids,
+            ids: ids.to_vec(),
         }
     }
+}
+
+/// What a spooled copy of a request needs from its head: cheap clones,
+/// encoded for the store only if the write is actually spooled.
+struct Head {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+    request_id: http::HeaderValue,
 }
 
 /// Adds [`SpoolService`] to a stack.
@@ -521,20 +537,28 @@ where
         .ok_or("spool: not a GraphQL request")?;
     let Some(body) = req.body().full_bytes() else {
         // GraphQL bodies are always read whole; nothing to keep otherwise.
-        return inner.call(req).await;
+        return inner.ready().await?.call(req).await;
     };
-    let ids = graphql::ids_of(&body, &op);
     let route = routed.route.clone();
-    let write_behind = route.mode == SpoolMode::WriteBehind;
-    let write = spool.write_of(&req, &route.name, body, ids);
-    match spool.admit(&route.name, &write.ids, write_behind) {
+    let head = Head {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+        request_id: ex.request_id.clone(),
+    };
+    match spool.admit(
+        &route.name,
+        &routed.step_ids,
+        route.mode == SpoolMode::WriteBehind,
+    ) {
         Admit::Behind(ticket) => {
+            let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
             spool.enqueue(write, ticket).await?;
             ex.set_spooled();
             Ok(record::spooled_response(&op))
         }
         Admit::Live(guard) => {
-            let result = inner.call(req).await;
+            let result = inner.ready().await?.call(req).await;
             let class = match &result {
                 Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
                 Err(e) => Class::of_error(e),
@@ -545,6 +569,7 @@ where
             // Spooled at its own (earlier) ticket: anything that touched the
             // same steps meanwhile went behind it.
             let ticket = guard.ticket;
+            let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
             let stored = spool.enqueue(write, ticket).await;
             drop(guard);
             stored?;

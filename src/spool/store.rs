@@ -396,6 +396,11 @@ impl Store {
         };
         let reader = open_checked(path)?;
         let checkpointer = open_checked(path)?;
+        // The reader and the checkpointer touch few pages; keep their caches
+        // small (the writer keeps SQLite's default 2 MiB).
+        for c in [&reader, &checkpointer] {
+            c.pragma_update(None, "cache_size", -256)?;
+        }
         // Checkpoints copy the log into the main file and fsync it; run in
         // the writer they would stall every acknowledgement behind them, so
         // a separate thread runs them (WAL lets it work beside the writer).
