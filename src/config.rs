@@ -749,7 +749,9 @@ impl Config {
                 "must be at least spool.replay_backoff_base",
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&file.log.level)
+        file.log
+            .level
+            .parse::<tracing_subscriber::filter::Targets>()
             .map_err(|e| ConfigError::key("log.level", e.to_string()))?;
         let routes = crate::route::Route::build_all(&file)?;
         Ok(Config {

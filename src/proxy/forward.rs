@@ -46,8 +46,18 @@ fn hop_by_hop() -> [&'static HeaderName; 6] {
     ]
 }
 
+/// Whether `name` is a hop-by-hop header (or `TE`, which is handled apart).
+fn is_hop(name: &HeaderName) -> bool {
+    hop_by_hop().contains(&name) || name == header::TE || name == header::PROXY_AUTHENTICATE
+}
+
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names (standard ones compare as integers) instead
+    // of a hash lookup per hop-by-hop name: most messages have none.
+    if !headers.keys().any(is_hop) {
+        return;
+    }
     if let Some(conn) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = conn
             .to_str()

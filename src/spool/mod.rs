@@ -49,16 +49,18 @@ use crate::metrics::SpoolMetrics;
 use crate::route::SpoolMode;
 use store::{NewEntry, Store, StoreError};
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
 #[derive(Debug, Default)]
 struct OrderState {
     next_ticket: u64,
     /// Hash of a step id → ticket of the live (in-flight) write that holds
     /// it. A hash collision only makes an unrelated write wait its turn.
-    live: HashMap<u64, u64>,
+    live: FastMap<u64, u64>,
     /// Route → entries committed and waiting.
-    stored: HashMap<Arc<str>, u64>,
+    stored: FastMap<Arc<str>, u64>,
     /// Route → writes being committed right now.
-    reserved: HashMap<Arc<str>, u64>,
+    reserved: FastMap<Arc<str>, u64>,
 }
 
 impl OrderState {

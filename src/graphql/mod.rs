@@ -7,6 +7,8 @@
 //! summary is remembered per query text, because a client such as the
 //! LiteralAI SDK sends a handful of distinct documents over and over.
 
+mod scan;
+
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -115,14 +117,14 @@ thread_local! {
 pub struct GraphqlRequest<'a> {
     /// The operation selected by the request.
     pub operation: Arc<Operation>,
-    variables: Option<&'a RawValue>,
+    variables: Option<&'a str>,
 }
 
 impl GraphqlRequest<'_> {
     /// The ids the operation's root fields write (their `id` arguments,
     /// looked up in `variables`), in field order.
     pub fn ids(&self) -> Vec<String> {
-        ids_in(self.variables.map(RawValue::get), &self.operation)
+        ids_in(self.variables, &self.operation)
     }
 }
 
@@ -134,12 +136,29 @@ pub fn parse_request(body: &[u8]) -> Result<GraphqlRequest<'_>, InvalidGraphql> 
                 .into(),
         ));
     }
-    let fields: RequestFields<'_> = serde_json::from_slice(body)
-        .map_err(|e| InvalidGraphql(format!("body is not a GraphQL request object: {e}")))?;
-    let raw = fields
-        .query
-        .ok_or_else(|| InvalidGraphql("the `query` field is missing".into()))?
-        .get();
+    let (query, operation_name, variables): (Option<&str>, Option<Cow<'_, str>>, Option<&str>) =
+        match scan::scan(body) {
+            Some(spans) => {
+                let name = match spans.operation_name {
+                    None => None,
+                    Some(raw) => serde_json::from_str::<Option<String>>(raw)
+                        .map_err(|_| InvalidGraphql("`operationName` is not a string".into()))?
+                        .map(Cow::Owned),
+                };
+                (spans.query, name, spans.variables)
+            }
+            None => {
+                let fields: RequestFields<'_> = serde_json::from_slice(body).map_err(|e| {
+                    InvalidGraphql(format!("body is not a GraphQL request object: {e}"))
+                })?;
+                (
+                    fields.query.map(RawValue::get),
+                    fields.operation_name,
+                    fields.variables.map(RawValue::get),
+                )
+            }
+        };
+    let raw = query.ok_or_else(|| InvalidGraphql("the `query` field is missing".into()))?;
     let ops = CACHE.with(|cache| {
         if let Some(hit) = cache.borrow().get(raw) {
             return hit.clone();
@@ -157,8 +176,8 @@ pub fn parse_request(body: &[u8]) -> Result<GraphqlRequest<'_>, InvalidGraphql> 
     });
     let ops = ops.map_err(InvalidGraphql)?;
     Ok(GraphqlRequest {
-        operation: select(&ops, fields.operation_name.as_deref())?,
-        variables: fields.variables,
+        operation: select(&ops, operation_name.as_deref())?,
+        variables: variables.filter(|v| *v != "null"),
     })
 }
 
@@ -197,12 +216,30 @@ fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<String> {
         .collect();
     let mut found: Vec<(usize, String)> = Vec::new();
     if let (false, Some(vars)) = (wanted.is_empty(), variables) {
-        let mut de = serde_json::Deserializer::from_str(vars);
-        let _ = VarsSeed {
-            wanted: &wanted,
-            found: &mut found,
+        let scanned = scan::fields(vars, |key, raw| {
+            if let Some(i) = wanted.iter().position(|w| *w == key) {
+                let value = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+                    Some(plain) if !plain.contains('\\') => Some(plain.to_string()),
+                    Some(_) => serde_json::from_str::<String>(raw).ok(),
+                    None if raw.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+                        Some(raw.to_string())
+                    }
+                    None => None,
+                };
+                if let Some(v) = value {
+                    found.push((i, v));
+                }
+            }
+        });
+        if scanned.is_none() {
+            found.clear();
+            let mut de = serde_json::Deserializer::from_str(vars);
+            let _ = VarsSeed {
+                wanted: &wanted,
+                found: &mut found,
+            }
+            .deserialize(&mut de);
         }
-        .deserialize(&mut de);
     }
     let mut ids = Vec::with_capacity(op.root_fields.len());
     let mut next_var = 0;
