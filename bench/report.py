@@ -94,8 +94,9 @@ def spool_table(spool):
 def svg(rows):
     """Grouped bars: throughput and p99 per target, at each connection count."""
     conns_list = sorted({r["conns"] for r in rows})
-    panels = [("Throughput (req/s, median)", "rps", 1), ("p99 latency (ms, median)", "p99_ms", 1)]
-    w, h = 900, 360
+    panels = [("Throughput (req/s, median)", "rps", 1), ("p99 latency (ms, median)", "p99_ms", 1),
+              ("Proxy CPU per request (µs, median)", "proxy_cpu_us_per_req", 1)]
+    w, h = 1350, 360
     pw, ph = 400, 250
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
              '<rect width="100%" height="100%" fill="white"/>']
@@ -104,6 +105,8 @@ def svg(rows):
         y0 = 40
         vals = {(c, t): med([r[key] for r in rows if r["conns"] == c and r["target"] == t]) for c in conns_list for t in TARGETS}
         top = max(v for v in vals.values() if v) * 1.15
+        if key.startswith("proxy"):
+            parts.append(f'<text x="{x0 + pw / 2}" y="{y0 + 12}" text-anchor="middle" font-size="10">(upstream alone: no proxy)</text>')
         parts.append(f'<text x="{x0 + pw / 2}" y="22" text-anchor="middle" font-weight="bold">{title}</text>')
         parts.append(f'<line x1="{x0}" y1="{y0 + ph}" x2="{x0 + pw}" y2="{y0 + ph}" stroke="black"/>')
         gw = pw / len(conns_list)
@@ -118,7 +121,7 @@ def svg(rows):
                 bh = ph * v / top
                 bx = gx + bw / 2 + ti * bw
                 parts.append(f'<rect x="{bx:.1f}" y="{y0 + ph - bh:.1f}" width="{bw * 0.9:.1f}" height="{bh:.1f}" fill="{COLOR[t]}"/>')
-                label = f"{v:,.0f}" if key == "rps" else f"{v:.2f}"
+                label = f"{v:,.0f}" if key == "rps" else (f"{v:.1f}" if key.startswith("proxy") else f"{v:.2f}")
                 parts.append(f'<text x="{bx + bw * 0.45:.1f}" y="{y0 + ph - bh - 4:.1f}" text-anchor="middle" font-size="9">{label}</text>')
     for ti, t in enumerate(TARGETS):
         lx = 60 + ti * 200
