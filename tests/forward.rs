@@ -336,3 +336,27 @@ async fn connection_limit_queues_extra_clients() {
     // The second request could not start until the first connection ended.
     assert!(started.elapsed() >= Duration::from_millis(550));
 }
+
+#[tokio::test]
+async fn cleartext_http2_is_accepted_when_enabled() {
+    let up = FakeUpstream::start(|r, _| Reply::text(200, &format!("{:?}", r.version))).await;
+    let sc = Sidecar::start(&up.url(), "[listen]\nhttp2 = true\n").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let resp = h2
+        .request(
+            Request::get(format!("http://{}/h2", sc.addr))
+                .body(TestBody::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-request-id").is_some());
+    // The upstream leg is plain HTTP/1.1, whatever the client spoke.
+    assert_eq!(up.requests()[0].version, http::Version::HTTP_11);
+    // HTTP/1.1 still works on the same port.
+    assert_eq!(client::get(sc.addr, "/h1").await.status, 200);
+}
