@@ -22,6 +22,13 @@ use crate::metrics::Metrics;
 /// Adds [`Classify`] to a stack.
 #[derive(Debug, Clone)]
 pub struct ClassifyLayer {
+    // One reference count for all three: the layer is cloned into every
+    // attempt's future and with every per-request clone of the stack.
+    shared: Arc<ClassifyShared>,
+}
+
+#[derive(Debug)]
+struct ClassifyShared {
     classifier: Arc<Classifier>,
     breaker: Breaker,
     metrics: Arc<Metrics>,
@@ -31,9 +38,11 @@ impl ClassifyLayer {
     /// Classify with `classifier`, reporting to `breaker` and `metrics`.
     pub fn new(classifier: Arc<Classifier>, breaker: Breaker, metrics: Arc<Metrics>) -> Self {
         ClassifyLayer {
-            classifier,
-            breaker,
-            metrics,
+            shared: Arc::new(ClassifyShared {
+                classifier,
+                breaker,
+                metrics,
+            }),
         }
     }
 }
@@ -104,7 +113,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        let layer = &*this.layer;
+        let layer = &*this.layer.shared;
         let routed = this.ex.as_ref().and_then(|e| e.routed());
         let (class, out) = match result {
             Ok(mut resp) => {

@@ -146,7 +146,9 @@ pub fn build(cfg: &UpstreamFile) -> Result<HttpClient, ClientError> {
 /// body is read (up to a bound) so it can be classified and replaced.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: HttpClient,
+    // Behind an Arc: the stack is cloned per request (and per retry), and
+    // the client alone is a dozen reference counts and ~340 bytes to copy.
+    client: Arc<HttpClient>,
     max_graphql_response: u64,
 }
 
@@ -154,7 +156,7 @@ impl Upstream {
     /// Send through `client`, buffering GraphQL answers up to `max` bytes.
     pub fn new(client: HttpClient, max_graphql_response: u64) -> Self {
         Upstream {
-            client,
+            client: Arc::new(client),
             max_graphql_response,
         }
     }

@@ -21,21 +21,30 @@ use crate::metrics::Metrics;
 /// request, and the clone keeps that request's state.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    budget: Arc<RetryBudget>,
-    breaker: Breaker,
-    metrics: Arc<Metrics>,
+    // One reference count for the three: tower clones the policy for
+    // every request.
+    shared: Arc<PolicyShared>,
     /// Set on a request's own copy once it has retried, so the request's
     /// deposit into the budget is made exactly once.
     retrying: bool,
+}
+
+#[derive(Debug)]
+struct PolicyShared {
+    budget: Arc<RetryBudget>,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
 }
 
 impl RetryPolicy {
     /// A policy sharing `budget` and `breaker` with every other request.
     pub fn new(budget: Arc<RetryBudget>, breaker: Breaker, metrics: Arc<Metrics>) -> Self {
         RetryPolicy {
-            budget,
-            breaker,
-            metrics,
+            shared: Arc::new(PolicyShared {
+                budget,
+                breaker,
+                metrics,
+            }),
             retrying: false,
         }
     }
@@ -52,7 +61,7 @@ impl RetryPolicy {
         if let Some(reason) = static_refusal(routed, class, attempts) {
             return Err(reason);
         }
-        if route.breaker && self.breaker.state() == State::Open {
+        if route.breaker && self.shared.breaker.state() == State::Open {
             return Err(NotRetried::BreakerOpen);
         }
         let backoff = Backoff::try_new(
@@ -71,7 +80,7 @@ impl RetryPolicy {
         if Instant::now() + delay + route.retry.min_attempt_time > routed.deadline {
             return Err(NotRetried::Deadline);
         }
-        if !self.budget.withdraw() {
+        if !self.shared.budget.withdraw() {
             return Err(NotRetried::BudgetExhausted);
         }
         Ok(delay)
@@ -121,7 +130,7 @@ impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy
         match self.decide(ex, routed, &class) {
             Ok(delay) => {
                 self.retrying = true;
-                self.metrics.route(&routed.route).retries.inc();
+                self.shared.metrics.route(&routed.route).retries.inc();
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     attempt = ex.attempts(),
@@ -140,7 +149,7 @@ impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy
 
     fn clone_request(&mut self, req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
         if !self.retrying {
-            self.budget.deposit();
+            self.shared.budget.deposit();
         }
         let replayable = exchange::of(req)
             .and_then(|e| e.routed())

@@ -523,65 +523,73 @@ where
     }
 }
 
-async fn spool_call<S>(
+// A plain fn around an `async move` block rather than an `async fn`: an
+// async fn keeps its arguments twice in its state (as captures and as
+// locals), and this state is built and moved for every spooling-route write.
+#[allow(clippy::manual_async_fn)]
+fn spool_call<S>(
     spool: Spool,
     mut inner: S,
     req: Request<RequestBody>,
-) -> Result<Response<ResponseBody>, Error>
+) -> impl Future<Output = Result<Response<ResponseBody>, Error>>
 where
     S: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Error>,
 {
-    let ex = exchange::of(&req).cloned().ok_or("spool: no exchange")?;
-    let routed = ex.routed().ok_or("spool: request not routed")?;
-    let op = routed
-        .operation
-        .clone()
-        .ok_or("spool: not a GraphQL request")?;
-    let Some(body) = req.body().full_bytes() else {
-        // GraphQL bodies are always read whole; nothing to keep otherwise.
-        return inner.ready().await?.call(req).await;
-    };
-    let route = routed.route.clone();
-    let head = Head {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        headers: req.headers().clone(),
-        request_id: ex.request_id.clone(),
-    };
-    match spool.admit(
-        &route.name,
-        &routed.step_ids,
-        route.mode == SpoolMode::WriteBehind,
-    ) {
-        Admit::Behind(ticket) => {
-            let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
-            spool.enqueue(write, ticket).await?;
-            ex.set_spooled();
-            Ok(record::spooled_response(&op))
-        }
-        Admit::Live(guard) => {
-            let result = inner.ready().await?.call(req).await;
-            let class = match &result {
-                Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
-                Err(e) => Class::of_error(e),
-            };
-            if !class.is_transient() {
-                return result;
+    async move {
+        let ex = exchange::of(&req).cloned().ok_or("spool: no exchange")?;
+        let routed = ex.routed().ok_or("spool: request not routed")?;
+        let op = routed
+            .operation
+            .clone()
+            .ok_or("spool: not a GraphQL request")?;
+        let Some(body) = req.body().full_bytes() else {
+            // GraphQL bodies are always read whole; nothing to keep otherwise.
+            return inner.ready().await?.call(req).await;
+        };
+        let route = routed.route.clone();
+        let head = Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+            request_id: ex.request_id.clone(),
+        };
+        match spool.admit(
+            &route.name,
+            &routed.step_ids,
+            route.mode == SpoolMode::WriteBehind,
+        ) {
+            Admit::Behind(ticket) => {
+                let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
+                // Boxed: the enqueue state would otherwise widen every live
+                // write's future, and that future is moved on each call.
+                Box::pin(spool.enqueue(write, ticket)).await?;
+                ex.set_spooled();
+                Ok(record::spooled_response(&op))
             }
-            // Spooled at its own (earlier) ticket: anything that touched the
-            // same steps meanwhile went behind it.
-            let ticket = guard.ticket;
-            let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
-            let stored = spool.enqueue(write, ticket).await;
-            drop(guard);
-            stored?;
-            ex.set_spooled();
-            tracing::debug!(
-                request_id = ?ex.request_id,
-                kind = class.kind.as_str(),
-                "write spooled after a transient failure"
-            );
-            Ok(record::spooled_response(&op))
+            Admit::Live(guard) => {
+                let result = inner.ready().await?.call(req).await;
+                let class = match &result {
+                    Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
+                    Err(e) => Class::of_error(e),
+                };
+                if !class.is_transient() {
+                    return result;
+                }
+                // Spooled at its own (earlier) ticket: anything that touched the
+                // same steps meanwhile went behind it.
+                let ticket = guard.ticket;
+                let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
+                let stored = Box::pin(spool.enqueue(write, ticket)).await;
+                drop(guard);
+                stored?;
+                ex.set_spooled();
+                tracing::debug!(
+                    request_id = ?ex.request_id,
+                    kind = class.kind.as_str(),
+                    "write spooled after a transient failure"
+                );
+                Ok(record::spooled_response(&op))
+            }
         }
     }
 }
