@@ -56,6 +56,9 @@ async def run(target, upstream, n, concurrency, run_id, timeout):
                         "x-client-version": "0.1.300"})
                     ok = sdk_success(r)
                     outcome = "ok" if ok else f"http_{r.status_code}"
+                    if ok and r.headers.get("x-sidecar-spooled") == "true":
+                        # Acknowledged from the spool, delivered later.
+                        outcome = "ok_spooled"
                 except httpx.HTTPError as e:
                     ok, outcome = False, type(e).__name__
                 results.append((ok, time.perf_counter() - t0, outcome))
