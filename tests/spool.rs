@@ -155,6 +155,49 @@ async fn versions_of_a_step_arrive_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_entry_does_not_hold_back_other_steps() {
+    // The oldest entry keeps failing slowly (503 after 250 ms, four times:
+    // two deliveries of two attempts); twelve entries for other steps wait
+    // behind it. The replay window must deliver them while the slow one
+    // is still being retried, not in lockstep with it.
+    let fault: Fault = Arc::new(|id, attempt| {
+        (id == "s-slow" && attempt < 4)
+            .then(|| Reply::status(503).delayed(Duration::from_millis(250)))
+    });
+    let mut backend = Backend::down(Some(fault));
+    let sc = start(&backend, "replay_concurrency = 4").await;
+    let a = write(sc.addr, "s-slow", "v1").await;
+    assert_acked(&a);
+    assert!(spooled(&a));
+    let others: Vec<String> = (0..12).map(|i| format!("s-fast-{i}")).collect();
+    for id in &others {
+        let a = write(sc.addr, id, "v1").await;
+        assert_acked(&a);
+        assert!(spooled(&a), "queued behind the waiting entry");
+    }
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(20), "all 13 steps applied", |st| {
+            st.steps.len() == 13
+        })
+        .await;
+    let applied = backend.applied();
+    let slow_at = applied
+        .iter()
+        .position(|(id, _)| id == "s-slow")
+        .expect("the slow step was applied");
+    let late: Vec<&String> = applied[slow_at..]
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| others.contains(id))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "entries for other steps waited for the slow one: {late:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackout_of_twenty_seconds_loses_nothing() {
     let mut backend = Backend::up_now(None).await;
     let sc = start(&backend, "").await;

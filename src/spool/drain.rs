@@ -13,15 +13,19 @@
 //! committed before the worker exits.
 //!
 //! Entries that touch disjoint steps are delivered concurrently (up to
-//! `spool.replay_concurrency`); an entry that shares a step with an earlier
-//! one waits for it, so each step's versions still arrive in order.
+//! `spool.replay_concurrency`, as a sliding window); an entry that shares a
+//! step with an earlier one waits for it, so each step's versions still
+//! arrive in order.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
@@ -78,94 +82,146 @@ enum Outcome {
 
 impl Drain {
     /// Run until `shutdown` turns true.
+    ///
+    /// A sliding window, not rounds: up to `concurrency` deliveries are in
+    /// flight, and a slot freed by one starts the next eligible entry at
+    /// once, so one slow delivery (a hung attempt, a long `Retry-After`)
+    /// holds its own slot and the entries behind it on the same steps, not
+    /// the whole queue.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut backoff = this.backoff.0;
+        // After a failed delivery no new one starts before this instant
+        // (deliveries in flight go on): the backend is likely struggling.
+        let mut paused_until: Option<Instant> = None;
         let mut last_resync = Instant::now();
+        let mut tasks: JoinSet<Option<Duration>> = JoinSet::new();
+        let mut in_flight: HashMap<i64, Vec<String>> = HashMap::new();
+        let mut task_entry: HashMap<tokio::task::Id, i64> = HashMap::new();
+        // The head of the queue, read in batches: one read serves many
+        // deliveries. Reading per delivery kept a read transaction open
+        // almost all the time, so checkpoints could never restart the WAL
+        // and it grew without bound while a large queue drained.
+        let mut cache: Vec<Entry> = Vec::new();
+        let mut reload = true;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let batch = match this.spool.store().head(this.concurrency * 2).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(error = %e, "spool: cannot read the queue");
-                    if sleep_or_stop(&mut shutdown, Duration::from_secs(1)).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
             if last_resync.elapsed() >= IDLE_RESYNC {
+                // Also picks up what the operator CLI changed in the file.
                 this.spool.resync().await;
                 last_resync = Instant::now();
+                reload = true;
             }
-            if batch.is_empty() {
-                tokio::select! {
-                    () = this.spool.inner.wake.notified() => {}
-                    () = tokio::time::sleep(IDLE_RESYNC) => {}
-                    () = shutdown_requested(&mut shutdown) => break,
+            let paused = paused_until.is_some_and(|t| t > Instant::now());
+            if !paused && in_flight.len() < this.concurrency {
+                let candidates = cache.len().saturating_sub(in_flight.len());
+                let stored = this.spool.store().totals.entries.load(Ordering::Relaxed);
+                if reload || (candidates < this.concurrency && stored > cache.len() as u64) {
+                    match this.spool.store().head(this.concurrency * 16).await {
+                        Ok(batch) => {
+                            cache = batch;
+                            reload = false;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "spool: cannot read the queue");
+                            paused_until = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
                 }
-                continue;
-            }
-            if let Some(wait) = this.breaker.retry_after() {
-                if sleep_or_stop(&mut shutdown, wait).await {
-                    break;
-                }
-            }
-            let round = this.ready_prefix(batch);
-            if round.is_empty() {
-                // The head waits for an older live write of the same steps.
-                tokio::select! {
-                    () = this.spool.inner.wake.notified() => {}
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    () = shutdown_requested(&mut shutdown) => break,
-                }
-                continue;
-            }
-            // Entries in a round touch disjoint steps, so they may be
-            // delivered at once; each round finishes (deliveries and their
-            // commits) before the next starts or the worker stops.
-            let mut tasks = tokio::task::JoinSet::new();
-            for entry in round {
-                let this = this.clone();
-                tasks.spawn(async move { this.deliver_and_commit(entry).await });
-            }
-            let mut wait: Option<Duration> = None;
-            let mut failed = false;
-            while let Some(res) = tasks.join_next().await {
-                if let Ok(Some(w)) = res {
-                    failed = true;
-                    wait = Some(wait.map_or(w, |x: Duration| x.max(w)));
+                // While the breaker is open, wait out its open time; once it
+                // is over, the next delivery is the probe.
+                if let Some(wait) = this.breaker.retry_after().filter(|w| !w.is_zero()) {
+                    paused_until = Some(Instant::now() + wait);
+                } else if paused_until.is_none_or(|t| t <= Instant::now()) {
+                    for entry in this.eligible(&cache, &in_flight) {
+                        in_flight.insert(entry.id, entry.step_ids.clone());
+                        let id = entry.id;
+                        let this = this.clone();
+                        let handle =
+                            tasks.spawn(async move { this.deliver_and_commit(entry).await });
+                        task_entry.insert(handle.id(), id);
+                    }
                 }
             }
-            if failed {
-                let delay = wait.unwrap_or(backoff).max(this.backoff.0).max(backoff);
-                backoff = (backoff * 2).min(this.backoff.1);
-                if sleep_or_stop(&mut shutdown, delay).await {
-                    break;
+            let idle_queue = cache.is_empty();
+            // Wait for whatever can change what is eligible: a delivery
+            // ending, a new commit or a live write letting go of its steps,
+            // the pause ending, or (with nothing to do) the resync period.
+            let nap = match paused_until {
+                Some(t) if t > Instant::now() => t - Instant::now(),
+                _ if idle_queue && in_flight.is_empty() => IDLE_RESYNC,
+                _ if in_flight.len() >= this.concurrency => IDLE_RESYNC,
+                // Entries wait on steps held elsewhere: look again soon.
+                _ => Duration::from_millis(50),
+            };
+            tokio::select! {
+                Some(first) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    // Take every delivery that has ended, so one read of the
+                    // queue refills all the freed slots.
+                    let mut done = Some(first);
+                    while let Some(result) = done {
+                        let (task, failed) = match result {
+                            Ok((task, wait)) => (task, wait),
+                            Err(e) => (e.id(), Some(Duration::ZERO)),
+                        };
+                        let entry = task_entry.remove(&task);
+                        if let Some(id) = entry {
+                            in_flight.remove(&id);
+                            if failed.is_none() {
+                                // Delivered or dead-lettered: gone from the store.
+                                cache.retain(|e| e.id != id);
+                            }
+                        }
+                        match failed {
+                            Some(wait) => {
+                                let now = Instant::now();
+                                let until = now + wait.max(backoff);
+                                // Failures of deliveries that ran side by side
+                                // are one event: back off further once per pause.
+                                if paused_until.is_none_or(|t| t <= now) {
+                                    backoff = (backoff * 2).min(this.backoff.1);
+                                }
+                                paused_until = Some(paused_until.map_or(until, |t| t.max(until)));
+                            }
+                            None => backoff = this.backoff.0,
+                        }
+                        done = tasks.try_join_next_with_id();
+                    }
                 }
-            } else {
-                backoff = this.backoff.0;
+                () = this.spool.inner.wake.notified() => {}
+                () = tokio::time::sleep(nap) => {}
+                () = shutdown_requested(&mut shutdown) => break,
             }
         }
+        // Stop between entries: deliveries in flight finish (bounded by
+        // their route's deadline) and commit their outcome.
+        while tasks.join_next().await.is_some() {}
         tracing::info!("spool worker stopped");
     }
 
-    /// The longest prefix of `batch` (in replay order) whose entries touch
-    /// disjoint steps, none held by a live write: safe to deliver at once.
-    fn ready_prefix(&self, batch: Vec<Entry>) -> Vec<Entry> {
-        let mut seen = std::collections::HashSet::new();
+    /// The entries of `batch` (in replay order) to start now: not in
+    /// flight, touching no step that an earlier entry still waiting or in
+    /// flight touches, nor one a live write holds — so each step's versions
+    /// arrive in order — up to the free slots.
+    fn eligible(&self, batch: &[Entry], in_flight: &HashMap<i64, Vec<String>>) -> Vec<Entry> {
+        let mut seen: HashSet<&str> = in_flight.values().flatten().map(String::as_str).collect();
         let mut out = Vec::new();
+        let free = self.concurrency.saturating_sub(in_flight.len());
         for entry in batch {
-            if out.len() >= self.concurrency
-                || self.spool.held(&entry.step_ids)
-                || entry.step_ids.iter().any(|id| seen.contains(id))
-            {
+            if out.len() >= free {
                 break;
             }
-            seen.extend(entry.step_ids.iter().cloned());
-            out.push(entry);
+            if in_flight.contains_key(&entry.id) {
+                continue;
+            }
+            let blocked = self.spool.held(&entry.step_ids)
+                || entry.step_ids.iter().any(|id| seen.contains(id.as_str()));
+            seen.extend(entry.step_ids.iter().map(String::as_str));
+            if !blocked {
+                out.push(entry.clone());
+            }
         }
         out
     }
@@ -342,13 +398,5 @@ impl Drain {
                 }
             }
         }
-    }
-}
-
-/// Sleep for `d`; true if shutdown was requested meanwhile.
-async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(d) => false,
-        () = shutdown_requested(shutdown) => true,
     }
 }
