@@ -58,14 +58,17 @@ for target in direct nginx haproxy sidecar sidecar_no_spool; do
     log "faults: $target ($REQUESTS writes, $CONCURRENCY at a time)"
     res=$(cd "$BENCH_DIR" && taskset -c "$LOAD_CORE" "$PY" fault_client.py --target "$url" --upstream "$UP" \
         --requests "$REQUESTS" --concurrency "$CONCURRENCY" --run-id "faults-$SEED")
+    drained=None
     if [ "$target" = sidecar ]; then
         # Writes acknowledged from the spool are delivered after the run:
         # wait for the queue to empty and count what the upstream stored.
-        for _ in $(seq 1 600); do
+        t0=$(date +%s.%N)
+        for _ in $(seq 1 1200); do
             d=$(curl -s "http://127.0.0.1:$SC_ADMIN/spool" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])')
             [ "$d" = 0 ] && break
-            sleep 0.5
+            sleep 0.25
         done
+        drained=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
     fi
     stats=$(curl -s "$UP/__stats")
     python3 -c "
@@ -74,6 +77,8 @@ r = json.loads(sys.argv[1]); s = json.loads(sys.argv[2])
 r['target'] = '$target'; r['stored_upstream'] = s['stored']
 # Attempts after the run include the spool's deliveries.
 r['upstream_attempts'] = s['attempts']; r['attempts_per_request'] = s['attempts'] / r['requests']
+# Seconds from the end of the client's run until the spool was empty.
+r['spool_drained_after_s'] = $drained
 print(json.dumps(r))" "$res" "$stats" | tee -a "$OUT" | python3 -c "
 import json, sys
 r = json.load(sys.stdin)

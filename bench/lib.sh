@@ -16,6 +16,8 @@ SIDECAR_BIN="${SIDECAR_BIN:-$REPO_DIR/target/release/datalayer-sidecar}"
 CLK_TCK="$(getconf CLK_TCK)"
 mkdir -p "$OUT_DIR" "$RUN_DIR"
 
+# Processes started here. The start_* helpers run inside $(...), where a
+# PIDS+= would be lost, so each also leaves a pid file that cleanup reads.
 PIDS=()
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -29,6 +31,7 @@ cleanup() {
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
     wait 2>/dev/null || true
+    [ "${KEEP_RUN_DIR:-0}" = 1 ] || rm -rf "$RUN_DIR"
 }
 
 ensure_tools() {
@@ -62,9 +65,9 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-wait_port() {
+wait_port() { # port; waits up to WAIT_PORT_S seconds (default 10)
     local port=$1
-    for _ in $(seq 1 200); do
+    for _ in $(seq 1 $(( ${WAIT_PORT_S:-10} * 20 ))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
         sleep 0.05
     done
@@ -98,7 +101,7 @@ start_haproxy() { # port upstream_port log(0/1); echoes pid
     if [ "$logit" = 1 ]; then sed -i 's/^    mode http$/    mode http\n    option httplog/' "$conf"; fi
     taskset -c "$PROXY_CORE" haproxy -f "$conf" >"$RUN_DIR/haproxy.log" 2>&1 &
     local pid=$!
-    PIDS+=("$pid")
+    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/haproxy-$port.pid"
     wait_port "$port"
     echo "$pid"
 }
@@ -109,7 +112,7 @@ start_sidecar() { # port admin_port upstream_url [extra args...]; echoes pid
         --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" --upstream "$up" "$@" \
         >"$RUN_DIR/sidecar-$port.log" 2>&1 &
     local pid=$!
-    PIDS+=("$pid")
+    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/sidecar-$port.pid"
     wait_port "$port"
     echo "$pid"
 }

@@ -67,12 +67,14 @@ def throughput_tables(rows, memory):
 def faults_table(rows):
     if not rows:
         return "_not run_"
-    out = ["| target | success seen by the client | p99 ms | max ms | upstream attempts per request | steps stored upstream | client outcomes |",
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| target | success seen by the client | p99 ms | max ms | upstream attempts per request | steps stored upstream | spool empty after the run | client outcomes |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         outcomes = ", ".join(f"{k}: {v}" for k, v in sorted(r["outcomes"].items()))
+        drained = r.get("spool_drained_after_s")
+        drained = "–" if drained is None else f"{drained:.1f} s"
         out.append(f"| {LABEL.get(r['target'], r['target'])} | {100 * r['success_rate']:.2f}% ({r['succeeded']}/{r['requests']}) "
-                   f"| {fmt(r['p99_ms'], 0)} | {fmt(r['max_ms'], 0)} | {r['attempts_per_request']:.3f} | {r['stored_upstream']} | {outcomes} |")
+                   f"| {fmt(r['p99_ms'], 0)} | {fmt(r['max_ms'], 0)} | {r['attempts_per_request']:.3f} | {r['stored_upstream']} | {drained} | {outcomes} |")
     return "\n".join(out)
 
 

@@ -45,7 +45,13 @@ RESULTS="$RUN_DIR/results.jsonl"
 : > "$RESULTS"
 
 spool_json() { curl -s "http://127.0.0.1:$ADMIN_PORT/spool"; }
-depth() { spool_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])'; }
+depth() { spool_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
+wait_empty() { # poll interval; fails if the sidecar is gone
+    while [ "$(depth)" != 0 ]; do
+        kill -0 "$SC" 2>/dev/null || { log "sidecar exited while draining"; exit 1; }
+        sleep "$1"
+    done
+}
 loadgen() { taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$SC_PORT/api/graphql" \
     --body "$BODY_FILE" --rate "$RATE" --duration "$DURATION" --connections "$CONNS" --unique; }
 record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
@@ -76,8 +82,11 @@ kill "$SC"; wait "$SC" 2>/dev/null || true
 log "B: drain $STORED entries to a local backend"
 start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
 START=$(date +%s.%N)
-SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
-while [ "$(depth)" != 0 ]; do sleep 0.1; done
+# Opening a store of several hundred thousand entries (integrity check,
+# totals) takes seconds: give the restart longer than the default wait.
+SC=$(WAIT_PORT_S=180 start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+log "sidecar back after $(python3 -c "print(round($(date +%s.%N) - $START, 1))") s"
+wait_empty 0.1
 END=$(date +%s.%N)
 record B_drain "$(python3 -c "print(__import__('json').dumps({'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1)}))")"
 
@@ -90,7 +99,7 @@ for r in $(seq 1 "$ROUNDS"); do
 import json; a=json.loads('$C')
 print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],'errors':a['errors']+a['non2xx'],
  'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3,'queue_after_1s':$LEFT}))")"
-    while [ "$(depth)" != 0 ]; do sleep 0.2; done
+    wait_empty 0.2
 done
 
 python3 - "$RESULTS" "$OUT_DIR/spool.json" <<'EOF'
