@@ -20,6 +20,10 @@ mkdir -p "$OUT_DIR" "$RUN_DIR"
 # PIDS+= would be lost, so each also leaves a pid file that cleanup reads.
 PIDS=()
 
+# Whether pid $1 runs (a zombie does not: processes started in $(...) are
+# reparented, and their new parent may not reap them, so kill -0 would lie).
+alive() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 cleanup() {

@@ -48,7 +48,7 @@ spool_json() { curl -s "http://127.0.0.1:$ADMIN_PORT/spool"; }
 depth() { spool_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
 wait_empty() { # poll interval; fails if the sidecar is gone
     while [ "$(depth)" != 0 ]; do
-        kill -0 "$SC" 2>/dev/null || { log "sidecar exited while draining"; exit 1; }
+        alive "$SC" || { log "sidecar exited while draining"; exit 1; }
         sleep "$1"
     done
 }
@@ -77,7 +77,13 @@ print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['ac
  'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3}))")"
 done
 STORED=$(depth)
-kill "$SC"; wait "$SC" 2>/dev/null || true
+# The sidecar was started in $(...), so it is not this shell's child and
+# `wait` cannot see it: poll until it has exited (its final checkpoint of a
+# large WAL takes a while) so the restart does not meet its ports and lock.
+STOP=$(date +%s.%N)
+kill "$SC"
+while alive "$SC"; do sleep 0.1; done
+log "sidecar stopped after $(python3 -c "print(round($(date +%s.%N) - $STOP, 1))") s"
 
 log "B: drain $STORED entries to a local backend"
 start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
