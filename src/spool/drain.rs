@@ -47,6 +47,9 @@ use crate::route::{ErrorFormat, Routes};
 /// every commit); this catches changes made by the operator CLI.
 const IDLE_RESYNC: Duration = Duration::from_secs(5);
 
+/// The most body bytes the worker reads ahead of its deliveries.
+const HEAD_MAX_BYTES: usize = 8 * 1024 * 1024;
+
 /// The service replays go through (the stack below the spool layer).
 pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Error>;
 
@@ -119,7 +122,12 @@ impl Drain {
                 let candidates = cache.len().saturating_sub(in_flight.len());
                 let stored = this.spool.store().totals.entries.load(Ordering::Relaxed);
                 if reload || (candidates < this.concurrency && stored > cache.len() as u64) {
-                    match this.spool.store().head(this.concurrency * 16).await {
+                    match this
+                        .spool
+                        .store()
+                        .head(this.concurrency * 16, HEAD_MAX_BYTES)
+                        .await
+                    {
                         Ok(batch) => {
                             cache = batch;
                             reload = false;

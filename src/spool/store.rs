@@ -478,9 +478,28 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
-    /// The next entries to deliver, in order.
-    pub async fn head(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        self.read(move |c| list_entries(c, limit, 0)).await
+    /// The next entries to deliver, in order: at most `limit`, and no more
+    /// once their bodies reach `max_bytes` (always at least one), so a queue
+    /// of large writes cannot make the worker hold gigabytes.
+    pub async fn head(&self, limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
+                 FROM entries ORDER BY id LIMIT ?1",
+            )?;
+            let mut rows = stmt.query(params![limit as i64])?;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            while let Some(r) = rows.next()? {
+                let entry = entry_of(r)?;
+                bytes += entry.body_bytes;
+                out.push(entry);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Counts for operators.
@@ -747,24 +766,28 @@ pub fn list_entries(
         "SELECT id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
          FROM entries ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
-    let rows = stmt.query_map(params![limit as i64, offset as i64], |r| {
-        let body: Vec<u8> = r.get(7)?;
-        Ok(Entry {
-            id: r.get(0)?,
-            route: r.get(1)?,
-            request_id: r.get(2)?,
-            created_ms: r.get(3)?,
-            method: r.get(4)?,
-            path: r.get(5)?,
-            headers: r.get(6)?,
-            body_bytes: body.len(),
-            body,
-            step_ids: row_ids(r.get(8)?),
-            attempts: r.get(9)?,
-            last_error: r.get(10)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![limit as i64, offset as i64], entry_of)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// An entry from a row of `SELECT id, route, request_id, created_ms, method,
+/// path, headers, body, step_ids, attempts, last_error`.
+fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let body: Vec<u8> = r.get(7)?;
+    Ok(Entry {
+        id: r.get(0)?,
+        route: r.get(1)?,
+        request_id: r.get(2)?,
+        created_ms: r.get(3)?,
+        method: r.get(4)?,
+        path: r.get(5)?,
+        headers: r.get(6)?,
+        body_bytes: body.len(),
+        body,
+        step_ids: row_ids(r.get(8)?),
+        attempts: r.get(9)?,
+        last_error: r.get(10)?,
+    })
 }
 
 /// Dead letters, oldest first.
@@ -893,4 +916,41 @@ pub fn count(conn: &Connection, table: &str) -> Result<u64, StoreError> {
     };
     let n: i64 = conn.query_row(sql, [], |r| r.get(0))?;
     Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ticket: u64, body_len: usize) -> NewEntry {
+        NewEntry {
+            ticket,
+            route: "step_writes".into(),
+            request_id: format!("r{ticket}"),
+            method: "POST".into(),
+            path: "/api/graphql".into(),
+            headers: Vec::new(),
+            body: Bytes::from(vec![b'x'; body_len]),
+            step_ids: vec![format!("s{ticket}")],
+        }
+    }
+
+    #[tokio::test]
+    async fn head_stops_at_the_byte_bound_but_returns_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("spool.sqlite3"), false).unwrap();
+        for t in 1..=10 {
+            store.append(entry(t, 1000)).await.unwrap();
+        }
+        let ids = |v: Vec<Entry>| v.into_iter().map(|e| e.request_id).collect::<Vec<_>>();
+        // In order, and cut once the bodies reach 2,500 bytes.
+        assert_eq!(
+            ids(store.head(100, 2500).await.unwrap()),
+            ["r1", "r2", "r3"]
+        );
+        // The count bound still applies.
+        assert_eq!(ids(store.head(2, 1 << 20).await.unwrap()), ["r1", "r2"]);
+        // An entry larger than the bound is still delivered.
+        assert_eq!(ids(store.head(100, 10).await.unwrap()), ["r1"]);
+    }
 }
