@@ -141,24 +141,18 @@ cpu_ticks() {
     echo "$total"
 }
 
-# Largest VmHWM (KiB) in a process tree (the worker, for nginx).
-peak_rss_kib() {
-    local max=0 p v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+# Largest value (KiB) of /proc status field $1 (VmHWM, VmRSS) over the
+# process tree rooted at $2 (the worker, for nginx).
+status_max_kib() {
+    local field=$1 max=0 p v
+    for p in $(tree_pids "$2"); do
+        v=$(awk -v f="$field:" '$1 == f {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
         [ "${v:-0}" -gt "$max" ] && max=$v
     done
     echo "$max"
 }
-
-rss_kib() {
-    local max=0 p v
-    for p in $(tree_pids "$1"); do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
-        [ "${v:-0}" -gt "$max" ] && max=$v
-    done
-    echo "$max"
-}
+peak_rss_kib() { status_max_kib VmHWM "$1"; }
+rss_kib() { status_max_kib VmRSS "$1"; }
 
 # wrk pinned to the load core; prints the JSON line from wrk.lua's done().
 run_wrk() { # url conns seconds [extra wrk args...]

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -292,7 +291,7 @@ impl Drain {
     }
 
     fn request(&self, entry: &Entry) -> Result<(Request<RequestBody>, Arc<Exchange>), String> {
-        let body = Bytes::from(entry.body.clone());
+        let body = entry.body.clone();
         let op = graphql::operation_of(&body).ok();
         let method =
             http::Method::from_bytes(entry.method.as_bytes()).map_err(|e| e.to_string())?;

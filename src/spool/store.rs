@@ -148,7 +148,7 @@ pub struct Entry {
     pub headers: Vec<u8>,
     /// The body.
     #[serde(skip)]
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// Body size in bytes.
     pub body_bytes: usize,
     /// Step ids the write touches.
@@ -660,43 +660,26 @@ fn append_one(
 ) -> Result<(), rusqlite::Error> {
     let ids = serde_json::to_string(&e.step_ids).unwrap_or_else(|_| "[]".into());
     let created = now_ms();
-    let inserted = tx
-        .prepare_cached(
-            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT(id) DO NOTHING",
-        )?
-        .execute(params![
-            e.ticket as i64,
-            e.route,
-            e.request_id,
-            created,
-            e.method,
-            e.path,
-            e.headers,
-            &e.body[..],
-            ids
-        ])?;
-    let id = if inserted == 1 {
-        e.ticket as i64
-    } else {
-        // The ticket was taken by an entry the operator requeued while the
-        // sidecar ran: append at the end instead.
-        tx.prepare_cached(
-            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
-             VALUES ((SELECT coalesce(max(id), 0) + 1 FROM entries), ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            e.route,
-            e.request_id,
-            created,
-            e.method,
-            e.path,
-            e.headers,
-            &e.body[..],
-            ids
-        ])?;
-        tx.last_insert_rowid()
-    };
+    // The ticket is the id, unless an entry the operator requeued while the
+    // sidecar ran took it: then append at the end instead.
+    tx.prepare_cached(
+        "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
+         VALUES ((SELECT CASE WHEN EXISTS (SELECT 1 FROM entries WHERE id = ?1)
+                      THEN (SELECT max(id) + 1 FROM entries) ELSE ?1 END),
+                 ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        e.ticket as i64,
+        e.route,
+        e.request_id,
+        created,
+        e.method,
+        e.path,
+        e.headers,
+        &e.body[..],
+        ids
+    ])?;
+    let id = tx.last_insert_rowid();
     delta.entries += 1;
     delta.bytes += e.body.len() as i64;
     delta.ticket = delta.ticket.max(id);
@@ -773,7 +756,7 @@ pub fn list_entries(
 /// An entry from a row of `SELECT id, route, request_id, created_ms, method,
 /// path, headers, body, step_ids, attempts, last_error`.
 fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    let body: Vec<u8> = r.get(7)?;
+    let body = Bytes::from(r.get::<_, Vec<u8>>(7)?);
     Ok(Entry {
         id: r.get(0)?,
         route: r.get(1)?,

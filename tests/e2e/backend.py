@@ -79,14 +79,7 @@ class Backend:
         self.writers.add(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = lines[0].split(" ", 2)
-                length = 0
-                for line in lines[1:]:
-                    if line.lower().startswith("content-length:"):
-                        length = int(line.split(":", 1)[1])
-                body = await reader.readexactly(length) if length else b""
+                method, path, body = await read_request(reader)
                 if not await self.answer(method, path, body, writer):
                     return
                 await writer.drain()
@@ -156,16 +149,23 @@ def write(writer, status, obj, extra=b""):
                  % (status, REASONS.get(status, "X").encode(), len(body), extra) + body)
 
 
+async def read_request(reader):
+    """One HTTP/1.1 request with a Content-Length body: (method, path, body)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    length = 0
+    for line in lines[1:]:
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":", 1)[1])
+    body = await reader.readexactly(length) if length else b""
+    return method, path, body
+
+
 async def control(backend, reader, writer):
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        method, path, _ = lines[0].split(" ", 2)
-        length = 0
-        for line in lines[1:]:
-            if line.lower().startswith("content-length:"):
-                length = int(line.split(":", 1)[1])
-        body = json.loads(await reader.readexactly(length) or b"{}") if length else {}
+        method, path, raw = await read_request(reader)
+        body = json.loads(raw or b"{}")
         if path == "/state":
             out = {"steps": backend.steps, "applied": backend.applied, "requests": backend.requests,
                    "faults": backend.faults, "listening": backend.server is not None}
