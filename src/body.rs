@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::error::{BadUpstreamResponse, BodyTooLarge, ClientBodyError, Error, UpstreamBodyError};
+use crate::proxy::pool::Lease;
 
 /// A request body on its way to the upstream.
 #[derive(Debug)]
@@ -209,6 +210,8 @@ pub enum ResponseBody {
         prefix: Option<Bytes>,
         /// The rest of the upstream's body.
         inner: Incoming,
+        /// The upstream connection, returned to the pool when the body ends.
+        lease: Option<Lease>,
     },
 }
 
@@ -235,7 +238,17 @@ impl ResponseBody {
         ResponseBody::Stream {
             prefix: None,
             inner,
+            lease: None,
         }
+    }
+
+    /// Tie the upstream connection this body is read from to the body:
+    /// a body held whole lets it go at once.
+    pub fn with_lease(mut self, lease: Option<Lease>) -> Self {
+        if let ResponseBody::Stream { lease: slot, .. } = &mut self {
+            *slot = lease;
+        }
+        self
     }
 
     /// The bytes, when held whole.
@@ -264,6 +277,7 @@ impl ResponseBody {
         Ok(ResponseBody::Stream {
             prefix: p.data,
             inner,
+            lease: None,
         })
     }
 }
@@ -283,7 +297,11 @@ impl Body for ResponseBody {
                 }
                 Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
             }
-            ResponseBody::Stream { prefix, inner } => {
+            ResponseBody::Stream {
+                prefix,
+                inner,
+                lease,
+            } => {
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
@@ -292,7 +310,13 @@ impl Body for ResponseBody {
                         Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e)))))
                     }
                     Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        // The exchange is over: the connection may serve
+                        // the next request without waiting for this body
+                        // to be dropped.
+                        drop(lease.take());
+                        Poll::Ready(None)
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -302,14 +326,14 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
-            ResponseBody::Stream { prefix, inner } => prefix.is_none() && inner.is_end_stream(),
+            ResponseBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full { data, trailers } => full_size_hint(data, trailers),
-            ResponseBody::Stream { prefix, inner } => prefixed_size_hint(prefix, inner),
+            ResponseBody::Stream { prefix, inner, .. } => prefixed_size_hint(prefix, inner),
         }
     }
 }

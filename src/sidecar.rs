@@ -107,7 +107,7 @@ pub async fn run_with_listeners(
         file.retry.budget_min_per_sec,
         file.retry.budget_ratio,
     ));
-    let http = client::build(&file.upstream)?;
+    let http = client::build(&file.upstream, &cfg.upstream)?;
     let upstream = Upstream::new(http, file.classify.max_graphql_response.as_u64());
     let prepare = PrepareShared::new(&cfg).map_err(|e| RunError::Start(e.to_string()))?;
     let sensitive = stack::sensitive_headers(&file.spool.api_key_header);

@@ -230,10 +230,8 @@ impl Class {
         if error::is_caused_by::<error::BadUpstreamResponse>(e) {
             return Class::new(Verdict::Transient, Kind::BadResponse, true);
         }
-        if let Some(client) = error::cause_ref::<hyper_util::client::legacy::Error>(e) {
-            if client.is_connect() {
-                return Class::new(Verdict::Transient, connect_kind(e), false);
-            }
+        if error::is_caused_by::<crate::proxy::pool::ConnectError>(e) {
+            return Class::new(Verdict::Transient, connect_kind(e), false);
         }
         if let Some(tls) = error::cause_ref::<rustls::Error>(e) {
             // A certificate the roots do not accept will not start verifying

@@ -1,10 +1,10 @@
 //! The upstream client and the innermost service of the stack.
 //!
-//! hyper-util's pooled client over hyper-rustls: keep-alive connections with
-//! an idle timeout, a connect timeout, TLS verified against the configured
-//! roots plus an optional extra CA file, and HTTP/2 when the upstream offers
-//! it through ALPN. DNS failures are tagged on the way out of the resolver so
-//! [`crate::classify`] can tell them from TCP failures.
+//! hyper-util's TCP connector (connect timeout, keep-alive, no delay) under
+//! hyper-rustls (TLS verified against the configured roots plus an optional
+//! extra CA file, HTTP/2 when the upstream offers it through ALPN), pooled by
+//! [`crate::proxy::pool`]. DNS failures are tagged on the way out of the
+//! resolver so [`crate::classify`] can tell them from TCP failures.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,23 +13,25 @@ use std::task::{self, Poll};
 
 use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pki_types::CertificateDer;
 use pki_types::pem::PemObject;
 use tower::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::DnsError;
-use crate::config::{TlsRoots, UpstreamFile};
+use crate::config::{TlsRoots, UpstreamFile, UpstreamTarget};
 use crate::error::Error;
 use crate::exchange;
 use crate::proxy::forward::strip_hop_by_hop;
+use crate::proxy::pool::{Pool, PoolConfig};
+
+/// Opens TCP (and TLS) connections to the upstream.
+pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
 
 /// The pooled HTTP(S) client used for every upstream request.
-pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, RequestBody>;
+pub type HttpClient = Pool<Connector>;
 
 /// The system resolver, with failures tagged as [`DnsError`].
 #[derive(Debug, Clone)]
@@ -74,6 +76,9 @@ pub enum ClientError {
     /// No root certificates could be loaded.
     #[error("upstream.tls_roots: {0}")]
     Roots(String),
+    /// The upstream URL does not make an origin to connect to.
+    #[error("upstream.url: {0}")]
+    Origin(String),
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -113,8 +118,8 @@ fn root_store(cfg: &UpstreamFile) -> Result<rustls::RootCertStore, ClientError> 
     Ok(roots)
 }
 
-/// Build the pooled client from `[upstream]`.
-pub fn build(cfg: &UpstreamFile) -> Result<HttpClient, ClientError> {
+/// Build the pooled client for `target` from `[upstream]`.
+pub fn build(cfg: &UpstreamFile, target: &UpstreamTarget) -> Result<HttpClient, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -134,12 +139,20 @@ pub fn build(cfg: &UpstreamFile) -> Result<HttpClient, ClientError> {
     } else {
         builder.wrap_connector(http)
     };
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle)
-        .build(https))
+    let origin = http::Uri::builder()
+        .scheme(target.scheme.clone())
+        .authority(target.authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|e| ClientError::Origin(e.to_string()))?;
+    Ok(Pool::new(
+        https,
+        origin,
+        PoolConfig {
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle: cfg.pool_max_idle,
+        },
+    ))
 }
 
 /// Sends one attempt upstream. For GraphQL requests a successful response
@@ -176,16 +189,18 @@ impl Service<Request<RequestBody>> for Upstream {
         let buffer = exchange::of(&req)
             .and_then(|e| e.routed())
             .is_some_and(|r| r.operation.is_some());
-        let fut = self.client.request(req);
+        let client = self.client.clone();
         let max = self.max_graphql_response;
         Box::pin(async move {
-            let resp = fut.await.map_err(|e| Box::new(e) as Error)?;
+            let (resp, lease) = client.send(req).await?;
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let body = if buffer && parts.status.is_success() {
-                ResponseBody::buffer(body, max).await?
+                // A body read whole frees the connection here (the lease
+                // drops); one streamed on keeps it until it ends.
+                ResponseBody::buffer(body, max).await?.with_lease(lease)
             } else {
-                ResponseBody::stream(body)
+                ResponseBody::stream(body).with_lease(lease)
             };
             Ok(Response::from_parts(parts, body))
         })

@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod forward;
+pub mod pool;
 pub mod server;
