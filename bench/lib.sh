@@ -50,7 +50,7 @@ ensure_tools() {
     fi
     if [ "$SIDECAR_BIN" = "$REPO_DIR/target/release/datalayer-sidecar" ]; then
         log "building the sidecar (release; a no-op when up to date)"
-        (cd "$REPO_DIR" && cargo build --release --locked --bin datalayer-sidecar --example loadgen 2>&1 | tail -n 1 >&2)
+        (cd "$REPO_DIR" && cargo build --release --locked --bin datalayer-sidecar --example loadgen --example bare_proxy 2>&1 | tail -n 1 >&2)
     fi
 }
 
@@ -117,6 +117,18 @@ start_sidecar() { # port admin_port upstream_url [extra args...]; echoes pid
         >"$RUN_DIR/sidecar-$port.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/sidecar-$port.pid"
+    wait_port "$port"
+    echo "$pid"
+}
+
+# The bare hyper proxy (examples/bare_proxy.rs), the floor the sidecar is
+# compared with. Echoes its pid.
+start_bare_proxy() { # port upstream_port
+    local port=$1 up=$2
+    taskset -c "$PROXY_CORE" "$REPO_DIR/target/release/examples/bare_proxy" "127.0.0.1:$port" "127.0.0.1:$up" \
+        >"$RUN_DIR/bare-$port.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/bare-$port.pid"
     wait_port "$port"
     echo "$pid"
 }

@@ -15,10 +15,12 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out"
 DOCS = BENCH.parent / "docs"
-TARGETS = ["direct", "nginx", "haproxy", "sidecar"]
+TARGETS = ["direct", "nginx", "haproxy", "hyper", "sidecar"]
 LABEL = {"direct": "upstream alone", "nginx": "nginx 1.22", "haproxy": "HAProxy 2.6",
+         "hyper": "bare hyper proxy (floor)",
          "sidecar": "datalayer-sidecar", "sidecar_no_spool": "datalayer-sidecar, spool off"}
-COLOR = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "sidecar": "#e65100"}
+COLOR = {"direct": "#9e9e9e", "nginx": "#2e7d32", "haproxy": "#1565c0", "hyper": "#6a1b9a",
+         "sidecar": "#e65100"}
 
 
 def load_jsonl(name):
@@ -41,9 +43,10 @@ def throughput_tables(rows, memory):
         sub = [r for r in rows if r["conns"] == conns]
         rounds = len({r["round"] for r in sub})
         out.append(f"\n### {conns} connections ({rounds} interleaved rounds)\n")
-        out.append("| target | req/s median (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req median (min–max) | CPU vs nginx | peak RSS MiB | idle RSS MiB | errors |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        out.append("| target | req/s median (min–max) | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req median (min–max) | CPU vs nginx | CPU vs bare hyper | peak RSS MiB | idle RSS MiB | errors |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         ng_cpu = med([r["proxy_cpu_us_per_req"] for r in sub if r["target"] == "nginx"])
+        hy_cpu = med([r["proxy_cpu_us_per_req"] for r in sub if r["target"] == "hyper"])
         for t in TARGETS:
             tr = [r for r in sub if r["target"] == t]
             if not tr:
@@ -53,12 +56,13 @@ def throughput_tables(rows, memory):
             mem = next((m for m in memory if m["target"] == t and m["conns"] == conns), None)
             cpu_m = med(cpu)
             ratio = f"{cpu_m / ng_cpu:.2f}×" if cpu_m and ng_cpu else "–"
+            ratio_hy = f"{cpu_m / hy_cpu:.2f}×" if cpu_m and hy_cpu else "–"
             out.append(
                 f"| {LABEL[t]} | {fmt(med(rps), 0)} ({fmt(min(rps), 0)}–{fmt(max(rps), 0)}) "
                 f"| {fmt(med([r['p50_ms'] for r in tr]), 2)} | {fmt(med([r['p99_ms'] for r in tr]), 2)} "
                 f"| {fmt(med([r['p999_ms'] for r in tr]), 2)} "
                 f"| {fmt(cpu_m) if cpu_m else '(upstream only)'}{'' if not cpu_m else f' ({fmt(min(cpu))}–{fmt(max(cpu))})'} "
-                f"| {ratio if t != 'direct' else '–'} "
+                f"| {ratio if t != 'direct' else '–'} | {ratio_hy if t != 'direct' else '–'} "
                 f"| {fmt(mem['peak_rss_kib'] / 1024) if mem else '–'} | {fmt(mem['idle_rss_kib'] / 1024) if mem else '–'} "
                 f"| {sum(r['errors'] + r['non2xx'] for r in tr)} |")
     return "\n".join(out)
@@ -126,7 +130,7 @@ def svg(rows):
                 label = f"{v:,.0f}" if key == "rps" else (f"{v:.1f}" if key.startswith("proxy") else f"{v:.2f}")
                 parts.append(f'<text x="{bx + bw * 0.45:.1f}" y="{y0 + ph - bh - 4:.1f}" text-anchor="middle" font-size="9">{label}</text>')
     for ti, t in enumerate(TARGETS):
-        lx = 60 + ti * 200
+        lx = 40 + ti * 250
         parts.append(f'<rect x="{lx}" y="{h - 30}" width="12" height="12" fill="{COLOR[t]}"/>')
         parts.append(f'<text x="{lx + 18}" y="{h - 20}">{LABEL[t]}</text>')
     parts.append("</svg>")

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Throughput, latency, CPU per request and memory: the sidecar beside nginx
-# and HAProxy configured as resilient proxies, and the upstream alone.
+# and HAProxy configured as resilient proxies, a bare hyper proxy (the floor
+# of the HTTP library the sidecar is built on), and the upstream alone.
 #
 #   bash bench/run.sh          # ROUNDS=5 DURATION=10 CONNS_LIST="32 256"
 #
-# One invocation, interleaved rounds (direct nginx haproxy sidecar, direct
-# nginx haproxy sidecar, ...) so drift on a shared machine hits every target
+# One invocation, interleaved rounds (direct nginx haproxy hyper sidecar,
+# direct nginx haproxy hyper sidecar, ...) so drift on a shared machine hits every target
 # alike. The upstream (nginx answering an AddStep from memory) and the proxy
 # under test share core $PROXY_CORE; wrk runs on core $LOAD_CORE. Every
 # request is a ~1.4 KB LiteralAI `AddStep` POST with its own step id, over
@@ -53,22 +54,23 @@ sed -e "s|^path = \"data/spool.sqlite3\"|path = \"$RUN_DIR/spool.sqlite3\"|" \
     "$REPO_DIR/config/sidecar.toml" > "$SIDECAR_RUN_CONFIG"
 
 for CONNS in $CONNS_LIST; do
-    NG_PORT=$(free_port); HA_PORT=$(free_port); SC_PORT=$(free_port); SC_ADMIN=$(free_port)
+    NG_PORT=$(free_port); HA_PORT=$(free_port); HY_PORT=$(free_port); SC_PORT=$(free_port); SC_ADMIN=$(free_port)
     NGINX=$(start_nginx proxy-nginx "$BENCH_DIR/conf/proxy-nginx.conf" "$NG_PORT" "$UP_PORT" \
         "$RUN_DIR/nginx-access.log combined buffer=64k flush=1s")
     HAPROXY=$(start_haproxy "$HA_PORT" "$UP_PORT" 0)
+    HYPER=$(start_bare_proxy "$HY_PORT" "$UP_PORT")
     SIDECAR=$(SIDECAR_CONFIG="$SIDECAR_RUN_CONFIG" start_sidecar "$SC_PORT" "$SC_ADMIN" "http://127.0.0.1:$UP_PORT")
     sleep 0.5
-    declare -A PORT=([direct]=$UP_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT [sidecar]=$SC_PORT)
-    declare -A PID=([direct]=$UPSTREAM [nginx]=$NGINX [haproxy]=$HAPROXY [sidecar]=$SIDECAR)
+    declare -A PORT=([direct]=$UP_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT [hyper]=$HY_PORT [sidecar]=$SC_PORT)
+    declare -A PID=([direct]=$UPSTREAM [nginx]=$NGINX [haproxy]=$HAPROXY [hyper]=$HYPER [sidecar]=$SIDECAR)
     declare -A IDLE
-    for t in nginx haproxy sidecar; do IDLE[$t]=$(rss_kib "${PID[$t]}"); done
-    log "connections=$CONNS: idle RSS KiB nginx=${IDLE[nginx]} haproxy=${IDLE[haproxy]} sidecar=${IDLE[sidecar]}"
-    for t in direct nginx haproxy sidecar; do
+    for t in nginx haproxy hyper sidecar; do IDLE[$t]=$(rss_kib "${PID[$t]}"); done
+    log "connections=$CONNS: idle RSS KiB nginx=${IDLE[nginx]} haproxy=${IDLE[haproxy]} hyper=${IDLE[hyper]} sidecar=${IDLE[sidecar]}"
+    for t in direct nginx haproxy hyper sidecar; do
         run_wrk "http://127.0.0.1:${PORT[$t]}" "$CONNS" "$WARMUP" >/dev/null
     done
     for r in $(seq 1 "$ROUNDS"); do
-        for t in direct nginx haproxy sidecar; do
+        for t in direct nginx haproxy hyper sidecar; do
             c0=$(cpu_ticks "${PID[$t]}"); u0=$(cpu_ticks "$UPSTREAM")
             res=$(run_wrk "http://127.0.0.1:${PORT[$t]}" "$CONNS" "$DURATION")
             c1=$(cpu_ticks "${PID[$t]}"); u1=$(cpu_ticks "$UPSTREAM")
@@ -86,13 +88,13 @@ EOF
             tail -n 1 "$OUT" | python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"  round {r['round']} {r['target']:8} {r['rps']:9.0f} req/s  p99 {r['p99_ms']:6.2f} ms  cpu/req {r['proxy_cpu_us_per_req'] or 0:5.1f} us  errors {r['errors']+r['non2xx']}\")" >&2
         done
     done
-    for t in nginx haproxy sidecar; do
+    for t in nginx haproxy hyper sidecar; do
         python3 -c "import json; print(json.dumps({'target': '$t', 'conns': $CONNS, 'idle_rss_kib': ${IDLE[$t]}, 'peak_rss_kib': $(peak_rss_kib "${PID[$t]}")}))" >> "$OUT_DIR/memory-$CONNS.jsonl.tmp"
     done
     mv "$OUT_DIR/memory-$CONNS.jsonl.tmp" "$OUT_DIR/memory-$CONNS.jsonl"
-    kill "$SIDECAR" "$HAPROXY" 2>/dev/null || true
+    kill "$SIDECAR" "$HAPROXY" "$HYPER" 2>/dev/null || true
     kill "$(cat "$RUN_DIR/proxy-nginx.pid")" 2>/dev/null || true
-    wait "$SIDECAR" "$HAPROXY" 2>/dev/null || true
+    wait "$SIDECAR" "$HAPROXY" "$HYPER" 2>/dev/null || true
     sleep 0.5
 done
 cat "$OUT_DIR"/memory-*.jsonl > "$OUT_DIR/memory.jsonl"
