@@ -378,14 +378,6 @@ impl Store {
     /// error unless `quarantine_corrupt`, in which case it is moved aside
     /// and an empty store is created.
     pub fn open(path: &Path, quarantine_corrupt: bool) -> Result<Store, StoreError> {
-        Self::open_with(path, quarantine_corrupt, WAL_LIMIT_BYTES)
-    }
-
-    fn open_with(
-        path: &Path,
-        quarantine_corrupt: bool,
-        wal_limit: u64,
-    ) -> Result<Store, StoreError> {
         prepare_file(path)?;
         let writer = match open_checked(path) {
             Ok(c) => c,
@@ -413,11 +405,6 @@ impl Store {
         // the writer they would stall every acknowledgement behind them, so
         // a separate thread runs them (WAL lets it work beside the writer).
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        // A WAL that was reset shrinks back to this size instead of keeping
-        // its high-water mark on disk.
-        for c in [&writer, &checkpointer] {
-            c.pragma_update(None, "journal_size_limit", wal_limit as i64)?;
-        }
         let totals = Arc::new(Totals::default());
         load_totals(&reader, &totals)?;
         let (tx, rx) = mpsc::channel();
@@ -429,10 +416,7 @@ impl Store {
         };
         std::thread::Builder::new()
             .name("spool-checkpoint".into())
-            .spawn({
-                let wal = wal_path(path);
-                move || checkpoint_loop(checkpointer, kicked, &wal, wal_limit)
-            })
+            .spawn(move || checkpoint_loop(checkpointer, kicked))
             .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -580,51 +564,14 @@ fn writer_loop(
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
 }
 
-/// Size past which the WAL is folded back and truncated even if that
-/// briefly holds up the writer.
-const WAL_LIMIT_BYTES: u64 = 64 << 20;
-
-fn wal_path(db: &Path) -> PathBuf {
-    let mut p = db.as_os_str().to_owned();
-    p.push("-wal");
-    PathBuf::from(p)
-}
-
 /// Runs passive checkpoints when the writer asks, or every second while
 /// idle, until the writer is gone.
-///
-/// A passive checkpoint never waits for the writer, so under a sustained
-/// burst (the backend down, thousands of writes a second) it cannot catch
-/// the log's tail, the log is never restarted, and it grew past 1.3 GB in
-/// the spool benchmark — disk the `spool.max_bytes` setting does not
-/// count. Past `wal_limit` a TRUNCATE checkpoint waits its turn for the
-/// write lock, copies the rest and empties the file: acknowledgements wait
-/// for that one checkpoint, and the log stays bounded.
-fn checkpoint_loop(conn: Connection, kicked: mpsc::Receiver<()>, wal: &Path, wal_limit: u64) {
+fn checkpoint_loop(conn: Connection, kicked: mpsc::Receiver<()>) {
     loop {
         match kicked.recv_timeout(Duration::from_secs(1)) {
             Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                     tracing::debug!(error = %e, "spool checkpoint skipped");
-                }
-                let size = std::fs::metadata(wal).map_or(0, |m| m.len());
-                if size > wal_limit {
-                    let started = tokio::time::Instant::now();
-                    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        r.get::<_, i64>(0)
-                    }) {
-                        Ok(0) => tracing::info!(
-                            wal_bytes = size,
-                            took_ms = started.elapsed().as_millis() as u64,
-                            "spool log truncated"
-                        ),
-                        Ok(_) => {
-                            tracing::debug!(wal_bytes = size, "spool log busy; truncating later")
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, wal_bytes = size, "spool log truncation failed")
-                        }
-                    }
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -988,37 +935,5 @@ mod tests {
         assert_eq!(ids(store.head(2, 1 << 20).await.unwrap()), ["r1", "r2"]);
         // An entry larger than the bound is still delivered.
         assert_eq!(ids(store.head(100, 10).await.unwrap()), ["r1"]);
-    }
-
-    #[tokio::test]
-    async fn the_log_is_truncated_once_it_passes_its_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("spool.sqlite3");
-        let limit = 256 << 10;
-        let store = Store::open_with(&path, false, limit).unwrap();
-        // ~4 MB of writes, many at a time, as during an outage.
-        let mut writes = tokio::task::JoinSet::new();
-        for t in 1..=2000 {
-            let store = store.clone();
-            writes.spawn(async move { store.append(entry(t, 2000)).await });
-        }
-        while let Some(r) = writes.join_next().await {
-            r.unwrap().unwrap();
-        }
-        let wal = wal_path(&path);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
-            if size <= limit {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "WAL still {size} bytes, limit {limit}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // Nothing was lost on the way.
-        assert_eq!(store.head(5000, usize::MAX).await.unwrap().len(), 2000);
     }
 }
