@@ -162,7 +162,7 @@ the fault client).
 - Load: `wrk`, one thread, keep-alive, POST of a {env.get('body_bytes', '~1400')}-byte `mutation AddStep`
   body exactly as the LiteralAI SDK writes it (`bench/steps.py`), each request with its own
   step id. {env.get('rounds', '?')} rounds of {env.get('duration_s', '?')} s per target and connection count, interleaved
-  (upstream alone, nginx, HAProxy, sidecar, upstream alone, …) so drift on this shared
+  (upstream alone, nginx, HAProxy, bare hyper proxy, sidecar, upstream alone, …) so drift on this shared
   machine falls on every target alike. Medians across rounds, with the range.
 - Proxy CPU per request: utime + stime of the proxy's processes from `/proc/<pid>/stat`
   before and after each run, divided by the requests served. Peak RSS: `VmHWM` (largest
@@ -173,6 +173,9 @@ the fault client).
   `config/sidecar.toml` with the whole stack on: route match on the parsed GraphQL
   operation, GraphQL response classification, deadline, retry with budget, breaker,
   upstream concurrency limit, metrics, one JSON access line per request, spool on standby.
+- The bare hyper proxy (`examples/bare_proxy.rs`) is the floor the sidecar is built on:
+  hyper's HTTP/1 server and hyper-util's pooled client with the sidecar's allocator and
+  runtime and none of its layers (no body read, GraphQL, retries, metrics or log).
 
 ![throughput and p99 per target](benchmarks.svg)
 
