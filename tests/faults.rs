@@ -492,7 +492,7 @@ async fn breaker_opens_fails_fast_and_closes_after_probes() {
     );
     drop(up);
     // The upstream recovers on the same port; after open_for a probe closes it.
-    let listener = rebind(sc_upstream_addr(&url)).await;
+    let listener = support::upstream::rebind(sc_upstream_addr(&url)).await;
     let up = FakeUpstream::start_on(listener, |_, _| Reply::json(200, steps_ok(1)), None);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let a = write_step(&sc).await;
@@ -502,16 +502,6 @@ async fn breaker_opens_fails_fast_and_closes_after_probes() {
         "closed"
     );
     assert_eq!(up.hits(), 1);
-}
-
-async fn rebind(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
-    for _ in 0..100 {
-        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("cannot bind {addr} again");
 }
 
 fn sc_upstream_addr(url: &str) -> std::net::SocketAddr {

@@ -149,7 +149,10 @@ async fn connections_the_upstream_closed_while_idle_are_replaced_without_errors(
         let a = client::post_json(sc.addr, "/api/graphql", &client::other_mutation()).await;
         assert_eq!(a.status, 200, "request {i}: {}", a.text());
         assert_eq!(a.header("x-sidecar-attempts"), Some("1"));
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Time for the sidecar to see the close, as it would between
+        // real requests (a send racing the close is the inherent
+        // keep-alive race, not what this test is about).
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(drain(&mut up.lines).len(), 10, "each request sent once");
     assert_eq!(up.accepted.load(Ordering::SeqCst), 10);

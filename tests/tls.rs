@@ -74,6 +74,23 @@ async fn tls_upstream_verified_with_extra_ca_and_h2_by_alpn() {
     );
     let seen = &up.requests()[0];
     assert_eq!(seen.uri.path(), "/api/ping");
+    // Later requests, one after another and several at once, share the
+    // one multiplexed connection.
+    for _ in 0..5 {
+        assert_eq!(client::get(sc.addr, "/api/ping").await.text(), "HTTP/2.0");
+    }
+    let burst: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(client::get(sc.addr, "/api/ping")))
+        .collect();
+    for t in burst {
+        assert_eq!(t.await.unwrap().text(), "HTTP/2.0");
+    }
+    assert_eq!(up.hits(), 14);
+    assert_eq!(
+        up.connections(),
+        1,
+        "one HTTP/2 connection for every request"
+    );
 }
 
 #[tokio::test]
@@ -90,4 +107,43 @@ async fn untrusted_certificate_is_refused() {
         0,
         "no request was sent over an unverified connection"
     );
+}
+
+#[tokio::test]
+async fn a_closed_http2_connection_is_replaced() {
+    let pki = pki();
+    let up = FakeUpstream::start_tls(pki.server.clone(), |r, _| {
+        Reply::text(200, &format!("{:?}", r.version))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let port = up.addr.port();
+    let text = format!(
+        "[upstream]\nurl = \"https://localhost:{port}\"\nca_file = \"{}\"\n",
+        ca.display()
+    );
+    let cfg = datalayer_sidecar::config::Config::from_toml_str(
+        &text,
+        std::path::Path::new("t"),
+        &[],
+        &Default::default(),
+    )
+    .unwrap();
+    let sc = Sidecar::start_with(cfg).await;
+    assert_eq!(client::get(sc.addr, "/api/ping").await.text(), "HTTP/2.0");
+    // The upstream goes away with the connection, and comes back.
+    let addr = up.stop();
+    let listener = support::upstream::rebind(addr).await;
+    let up = FakeUpstream::start_on(
+        listener,
+        |r, _| Reply::text(200, &format!("{:?}", r.version)),
+        Some(pki.server.clone()),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let a = client::get(sc.addr, "/api/ping").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.text(), "HTTP/2.0");
+    assert_eq!(up.connections(), 1);
 }

@@ -114,6 +114,7 @@ struct State {
     handler: Handler,
     requests: Mutex<Vec<Recorded>>,
     hits: AtomicUsize,
+    connections: AtomicUsize,
     consumed: Mutex<Vec<(u64, u64)>>,
 }
 
@@ -174,6 +175,7 @@ impl FakeUpstream {
             handler: Arc::new(handler),
             requests: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             consumed: Mutex::new(Vec::new()),
         });
         let st = state.clone();
@@ -184,6 +186,7 @@ impl FakeUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 let acceptor = acceptor.clone();
                 let mut stopped = stopped.clone();
@@ -233,6 +236,11 @@ impl FakeUpstream {
         self.state.hits.load(Ordering::SeqCst)
     }
 
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     /// (bytes, fnv1a) of every body received on `/consume`.
     pub fn consumed(&self) -> Vec<(u64, u64)> {
         self.state.consumed.lock().unwrap().clone()
@@ -242,6 +250,18 @@ impl FakeUpstream {
     pub fn stop(self) -> SocketAddr {
         self.addr
     }
+}
+
+/// Bind `addr` again once a stopped upstream's listener is gone (its task
+/// is aborted, not joined, so the port frees a moment later).
+pub async fn rebind(addr: SocketAddr) -> TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {addr} again");
 }
 
 #[derive(Debug)]
