@@ -11,7 +11,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# .cargo/config.toml carries a build flag for the allocator (see it).
+# .cargo/config.toml carries build flags for the allocator and SQLite (see it).
 COPY .cargo ./.cargo
 COPY src ./src
 # Keep this the same command CI runs (.ci/run, "release build"): no Docker
