@@ -42,19 +42,19 @@ fn pki() -> Pki {
     }
 }
 
-#[tokio::test]
-async fn tls_upstream_verified_with_extra_ca_and_h2_by_alpn() {
-    let pki = pki();
-    let up = FakeUpstream::start_tls(pki.server.clone(), |r, _| {
-        Reply::text(200, &format!("{:?}", r.version))
-    })
-    .await;
+/// The upstream answers with the HTTP version it saw.
+fn version_reply(r: &support::Recorded, _: usize) -> Reply {
+    Reply::text(200, &format!("{:?}", r.version))
+}
+
+/// A sidecar whose upstream is `https://localhost:{port}`, trusting the
+/// test CA through `upstream.ca_file` (kept in the returned directory).
+async fn sidecar_trusting(pki: &Pki, port: u16) -> (Sidecar, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let url = format!("https://localhost:{}", up.addr.port());
     let text = format!(
-        "[upstream]\nurl = \"{url}\"\nca_file = \"{}\"\n",
+        "[upstream]\nurl = \"https://localhost:{port}\"\nca_file = \"{}\"\n",
         ca.display()
     );
     let cfg = datalayer_sidecar::config::Config::from_toml_str(
@@ -64,7 +64,14 @@ async fn tls_upstream_verified_with_extra_ca_and_h2_by_alpn() {
         &Default::default(),
     )
     .unwrap();
-    let sc = Sidecar::start_with(cfg).await;
+    (Sidecar::start_with(cfg).await, dir)
+}
+
+#[tokio::test]
+async fn tls_upstream_verified_with_extra_ca_and_h2_by_alpn() {
+    let pki = pki();
+    let up = FakeUpstream::start_tls(pki.server.clone(), version_reply).await;
+    let (sc, _dir) = sidecar_trusting(&pki, up.addr.port()).await;
     let a = client::get(sc.addr, "/api/ping").await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(
@@ -112,35 +119,13 @@ async fn untrusted_certificate_is_refused() {
 #[tokio::test]
 async fn a_closed_http2_connection_is_replaced() {
     let pki = pki();
-    let up = FakeUpstream::start_tls(pki.server.clone(), |r, _| {
-        Reply::text(200, &format!("{:?}", r.version))
-    })
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let port = up.addr.port();
-    let text = format!(
-        "[upstream]\nurl = \"https://localhost:{port}\"\nca_file = \"{}\"\n",
-        ca.display()
-    );
-    let cfg = datalayer_sidecar::config::Config::from_toml_str(
-        &text,
-        std::path::Path::new("t"),
-        &[],
-        &Default::default(),
-    )
-    .unwrap();
-    let sc = Sidecar::start_with(cfg).await;
+    let up = FakeUpstream::start_tls(pki.server.clone(), version_reply).await;
+    let (sc, _dir) = sidecar_trusting(&pki, up.addr.port()).await;
     assert_eq!(client::get(sc.addr, "/api/ping").await.text(), "HTTP/2.0");
     // The upstream goes away with the connection, and comes back.
     let addr = up.stop();
     let listener = support::upstream::rebind(addr).await;
-    let up = FakeUpstream::start_on(
-        listener,
-        |r, _| Reply::text(200, &format!("{:?}", r.version)),
-        Some(pki.server.clone()),
-    );
+    let up = FakeUpstream::start_on(listener, version_reply, Some(pki.server.clone()));
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let a = client::get(sc.addr, "/api/ping").await;
     assert_eq!(a.status, 200, "{}", a.text());

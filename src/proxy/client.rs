@@ -159,9 +159,9 @@ pub fn build(cfg: &UpstreamFile, target: &UpstreamTarget) -> Result<HttpClient, 
 /// body is read (up to a bound) so it can be classified and replaced.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    // Behind an Arc: the stack is cloned per request (and per retry), and
-    // the client alone is a dozen reference counts and ~340 bytes to copy.
-    client: Arc<HttpClient>,
+    // The pool is one Arc inside: cloning it per request (and per retry, as
+    // the stack is cloned) is one reference count.
+    client: HttpClient,
     max_graphql_response: u64,
 }
 
@@ -169,7 +169,7 @@ impl Upstream {
     /// Send through `client`, buffering GraphQL answers up to `max` bytes.
     pub fn new(client: HttpClient, max_graphql_response: u64) -> Self {
         Upstream {
-            client: Arc::new(client),
+            client,
             max_graphql_response,
         }
     }
@@ -181,7 +181,7 @@ impl Service<Request<RequestBody>> for Upstream {
     type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Error>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut task::Context<'_>) -> Poll<Result<(), Error>> {
-        // The pooled client queues internally and is always ready.
+        // The pool opens a connection when none is idle: always ready.
         Poll::Ready(Ok(()))
     }
 

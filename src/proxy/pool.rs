@@ -319,20 +319,15 @@ where
         let io: ConnectedIo<C> = connector
             .call(self.inner.origin.clone())
             .await
-            .map_err(|e| Box::new(ConnectError(e.into())) as Error)?;
-        let h2 = io.connected().is_negotiated_h2();
-        if h2 {
+            .map_err(|e| connect_error(e.into()))?;
+        if io.connected().is_negotiated_h2() {
             let (tx, conn) = self
                 .inner
                 .h2_builder
                 .handshake(io)
                 .await
-                .map_err(|e| Box::new(ConnectError(Box::new(e))) as Error)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
-                }
-            });
+                .map_err(|e| connect_error(Box::new(e)))?;
+            drive(conn, "upstream HTTP/2 connection ended");
             *self.inner.lock_h2() = Some(tx.clone());
             Ok(Conn::H2 { tx, reused: false })
         } else {
@@ -341,12 +336,8 @@ where
                 .h1_builder
                 .handshake(io)
                 .await
-                .map_err(|e| Box::new(ConnectError(Box::new(e))) as Error)?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-            });
+                .map_err(|e| connect_error(Box::new(e)))?;
+            drive(conn, "upstream connection ended");
             Ok(Conn::H1 { tx, reused: false })
         }
     }
@@ -369,6 +360,22 @@ where
             }
         });
     }
+}
+
+fn connect_error(e: Error) -> Error {
+    Box::new(ConnectError(e))
+}
+
+/// Run a connection's I/O on its own task until it closes.
+fn drive<F>(conn: F, ended: &'static str)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "{ended}");
+        }
+    });
 }
 
 fn split(e: TrySendError<Request<RequestBody>>) -> (hyper::Error, Option<Request<RequestBody>>) {
