@@ -51,6 +51,18 @@ pub enum Command {
         #[arg(long, default_value = "2s")]
         timeout: humantime::Duration,
     },
+    /// Say which route a request takes and what the sidecar would do with
+    /// it (JSON), without sending anything.
+    Explain {
+        /// The request's method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// The request's path.
+        #[arg(long, default_value = "/api/graphql")]
+        path: String,
+        /// File with the request body (`-` for standard input; default: no body).
+        body: Option<PathBuf>,
+    },
     /// Inspect and manage the spool store (works whether the sidecar runs
     /// or not).
     #[command(subcommand)]

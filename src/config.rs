@@ -21,7 +21,7 @@ use bytesize::ByteSize;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use serde::{Deserialize, Serialize};
 
-use crate::route::RouteFile;
+use crate::route::{Preset, RouteFile};
 
 /// Prefix of the environment variables that override file keys.
 pub const ENV_PREFIX: &str = "DATALAYER_SIDECAR_";
@@ -83,6 +83,9 @@ impl ConfigError {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
+    /// The built-in routes after the operator's: `literalai` (default) or
+    /// `none`.
+    pub preset: Preset,
     /// The app-facing listener.
     pub listen: ListenFile,
     /// The one backend every request goes to.
@@ -107,7 +110,8 @@ pub struct FileConfig {
     pub shutdown: ShutdownFile,
     /// Async runtime sizing.
     pub runtime: RuntimeFile,
-    /// Routes, matched in order; the first match wins.
+    /// Routes, matched in order before the preset's; the first match wins.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteFile>,
 }
 
@@ -589,8 +593,12 @@ pub struct Config {
     pub file: FileConfig,
     /// The upstream, parsed.
     pub upstream: UpstreamTarget,
-    /// Routes, validated, in match order.
+    /// Routes, validated, in match order: the operator's, the preset's,
+    /// the catch-all.
     pub routes: Vec<crate::route::Route>,
+    /// Things the operator should know that do not stop the sidecar (a
+    /// route that shadows the preset, ...).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -753,11 +761,12 @@ impl Config {
             .level
             .parse::<tracing_subscriber::filter::Targets>()
             .map_err(|e| ConfigError::key("log.level", e.to_string()))?;
-        let routes = crate::route::Route::build_all(&file)?;
+        let (routes, warnings) = crate::route::Route::build_all(&file)?;
         Ok(Config {
             file,
             upstream,
             routes,
+            warnings,
         })
     }
 
@@ -767,7 +776,25 @@ impl Config {
         if file.spool.api_key.is_some() {
             file.spool.api_key = Some("<redacted>".to_string());
         }
-        toml::to_string_pretty(&file).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+        let mut out = toml::to_string_pretty(&file)
+            .unwrap_or_else(|e| format!("# cannot print config: {e}\n"));
+        out.push_str(&format!(
+            "\n# Effective route table (preset \"{}\"), matched in order:\n",
+            self.file.preset.as_str()
+        ));
+        for r in &self.routes {
+            out.push_str(&format!(
+                "#   {:<2} {} [{}]: {}\n",
+                r.index + 1,
+                r.name,
+                r.origin.as_str(),
+                r.describe()
+            ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("# warning: {w}\n"));
+        }
+        out
     }
 }
 
@@ -887,6 +914,11 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)]) -> Result<(), Co
             continue;
         };
         if rest == "CONFIG" {
+            continue;
+        }
+        // The one top-level key.
+        if rest == "PRESET" {
+            table.insert("preset".to_string(), toml::Value::String(raw.clone()));
             continue;
         }
         let lower = rest.to_ascii_lowercase();

@@ -51,6 +51,12 @@ pub struct InvalidGraphql(pub String);
 #[error("method {0} is not allowed: the sidecar forwards to its one upstream only")]
 pub struct MethodNotAllowed(pub http::Method);
 
+/// An HTTP/1 request without exactly one valid `Host` header (RFC 9112
+/// §3.2): it is refused, never forwarded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Host header: {0}")]
+pub struct InvalidHost(pub &'static str);
+
 /// The spool is at capacity and refused a write.
 #[derive(Debug, thiserror::Error)]
 #[error("spool is full ({0}); write not accepted")]

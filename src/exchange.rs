@@ -90,7 +90,7 @@ pub struct Routed {
     /// Request body size, when known.
     pub body_bytes: Option<u64>,
     /// Ids the write touches (spooling routes only; ordering uses them).
-    pub step_ids: Box<[String]>,
+    pub keys: Box<[String]>,
 }
 
 /// The shared per-request record.

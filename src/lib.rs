@@ -15,7 +15,7 @@
 //! - [`edge`]: per-request record, structured errors, access log, metrics.
 //! - [`proxy`]: listener, request rewrite, upstream client.
 //! - [`classify`]: one [`classify::Class`] for every outcome.
-//! - [`timeout`], [`retry`], [`breaker`]: the reliability layers.
+//! - [`timeout`], [`slot`], [`retry`], [`breaker`]: the reliability layers.
 //! - [`respond`]: errors → structured responses.
 //! - [`spool`]: durable store-and-forward of idempotent writes.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
@@ -41,6 +41,7 @@ pub mod respond;
 pub mod retry;
 pub mod route;
 pub mod sidecar;
+pub mod slot;
 pub mod spool;
 pub mod stack;
 pub mod telemetry;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cfg),
         Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
+        Some(Command::Explain { method, path, body }) => explain(&cfg, &method, &path, body),
         Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -119,7 +120,38 @@ fn check_config(cfg: &Config) -> ExitCode {
         }
     }
     print!("{}", cfg.to_toml());
+    for w in &cfg.warnings {
+        eprintln!("datalayer-sidecar: warning: {w}");
+    }
     eprintln!("datalayer-sidecar: config is valid");
+    ExitCode::SUCCESS
+}
+
+fn explain(cfg: &Config, method: &str, path: &str, body: Option<std::path::PathBuf>) -> ExitCode {
+    let Ok(method) = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("datalayer-sidecar: `{method}` is not an HTTP method");
+        return ExitCode::from(EX_USAGE);
+    };
+    let body = match body.as_deref() {
+        None => Vec::new(),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf) {
+                eprintln!("datalayer-sidecar: reading standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            buf
+        }
+        Some(p) => match std::fs::read(p) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("datalayer-sidecar: {}: {e}", p.display());
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let out = datalayer_sidecar::route::explain::explain(cfg, &method, path, &body);
+    println!("{out:#}");
     ExitCode::SUCCESS
 }
 

@@ -65,6 +65,9 @@ pub fn describe(err: &Error, ex: &Exchange) -> Failure {
             Verdict::Permanent,
         );
     }
+    if error::is_caused_by::<error::InvalidHost>(e) {
+        return fail(StatusCode::BAD_REQUEST, "invalid_host", Verdict::Permanent);
+    }
     if error::is_caused_by::<error::MethodNotAllowed>(e) {
         return fail(
             StatusCode::METHOD_NOT_ALLOWED,

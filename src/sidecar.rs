@@ -2,8 +2,8 @@
 //! serve until shutdown, drain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::proxy::forward::Target;
 use crate::spool::Spool;
@@ -12,7 +12,7 @@ use crate::spool::drain::Drain;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, Phase};
 use crate::breaker::Breaker;
 use crate::classify::Classifier;
 use crate::config::Config;
@@ -111,20 +111,50 @@ pub async fn run_with_listeners(
     let upstream = Upstream::new(http, file.classify.max_graphql_response.as_u64());
     let prepare = PrepareShared::new(&cfg).map_err(|e| RunError::Start(e.to_string()))?;
     let sensitive = stack::sensitive_headers(&file.spool.api_key_header);
+
+    // The admin port answers from here on, so a startup probe sees the
+    // phase (503) while the spool is opened and checked.
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        breaker: breaker.clone(),
+        budget: budget.clone(),
+        spool: OnceLock::new(),
+        phase: AtomicU8::new(Phase::Starting as u8),
+        config_toml: cfg.to_toml(),
+    });
+    let admin_local = admin_listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        admin_stop,
+    ));
+    for warning in &cfg.warnings {
+        tracing::warn!(%warning, "config");
+    }
+
     // Opened before the listener serves anything: a store that cannot be
-    // opened is a refusal to start, never a silent loss later.
+    // opened is a refusal to start, never a silent loss later. Off the
+    // async threads: checking a large store takes a while, and the admin
+    // port must keep answering meanwhile.
     let spool = if routes.all().iter().any(|r| r.spools()) {
-        let spool = Spool::open(
-            &file.spool,
-            &sensitive,
-            metrics.spool.clone(),
-            opts.quarantine_corrupt_spool,
-        )?;
+        admin_state.set_phase(Phase::OpeningSpool);
+        let (spool_cfg, sensitive, spool_metrics) =
+            (file.spool.clone(), sensitive.clone(), metrics.spool.clone());
+        let quarantine = opts.quarantine_corrupt_spool;
+        let spool = tokio::task::spawn_blocking(move || {
+            Spool::open(&spool_cfg, &sensitive, spool_metrics, quarantine)
+        })
+        .await
+        .map_err(|e| RunError::Start(format!("opening the spool: {e}")))??;
         tracing::info!(
             path = %file.spool.path.display(),
             waiting = spool.store().totals.entries.load(Ordering::Relaxed),
             "spool open"
         );
+        let _ = admin_state.spool.set(spool.clone());
         Some(spool)
     } else {
         None
@@ -147,37 +177,6 @@ pub async fn run_with_listeners(
         )),
         sensitive,
     };
-
-    let admin_state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        breaker,
-        budget,
-        spool: spool.clone(),
-        ready: false.into(),
-        config_toml: cfg.to_toml(),
-    });
-    let admin_local = admin_listener
-        .local_addr()
-        .map_or_else(|e| e.to_string(), |a| a.to_string());
-    let (admin_stop_tx, admin_stop) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        admin_stop,
-    ));
-
-    let local = listener
-        .local_addr()
-        .map_or_else(|e| e.to_string(), |a| a.to_string());
-    tracing::info!(
-        listen = %local,
-        upstream = %cfg.file.upstream.url,
-        admin = %admin_local,
-        routes = routes.all().len(),
-        version = env!("CARGO_PKG_VERSION"),
-        "datalayer-sidecar started"
-    );
-    admin_state.ready.store(true, Ordering::Release);
 
     let (worker_stop_tx, worker_stop) = watch::channel(false);
     let worker = spool.clone().map(|spool| {
@@ -210,12 +209,28 @@ pub async fn run_with_listeners(
     });
     let worker = worker.transpose()?;
 
+    let local = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    tracing::info!(
+        listen = %local,
+        upstream = %cfg.file.upstream.url,
+        admin = %admin_local,
+        preset = cfg.file.preset.as_str(),
+        routes = routes.all().len(),
+        spool = spool.is_some(),
+        version = env!("CARGO_PKG_VERSION"),
+        "datalayer-sidecar started"
+    );
+    // Listeners bound, spool open and checked, worker running.
+    admin_state.set_phase(Phase::Serving);
+
     // Readiness drops the moment shutdown starts, before the drain.
     let mut watch_ready = shutdown.clone();
     let ready_state = admin_state.clone();
     tokio::spawn(async move {
         server::shutdown_requested(&mut watch_ready).await;
-        ready_state.ready.store(false, Ordering::Release);
+        ready_state.set_phase(Phase::Draining);
     });
 
     server::serve(

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::retry::RetryLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
@@ -26,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::proxy::client::Upstream;
 use crate::proxy::forward::{PrepareLayer, PrepareShared};
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::slot::UpstreamSlotLayer;
 use crate::spool::drain::ReplayService;
 use crate::spool::{Spool, SpoolLayer};
 use crate::timeout::TimeoutLayer;
@@ -144,12 +144,12 @@ pub fn delivery(
         // One deadline over all attempts and backoff, below the client's own
         // timeout, so the app always gets our answer first.
         .layer(TimeoutLayer::deadline())
-        // Inside the deadline, so waiting for a slot counts against it;
-        // outside retry, so a request keeps its slot through its retries.
-        // Shared by every connection: it bounds upstream connections.
-        .layer(GlobalConcurrencyLimitLayer::with_semaphore(
-            shared.upstream_slots.clone(),
-        ))
+        // Inside the deadline, so waiting for a slot counts against it (the
+        // wait is in the response future, not in poll_ready, which runs
+        // before the deadline's timer exists); outside retry, so a request
+        // keeps its slot through its retries. Shared by every connection:
+        // it bounds upstream connections.
+        .layer(UpstreamSlotLayer::new(shared.upstream_slots.clone()))
         // Fail fast while the upstream is known to be down; one admission
         // covers all of a request's attempts (a probe keeps its slot).
         .layer(BreakerGateLayer::new(shared.breaker.clone()))

@@ -84,22 +84,28 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let routed = exchange::of(&req).and_then(|e| e.routed());
-        let (until, label) = match (routed, self.scope) {
+        let (until, scope, label) = match (routed, self.scope) {
             (Some(r), Scope::PerTry) => {
-                let until = (Instant::now() + r.route.per_try).min(r.deadline);
-                (until, r.route.per_try)
+                let own = Instant::now() + r.route.per_try;
+                // An attempt cut short by the deadline ran out of the
+                // request's time, not its own: say so.
+                if own > r.deadline {
+                    (r.deadline, Scope::Deadline, r.route.deadline)
+                } else {
+                    (own, Scope::PerTry, r.route.per_try)
+                }
             }
-            (Some(r), Scope::Deadline) => (r.deadline, r.route.deadline),
+            (Some(r), Scope::Deadline) => (r.deadline, Scope::Deadline, r.route.deadline),
             // Unrouted requests never reach these layers; be safe anyway.
-            (None, _) => {
+            (None, scope) => {
                 let d = Duration::from_secs(30);
-                (Instant::now() + d, d)
+                (Instant::now() + d, scope, d)
             }
         };
         ResponseFuture {
             inner: self.inner.call(req),
             sleep: tokio::time::sleep_until(until),
-            scope: self.scope,
+            scope,
             label,
         }
     }

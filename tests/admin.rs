@@ -5,7 +5,6 @@ mod support;
 use std::time::Duration;
 
 use support::client::{self, sample};
-use support::proxy::shipped_routes;
 use support::{FakeUpstream, Reply, Sidecar};
 
 #[tokio::test]
@@ -58,7 +57,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
         _ => Reply::status(200),
     })
     .await;
-    let sc = Sidecar::start(&up.url(), &shipped_routes()).await;
+    let sc = Sidecar::start(&up.url(), "").await;
     for _ in 0..3 {
         let a = client::post_json(sc.addr, "/api/graphql", &client::add_step(&["a"])).await;
         assert_eq!(a.status, 200);
@@ -70,7 +69,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
     let text = m.text();
     let writes = sample(
         &text,
-        "datalayer_sidecar_requests_total{route=\"step_writes\",status_class=\"2xx\",class=\"success\"}",
+        "datalayer_sidecar_requests_total{route=\"spooled_writes\",status_class=\"2xx\",class=\"success\"}",
     );
     assert_eq!(writes, Some(3.0), "{text}");
     let missing = sample(
@@ -80,7 +79,7 @@ async fn metrics_count_requests_by_route_and_status_class() {
     assert_eq!(missing, Some(1.0));
     let hist = sample(
         &text,
-        "datalayer_sidecar_request_duration_seconds_count{route=\"step_writes\",status_class=\"2xx\"}",
+        "datalayer_sidecar_request_duration_seconds_count{route=\"spooled_writes\",status_class=\"2xx\"}",
     );
     assert_eq!(hist, Some(3.0));
     assert!(text.contains("datalayer_sidecar_request_duration_seconds_bucket{le="));

@@ -50,8 +50,58 @@ fn shipped_config_is_valid_and_printed() {
     assert!(o.status.success(), "{}", stderr(&o));
     let printed = String::from_utf8_lossy(&o.stdout);
     let reparsed: toml::Table = toml::from_str(&printed).expect("effective config is TOML");
-    assert!(reparsed["routes"].as_array().unwrap().len() >= 5);
-    assert!(printed.contains("step_writes"));
+    // The shipped file documents the preset; it does not copy it.
+    assert!(reparsed.get("routes").is_none(), "{printed}");
+    assert_eq!(reparsed["preset"].as_str(), Some("literalai"));
+    // The effective table, preset included, is printed in match order.
+    let table: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .collect();
+    let names: Vec<&str> = table
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "spooled_writes",
+            "idempotent_writes",
+            "mutations",
+            "queries",
+            "upload",
+            "default"
+        ],
+        "{printed}"
+    );
+    assert!(table[0].contains("upsertThread") && table[0].contains("on_failure=spool"));
+}
+
+#[test]
+fn preset_none_from_the_environment_leaves_the_catch_all() {
+    let o = run(
+        OK,
+        &[
+            "check-config",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[("DATALAYER_SIDECAR_PRESET", "none")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("preset = \"none\""), "{printed}");
+    assert!(printed.contains("#   1  default [catch-all]"), "{printed}");
+    assert!(!printed.contains("spooled_writes"), "{printed}");
+    let o = run(
+        OK,
+        &["check-config"],
+        &[("DATALAYER_SIDECAR_PRESET", "literal")],
+    );
+    assert_eq!(o.status.code(), Some(64));
+    assert!(stderr(&o).contains("preset"), "{}", stderr(&o));
 }
 
 #[test]
@@ -143,4 +193,45 @@ fn secrets_are_redacted_in_the_printed_config() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(!out.contains("sk-do-not-print"));
     assert!(out.contains("<redacted>"));
+}
+
+#[test]
+fn explain_names_the_route_policy_and_order_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, OK).unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"query":"mutation AddStep($id_0: String!) { step0: ingestStep(id: $id_0) { ok message } }","variables":{"id_0":"s-1"}}"#,
+    )
+    .unwrap();
+    let o = Command::new(binary())
+        .args(["explain", "--config"])
+        .arg(&path)
+        .arg(&body)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["route"], "spooled_writes");
+    assert_eq!(v["origin"], "literalai");
+    assert_eq!(v["spooled_on_failure"], true);
+    assert_eq!(v["order_keys"], serde_json::json!(["step:s-1"]));
+    assert_eq!(v["operation"]["root_fields"][0]["literalai"], "spooled");
+    let o = Command::new(binary())
+        .args([
+            "explain",
+            "--method",
+            "GET",
+            "--path",
+            "/api/my-project",
+            "--config",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["route"], "default");
+    assert_eq!(v["idempotent"], true);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use support::client::{self, add_step, other_mutation, post_json_to, query, sample, steps_ok};
-use support::proxy::shipped_routes;
+use support::proxy::spooled_route;
 use support::{Answer, FakeUpstream, Reply, Sidecar};
 
 /// Short timeouts and backoff so faults resolve quickly; breaker off so each
@@ -32,10 +32,7 @@ fn settings(timeouts: &str, retry: &str, breaker: &str) -> String {
         },
         // The reliability stack alone, with the global policy: failures are
         // answered, not spooled, and the step route's own overrides are off.
-        shipped_routes()
-            .replace("on_failure = \"spool\"", "on_failure = \"error\"")
-            .replace("timeouts = { per_try = \"2500ms\" }\n", "")
-            .replace("retry = { max_attempts = 8 }\n", "")
+        spooled_route("idempotent = true")
     )
 }
 
@@ -119,7 +116,7 @@ async fn non_idempotent_mutation_is_not_retried_after_it_was_sent() {
     assert_eq!(
         sample(
             &m,
-            "datalayer_sidecar_not_retried_total{route=\"graphql_mutations\",reason=\"not_idempotent\"}"
+            "datalayer_sidecar_not_retried_total{route=\"mutations\",reason=\"not_idempotent\"}"
         ),
         Some(1.0),
         "{m}"
@@ -268,7 +265,7 @@ async fn retry_after_longer_than_the_cap_is_not_waited_for() {
     assert_eq!(
         sample(
             &m,
-            "datalayer_sidecar_not_retried_total{route=\"step_writes\",reason=\"retry_after_too_long\"}"
+            "datalayer_sidecar_not_retried_total{route=\"spooled_writes\",reason=\"retry_after_too_long\"}"
         ),
         Some(1.0)
     );
@@ -397,7 +394,7 @@ async fn budget_stops_a_retry_storm() {
     let m = metrics(&sc).await;
     let exhausted = sample(
         &m,
-        "datalayer_sidecar_not_retried_total{route=\"step_writes\",reason=\"budget_exhausted\"}",
+        "datalayer_sidecar_not_retried_total{route=\"spooled_writes\",reason=\"budget_exhausted\"}",
     )
     .unwrap();
     assert!(exhausted > 50.0, "{m}");
@@ -556,7 +553,7 @@ async fn oversized_graphql_answer_passes_unclassified() {
     assert_eq!(
         sample(
             &m,
-            "datalayer_sidecar_upstream_attempts_total{route=\"step_writes\",class=\"success\",kind=\"unclassified\"}"
+            "datalayer_sidecar_upstream_attempts_total{route=\"spooled_writes\",class=\"success\",kind=\"unclassified\"}"
         ),
         Some(1.0),
         "{m}"

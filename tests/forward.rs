@@ -224,11 +224,63 @@ async fn absolute_uri_and_foreign_host_still_go_to_the_upstream() {
 }
 
 #[tokio::test]
+async fn a_missing_repeated_or_malformed_host_is_refused_with_400_and_never_forwarded() {
+    let up = FakeUpstream::start(|_, _| Reply::status(200)).await;
+    let sc = Sidecar::start(&up.url(), "").await;
+    for (req, why) in [
+        (
+            &b"GET /nohost HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+            "needs a Host",
+        ),
+        (
+            b"GET /two HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+            "more than one",
+        ),
+        (
+            b"GET /bad HTTP/1.1\r\nHost: a b/c\r\nConnection: close\r\n\r\n",
+            "not a host",
+        ),
+        (
+            b"POST /api/graphql HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            "needs a Host",
+        ),
+    ] {
+        let answer = raw(sc.addr, req).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("application/problem+json"), "{answer}");
+        assert!(answer.contains("\"code\":\"invalid_host\""), "{answer}");
+        assert!(answer.contains(why), "{answer}");
+    }
+    // HTTP/1.0 may leave Host out; an empty Host is allowed too.
+    let answer = raw(sc.addr, b"GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    let answer = raw(
+        sc.addr,
+        b"GET /empty HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let paths: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.uri.path().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/old", "/empty"],
+        "only the valid ones went upstream"
+    );
+}
+
+#[tokio::test]
 async fn body_over_the_limit_gets_a_structured_413() {
     let up = FakeUpstream::start(|_, _| Reply::Echo).await;
     let extra = format!(
         "[limits]\nmax_request_body = \"1MiB\"\nmax_graphql_body = \"64KiB\"\n{}",
-        support::proxy::shipped_routes()
+        String::new()
     );
     let sc = Sidecar::start(&up.url(), &extra).await;
     // Declared too large: refused before anything is read or forwarded.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Request;
 use support::client::{self, TestBody, gen_chunk};
-use support::proxy::{config_text, shipped_routes};
+use support::proxy::config_text;
 use support::upstream::{FNV_START, fnv1a};
 use support::{FakeUpstream, Process, Reply};
 
@@ -23,7 +23,7 @@ async fn secrets_never_reach_the_logs_at_any_level() {
         }
     })
     .await;
-    let cfg = config_text(&up.url(), &shipped_routes());
+    let cfg = config_text(&up.url(), "");
     let mut p = Process::spawn(&cfg, &[("RUST_LOG", "trace")]).await;
     let secrets = [
         "sk-live-SECRET-0123456789",
@@ -62,7 +62,7 @@ async fn secrets_never_reach_the_logs_at_any_level() {
     let step = access.iter().find(|v| v["path"] == "/api/graphql").unwrap();
     assert_eq!(step["request_id"], "req-log-check");
     assert_eq!(step["method"], "POST");
-    assert_eq!(step["route"], "step_writes");
+    assert_eq!(step["route"], "spooled_writes");
     assert_eq!(step["graphql_op"], "AddStep");
     assert_eq!(step["status"], 200);
     assert!(step["total_ms"].as_f64().is_some());
@@ -107,7 +107,7 @@ async fn hundred_megabyte_upload_streams_with_bounded_memory() {
     const CHUNK: usize = 64 * 1024;
     const CHUNKS: u64 = 1600; // 100 MiB
     let up = FakeUpstream::start(|_, _| Reply::status(200)).await;
-    let cfg = config_text(&up.url(), &shipped_routes());
+    let cfg = config_text(&up.url(), "");
     let p = Process::spawn(&cfg, &[]).await;
     let idle = p.status_kib("VmRSS");
     let req = Request::post("/consume")

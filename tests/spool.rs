@@ -10,21 +10,16 @@ use std::time::Duration;
 use http::Request;
 use support::backend::{Backend, Fault};
 use support::client::{self, TestBody, add_step_with, sample};
-use support::proxy::{config, config_text, shipped_routes};
+use support::proxy::{config, config_text, spooled_route};
 use support::{Answer, Process, Reply, Sidecar};
 
-/// Short timeouts so a down backend is noticed quickly; the shipped routes
-/// (step writes spool) with the step route's attempts shortened to match.
+/// Short timeouts so a down backend is noticed quickly; the preset (step
+/// and thread writes spool) with the spooled route's attempts shortened to
+/// match.
 fn settings(extra: &str) -> String {
-    let routes = shipped_routes()
-        .replace(
-            "timeouts = { per_try = \"2500ms\" }",
-            "timeouts = { per_try = \"300ms\" }",
-        )
-        .replace(
-            "retry = { max_attempts = 8 }",
-            "retry = { max_attempts = 2 }",
-        );
+    let routes = spooled_route(
+        "idempotent = true\non_failure = \"spool\"\ntimeouts = { per_try = \"300ms\" }\nretry = { max_attempts = 2 }",
+    );
     format!(
         "[timeouts]\nper_try = \"500ms\"\ndeadline = \"2s\"\n[retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\nmin_attempt_time = \"10ms\"\n[breaker]\nconsecutive_failures = 5\nopen_for = \"300ms\"\n{extra}\n{routes}"
     )
@@ -296,7 +291,7 @@ async fn permanent_refusal_is_dead_lettered_and_requeue_sends_it_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let d = &dead[0];
-    assert_eq!(d["step_ids"], serde_json::json!(["bad"]), "{dead}");
+    assert_eq!(d["keys"], serde_json::json!(["step:bad"]), "{dead}");
     assert_eq!(d["status"], 400);
     assert_eq!(d["class"], "permanent");
     assert!(d["reason"].as_str().unwrap().contains("400"));

@@ -2,8 +2,11 @@
 //!
 //! Endpoints:
 //! - `GET /healthz` — 200 while the process is alive.
-//! - `GET /readyz`  — 200 while the sidecar accepts traffic; 503 before the
-//!   listener is bound and from the moment shutdown starts.
+//! - `GET /readyz`  — 200 once start-up has finished (spool opened and
+//!   checked, replay worker running, listeners bound) and until shutdown
+//!   starts; 503 with the phase (`starting`, `opening_spool`, `draining`)
+//!   otherwise. The admin port answers from the first moment of start-up,
+//!   so a startup probe sees the phase while the spool is checked.
 //! - `GET /metrics` — Prometheus text exposition.
 //! - `GET /breaker` — the circuit breaker's state as JSON.
 //! - `GET /spool`   — the spool's depth, age and counters as JSON.
@@ -15,7 +18,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,6 +37,41 @@ use crate::proxy::server::shutdown_requested;
 use crate::retry::RetryBudget;
 use crate::spool::Spool;
 
+/// Where the sidecar is in its life, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Phase {
+    /// Building the stack.
+    Starting = 0,
+    /// Opening and checking the spool store.
+    OpeningSpool = 1,
+    /// Serving traffic.
+    Serving = 2,
+    /// Shutdown started.
+    Draining = 3,
+}
+
+impl Phase {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::OpeningSpool => "opening_spool",
+            Phase::Serving => "serving",
+            Phase::Draining => "draining",
+        }
+    }
+
+    fn from_u8(v: u8) -> Phase {
+        match v {
+            1 => Phase::OpeningSpool,
+            2 => Phase::Serving,
+            3 => Phase::Draining,
+            _ => Phase::Starting,
+        }
+    }
+}
+
 /// What the admin endpoints read.
 #[derive(Debug)]
 pub struct AdminState {
@@ -42,12 +81,24 @@ pub struct AdminState {
     pub breaker: Breaker,
     /// The retry budget (its balance is exported at scrape time).
     pub budget: Arc<RetryBudget>,
-    /// The spool, if configured.
-    pub spool: Option<Spool>,
-    /// Whether the data listener is accepting traffic.
-    pub ready: AtomicBool,
+    /// The spool, once open (when a route spools).
+    pub spool: OnceLock<Spool>,
+    /// The current [`Phase`].
+    pub phase: AtomicU8,
     /// The effective config as TOML, secrets redacted.
     pub config_toml: String,
+}
+
+impl AdminState {
+    /// Move to `phase`.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Acquire))
+    }
 }
 
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
@@ -68,18 +119,20 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => {
-            if state.ready.load(Ordering::Acquire) {
-                json(StatusCode::OK, &serde_json::json!({"ready": true}))
-            } else {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"ready": false}),
-                )
-            }
+            let phase = state.phase();
+            let ready = phase == Phase::Serving;
+            json(
+                if ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                &serde_json::json!({"ready": ready, "phase": phase.as_str()}),
+            )
         }
         "/metrics" => {
             state.metrics.budget_balance.set(state.budget.balance());
-            if let Some(spool) = &state.spool {
+            if let Some(spool) = state.spool.get() {
                 spool.refresh_metrics().await;
             }
             let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
@@ -95,7 +148,7 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
             StatusCode::OK,
             &serde_json::to_value(state.breaker.snapshot()).unwrap_or_default(),
         ),
-        "/spool" => match &state.spool {
+        "/spool" => match state.spool.get() {
             Some(spool) => match spool.stats().await {
                 Ok(stats) => json(
                     StatusCode::OK,
@@ -106,6 +159,10 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
                     &serde_json::json!({"error": e.to_string()}),
                 ),
             },
+            None if state.phase() < Phase::Serving => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "starting", "phase": state.phase().as_str()}),
+            ),
             None => json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "no route spools; the spool is not open"}),

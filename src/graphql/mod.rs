@@ -51,13 +51,13 @@ impl OperationType {
     }
 }
 
-/// Where a root field's `id` argument comes from.
+/// An argument's value as written in the document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdArg {
+pub enum ArgValue {
     /// `id: $name`: from the request's variables.
     Variable(Box<str>),
-    /// `id: "literal"`.
-    Literal(Box<str>),
+    /// A literal (`id: "abc"`, `first: 10`, `tags: ["a"]`), as JSON.
+    Literal(serde_json::Value),
 }
 
 /// A field selected at the root of the operation.
@@ -67,8 +67,18 @@ pub struct RootField {
     pub response_key: Box<str>,
     /// The schema field, e.g. `ingestStep`.
     pub name: Box<str>,
-    /// Its `id` argument, if it has one (the key of an upsert).
-    pub id: Option<IdArg>,
+    /// Its arguments, in document order.
+    pub args: Box<[(Box<str>, ArgValue)]>,
+    /// The fields selected on its result, as (response key, field name);
+    /// empty when the result is a scalar.
+    pub selection: Box<[(Box<str>, Box<str>)]>,
+}
+
+impl RootField {
+    /// The argument called `name`, if the field has one.
+    pub fn arg(&self, name: &str) -> Option<&ArgValue> {
+        self.args.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
 }
 
 /// What a GraphQL request does.
@@ -121,11 +131,47 @@ pub struct GraphqlRequest<'a> {
 }
 
 impl GraphqlRequest<'_> {
-    /// The ids the operation's root fields write (their `id` arguments,
-    /// looked up in `variables`), in field order.
-    pub fn ids(&self) -> Vec<String> {
+    /// Each root field's `id` argument (looked up in `variables` when it is
+    /// a variable), in field order; `None` where a field has none, or its
+    /// value is not a string or an integer.
+    pub fn root_ids(&self) -> Vec<Option<String>> {
         ids_in(self.variables, &self.operation)
     }
+}
+
+/// Each root field's arguments with variables resolved, in field order (for
+/// answers built by the sidecar itself; off the hot path). Variables the
+/// request does not define resolve to `null`, as GraphQL says.
+pub fn resolved_args(body: &[u8], op: &Operation) -> Vec<Vec<(Box<str>, serde_json::Value)>> {
+    let variables: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| match v {
+                serde_json::Value::Object(mut m) => match m.remove("variables") {
+                    Some(serde_json::Value::Object(vars)) => Some(vars),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .unwrap_or_default();
+    op.root_fields
+        .iter()
+        .map(|f| {
+            f.args
+                .iter()
+                .map(|(name, v)| {
+                    let value = match v {
+                        ArgValue::Variable(var) => variables
+                            .get(&**var)
+                            .cloned()
+                            .unwrap_or(serde_json::Value::Null),
+                        ArgValue::Literal(l) => l.clone(),
+                    };
+                    (name.clone(), value)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Parse a GraphQL-over-HTTP request body.
@@ -202,15 +248,15 @@ fn select(ops: &[Arc<Operation>], name: Option<&str>) -> Result<Arc<Operation>, 
     }
 }
 
-/// The ids `op`'s root fields write, given the request's raw `variables`.
+/// Each root field's `id` argument, given the request's raw `variables`.
 /// Reads only the variables it needs and skips the rest without building
 /// them.
-fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<String> {
+fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<Option<String>> {
     let wanted: Vec<&str> = op
         .root_fields
         .iter()
-        .filter_map(|f| match &f.id {
-            Some(IdArg::Variable(v)) => Some(&**v),
+        .filter_map(|f| match f.arg("id") {
+            Some(ArgValue::Variable(v)) => Some(&**v),
             _ => None,
         })
         .collect();
@@ -244,15 +290,21 @@ fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<String> {
     let mut ids = Vec::with_capacity(op.root_fields.len());
     let mut next_var = 0;
     for f in op.root_fields.iter() {
-        match &f.id {
-            Some(IdArg::Literal(s)) => ids.push(s.to_string()),
-            Some(IdArg::Variable(_)) => {
-                if let Some((_, v)) = found.iter().find(|(i, _)| *i == next_var) {
-                    ids.push(v.clone());
-                }
+        match f.arg("id") {
+            Some(ArgValue::Literal(serde_json::Value::String(s))) => ids.push(Some(s.clone())),
+            Some(ArgValue::Literal(serde_json::Value::Number(n))) if n.is_i64() || n.is_u64() => {
+                ids.push(Some(n.to_string()))
+            }
+            Some(ArgValue::Variable(_)) => {
+                ids.push(
+                    found
+                        .iter()
+                        .find(|(i, _)| *i == next_var)
+                        .map(|(_, v)| v.clone()),
+                );
                 next_var += 1;
             }
-            None => {}
+            _ => ids.push(None),
         }
     }
     ids
@@ -345,15 +397,22 @@ fn collect_root_fields<'a>(
             Selection::Field(f) => out.push(RootField {
                 response_key: f.alias.unwrap_or(f.name).into(),
                 name: f.name.into(),
-                id: f
+                args: f
                     .arguments
                     .iter()
-                    .find(|(n, _)| *n == "id")
-                    .and_then(|(_, v)| match v {
-                        Value::Variable(name) => Some(IdArg::Variable((*name).into())),
-                        Value::String(s) => Some(IdArg::Literal(s.as_str().into())),
+                    .map(|(n, v)| ((*n).into(), arg_value(v)))
+                    .collect(),
+                selection: f
+                    .selection_set
+                    .items
+                    .iter()
+                    .filter_map(|s| match s {
+                        Selection::Field(sub) => {
+                            Some((sub.alias.unwrap_or(sub.name).into(), sub.name.into()))
+                        }
                         _ => None,
-                    }),
+                    })
+                    .collect(),
             }),
             Selection::InlineFragment(inline) => {
                 collect_root_fields(doc, &inline.selection_set, depth + 1, out)?
@@ -372,6 +431,33 @@ fn collect_root_fields<'a>(
         }
     }
     Ok(())
+}
+
+/// An argument as written: a variable by name, anything else as JSON.
+fn arg_value<'a>(v: &Value<'a, &'a str>) -> ArgValue {
+    match v {
+        Value::Variable(name) => ArgValue::Variable((*name).into()),
+        other => ArgValue::Literal(literal(other)),
+    }
+}
+
+fn literal<'a>(v: &Value<'a, &'a str>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        // A variable nested in a literal list or object: unknown here.
+        Value::Variable(_) | Value::Null => J::Null,
+        Value::Int(n) => n.as_i64().map_or(J::Null, J::from),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::String(s) => J::String(s.clone()),
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Enum(e) => J::String((*e).to_string()),
+        Value::List(items) => J::Array(items.iter().map(literal).collect()),
+        Value::Object(map) => J::Object(
+            map.iter()
+                .map(|(k, v)| ((*k).to_string(), literal(v)))
+                .collect(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -417,12 +503,40 @@ mod tests {
 
     #[test]
     fn ids_come_from_variables_and_literals() {
-        let ids = |b: &str| parse_request(b.as_bytes()).unwrap().ids();
-        assert_eq!(ids(ADD_STEP), ["a", "b"]);
+        let ids = |b: &str| parse_request(b.as_bytes()).unwrap().root_ids();
+        let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        assert_eq!(ids(ADD_STEP), some(&["a", "b"]));
         let body = r#"{"query":"mutation { x: ingestStep(id: \"lit\") { ok } y: other { ok } }"}"#;
-        assert_eq!(ids(body), ["lit"]);
+        assert_eq!(ids(body), vec![Some("lit".to_string()), None]);
         let body = r#"{"variables":{"b":"second","a":"first"},"query":"mutation M($a: String!, $b: String!) { p: ingestStep(id: $a) { ok } q: ingestStep(id: $b) { ok } }"}"#;
-        assert_eq!(ids(body), ["first", "second"]);
+        assert_eq!(ids(body), some(&["first", "second"]));
+        // The SDK's DeleteThread names its variable `thread_id`.
+        let body = r#"{"query":"mutation DeleteThread($thread_id: String!) { deleteThread(id: $thread_id) { id } }","variables":{"thread_id":"t-1"}}"#;
+        assert_eq!(ids(body), some(&["t-1"]));
+    }
+
+    #[test]
+    fn arguments_and_selections_are_kept() {
+        let body = r#"{"query":"mutation U($id: String!, $name: String) { upsertThread(id: $id, name: $name, tags: [\"a\"], first: 3) { id name participant { id } } }","variables":{"id":"t","name":"Hello"}}"#;
+        let op = op(body).unwrap();
+        let f = &op.root_fields[0];
+        assert_eq!(f.arg("id"), Some(&ArgValue::Variable("id".into())));
+        assert_eq!(
+            f.arg("tags"),
+            Some(&ArgValue::Literal(serde_json::json!(["a"])))
+        );
+        let sel: Vec<_> = f.selection.iter().map(|(k, _)| &**k).collect();
+        assert_eq!(sel, ["id", "name", "participant"]);
+        let args = resolved_args(body.as_bytes(), &op);
+        assert_eq!(
+            args[0],
+            vec![
+                ("id".into(), serde_json::json!("t")),
+                ("name".into(), serde_json::json!("Hello")),
+                ("tags".into(), serde_json::json!(["a"])),
+                ("first".into(), serde_json::json!(3)),
+            ]
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::config::{Config, UpstreamTarget};
-use crate::error::{BodyTooLarge, Error, InvalidGraphql, MethodNotAllowed};
+use crate::error::{BodyTooLarge, Error, InvalidGraphql, InvalidHost, MethodNotAllowed};
 use crate::exchange::{self, Routed};
 use crate::graphql;
 use crate::route::{ErrorFormat, Route, Routes};
@@ -277,6 +277,30 @@ where
     }
 }
 
+/// RFC 9112 §3.2: an HTTP/1.1 request must carry exactly one `Host`, and a
+/// `Host` must be a valid authority (or empty). HTTP/2 carries `:authority`
+/// instead; hyper has already checked it.
+fn check_host(parts: &request::Parts) -> Result<(), InvalidHost> {
+    if parts.version > Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version == Version::HTTP_11 => {
+            Err(InvalidHost("an HTTP/1.1 request needs a Host header"))
+        }
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => Err(InvalidHost("more than one Host header")),
+        (Some(h), None) => {
+            if h.is_empty() || http::uri::Authority::try_from(h.as_bytes()).is_ok() {
+                Ok(())
+            } else {
+                Err(InvalidHost("the value is not a host[:port]"))
+            }
+        }
+    }
+}
+
 /// Read a GraphQL request whole (bounded), find its operation and, when
 /// the matching route spools, the ids it writes.
 async fn read_graphql(
@@ -313,7 +337,7 @@ async fn read_graphql(
         .find(method, path, Some(&request.operation))
         .clone();
     let ids = if route.spools() {
-        request.ids().into_boxed_slice()
+        route.order_keys(&request.operation, &request.root_ids())
     } else {
         Box::default()
     };
@@ -330,6 +354,7 @@ async fn prepare(
     if parts.method == http::Method::CONNECT {
         return Err(Box::new(MethodNotAllowed(parts.method)));
     }
+    check_host(&parts)?;
     let ex = parts
         .extensions
         .get::<Arc<exchange::Exchange>>()
@@ -343,7 +368,7 @@ async fn prepare(
     let routes = &shared.routes;
     let path = parts.uri.path();
     let is_graphql = routes.needs_graphql(&parts.method, path);
-    let (body, operation, route, step_ids) = if is_graphql {
+    let (body, operation, route, keys) = if is_graphql {
         match read_graphql(shared, &parts.method, path, incoming, content_length).await {
             Ok((body, op, route, ids)) => (body, Some(op), route, ids),
             Err(e) => {
@@ -358,7 +383,7 @@ async fn prepare(
                     replayable: false,
                     error_format: ErrorFormat::Graphql,
                     body_bytes: content_length,
-                    step_ids: Box::default(),
+                    keys: Box::default(),
                 });
                 return Err(e);
             }
@@ -394,7 +419,7 @@ async fn prepare(
         error_format,
         deadline,
         body_bytes,
-        step_ids,
+        keys,
     });
     Ok(Request::from_parts(parts, body))
 }

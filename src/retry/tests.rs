@@ -73,7 +73,7 @@ fn request(rig: &Rig) -> (Request<RequestBody>, Arc<Exchange>) {
         error_format: crate::route::ErrorFormat::Problem,
         operation: None,
         body_bytes: Some(2),
-        step_ids: Box::default(),
+        keys: Box::default(),
         route,
     });
     let mut req = Request::post("http://127.0.0.1:9/x")

@@ -131,7 +131,7 @@ pub fn run(cmd: SpoolCommand, cfg: &Config) -> Result<(), StoreError> {
                     &mut out,
                     format!(
                         "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} last error",
-                        "id", "age", "route", "bytes", "tries", "steps"
+                        "id", "age", "route", "bytes", "tries", "keys"
                     ),
                 );
                 for e in entries {
@@ -144,7 +144,7 @@ pub fn run(cmd: SpoolCommand, cfg: &Config) -> Result<(), StoreError> {
                             e.route,
                             e.body_bytes,
                             e.attempts,
-                            e.step_ids.join(","),
+                            e.keys.join(","),
                             e.last_error.unwrap_or_default()
                         ),
                     );
@@ -163,11 +163,11 @@ pub fn run(cmd: SpoolCommand, cfg: &Config) -> Result<(), StoreError> {
                     print(
                         &mut out,
                         format!(
-                            "{:>8} {} route={} steps={} tries={} class={} kind={} status={} reason={}\n         answer: {}",
+                            "{:>8} {} route={} keys={} tries={} class={} kind={} status={} reason={}\n         answer: {}",
                             d.id,
                             age(d.dead_ms),
                             d.route,
-                            d.step_ids.join(","),
+                            d.keys.join(","),
                             d.attempts,
                             d.class,
                             d.kind,

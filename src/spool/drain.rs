@@ -40,7 +40,7 @@ use crate::exchange::{Exchange, Routed};
 use crate::graphql;
 use crate::proxy::forward::Target;
 use crate::proxy::server::shutdown_requested;
-use crate::route::{ErrorFormat, Routes};
+use crate::route::{BARRIER_KEY, ErrorFormat, Routes};
 
 /// How often the worker re-reads the store when idle (it is also woken on
 /// every commit); this catches changes made by the operator CLI.
@@ -143,7 +143,7 @@ impl Drain {
                     paused_until = Some(Instant::now() + wait);
                 } else if paused_until.is_none_or(|t| t <= Instant::now()) {
                     for entry in this.eligible(&cache, &in_flight) {
-                        in_flight.insert(entry.id, entry.step_ids.clone());
+                        in_flight.insert(entry.id, entry.keys.clone());
                         let id = entry.id;
                         let this = this.clone();
                         let handle =
@@ -209,23 +209,31 @@ impl Drain {
     }
 
     /// The entries of `batch` (in replay order) to start now: not in
-    /// flight, touching no step that an earlier entry still waiting or in
-    /// flight touches, nor one a live write holds — so each step's versions
-    /// arrive in order — up to the free slots.
+    /// flight, sharing no key with an earlier entry still waiting or in
+    /// flight, nor with a live write — so each key's versions arrive in
+    /// order — up to the free slots. A barrier (key `*`) starts only when
+    /// nothing is ahead of it, and nothing behind it starts before it ends.
     fn eligible(&self, batch: &[Entry], in_flight: &HashMap<i64, Vec<String>>) -> Vec<Entry> {
         let mut seen: HashSet<&str> = in_flight.values().flatten().map(String::as_str).collect();
+        let mut barrier_ahead = seen.contains(BARRIER_KEY);
         let mut out = Vec::new();
         let free = self.concurrency.saturating_sub(in_flight.len());
         for entry in batch {
-            if out.len() >= free {
+            if out.len() >= free || barrier_ahead {
                 break;
             }
             if in_flight.contains_key(&entry.id) {
                 continue;
             }
-            let blocked = self.spool.held(&entry.step_ids)
-                || entry.step_ids.iter().any(|id| seen.contains(id.as_str()));
-            seen.extend(entry.step_ids.iter().map(String::as_str));
+            let barrier = entry.keys.iter().any(|k| k == BARRIER_KEY);
+            let blocked = self.spool.held(&entry.keys)
+                || if barrier {
+                    !seen.is_empty() || !out.is_empty()
+                } else {
+                    entry.keys.iter().any(|id| seen.contains(id.as_str()))
+                };
+            seen.extend(entry.keys.iter().map(String::as_str));
+            barrier_ahead = barrier;
             if !blocked {
                 out.push(entry.clone());
             }
@@ -319,7 +327,7 @@ impl Drain {
             replayable: true,
             error_format: ErrorFormat::Graphql,
             body_bytes: Some(body.len() as u64),
-            step_ids: entry.step_ids.clone().into_boxed_slice(),
+            keys: entry.keys.clone().into_boxed_slice(),
         });
         let mut req = Request::new(RequestBody::full(body));
         *req.method_mut() = method;

@@ -10,11 +10,14 @@
 //! refused ones move to a dead-letter table with the backend's answer.
 //!
 //! Order: every write gets a ticket on arrival and entries replay in ticket
-//! order. While a route has entries waiting, its new writes are appended
-//! behind them instead of going ahead; a write that touches a step id an
-//! earlier write still has in flight also goes behind it, and the worker
-//! waits for that earlier write to finish (delivered, or spooled ahead).
-//! So an older version of a step never overwrites a newer one upstream.
+//! order per key. A write's keys name what it writes (`step:<id>`,
+//! `thread:<id>`; see [`crate::route::Route::order_keys`]); the key `*`
+//! marks a barrier (a delete of a thread, say), ordered against every other
+//! write. While a route has entries waiting, its new writes are appended
+//! behind them instead of going ahead; a write that shares a key with a
+//! live write still in flight also goes behind it, and the worker waits for
+//! that earlier write to finish (delivered, or spooled ahead). So an older
+//! version of a step or thread never overwrites a newer one upstream.
 //! Delivery is at least once; the backend's upsert by step id makes a
 //! repeat harmless.
 //!
@@ -64,6 +67,19 @@ struct OrderState {
 }
 
 impl OrderState {
+    /// Whether a write with these (hashed) keys conflicts with a live one:
+    /// it shares a key, or one of the two is a barrier.
+    fn conflicts(&self, keys: &[u64]) -> bool {
+        if self.live.is_empty() {
+            return false;
+        }
+        let barrier = barrier_key();
+        self.live.contains_key(&barrier)
+            || keys
+                .iter()
+                .any(|k| *k == barrier || self.live.contains_key(k))
+    }
+
     fn waiting(&self, route: &str) -> u64 {
         self.stored.get(route).copied().unwrap_or(0)
             + self.reserved.get(route).copied().unwrap_or(0)
@@ -123,6 +139,10 @@ pub struct LiveGuard {
     spool: Spool,
     ticket: u64,
     ids: Vec<u64>,
+}
+
+fn barrier_key() -> u64 {
+    id_key(crate::route::BARRIER_KEY)
 }
 
 fn id_key(id: &str) -> u64 {
@@ -226,8 +246,7 @@ impl Spool {
         let ticket = o.next_ticket.max(end + 1);
         o.next_ticket = ticket + 1;
         let keys: Vec<u64> = ids.iter().map(|id| id_key(id)).collect();
-        let behind =
-            write_behind || o.waiting(route) > 0 || keys.iter().any(|k| o.live.contains_key(k));
+        let behind = write_behind || o.waiting(route) > 0 || o.conflicts(&keys);
         if behind {
             return Admit::Behind(ticket);
         }
@@ -242,12 +261,13 @@ impl Spool {
         })
     }
 
-    /// Whether any of `ids` is held by a live write.
+    /// Whether a write with these keys must wait for a live write.
     fn held(&self, ids: &[String]) -> bool {
+        let keys: Vec<u64> = ids.iter().map(|id| id_key(id)).collect();
         self.inner
             .order
             .lock()
-            .map(|o| ids.iter().any(|id| o.live.contains_key(&id_key(id))))
+            .map(|o| o.conflicts(&keys))
             .unwrap_or(false)
     }
 
@@ -294,7 +314,7 @@ impl Spool {
                 path: write.path,
                 headers: write.headers,
                 body: write.body,
-                step_ids: write.ids,
+                keys: write.ids,
             })
             .await;
         match result {
@@ -555,16 +575,17 @@ where
         };
         match spool.admit(
             &route.name,
-            &routed.step_ids,
+            &routed.keys,
             route.mode == SpoolMode::WriteBehind,
         ) {
             Admit::Behind(ticket) => {
-                let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
+                let body_copy = body.clone();
+                let write = spool.write_of(&head, &route.name, body, &routed.keys);
                 // Boxed: the enqueue state would otherwise widen every live
                 // write's future, and that future is moved on each call.
                 Box::pin(spool.enqueue(write, ticket)).await?;
                 ex.set_spooled();
-                Ok(record::spooled_response(&op))
+                Ok(record::spooled_response(&op, &body_copy))
             }
             Admit::Live(guard) => {
                 let result = inner.ready().await?.call(req).await;
@@ -578,7 +599,8 @@ where
                 // Spooled at its own (earlier) ticket: anything that touched the
                 // same steps meanwhile went behind it.
                 let ticket = guard.ticket;
-                let write = spool.write_of(&head, &route.name, body, &routed.step_ids);
+                let body_copy = body.clone();
+                let write = spool.write_of(&head, &route.name, body, &routed.keys);
                 let stored = Box::pin(spool.enqueue(write, ticket)).await;
                 drop(guard);
                 stored?;
@@ -588,7 +610,7 @@ where
                     kind = class.kind.as_str(),
                     "write spooled after a transient failure"
                 );
-                Ok(record::spooled_response(&op))
+                Ok(record::spooled_response(&op, &body_copy))
             }
         }
     }

@@ -44,16 +44,38 @@ pub fn decode_headers(data: &[u8]) -> HeaderMap {
     map
 }
 
-/// The answer for a spooled GraphQL write: exactly what the SDK expects from
-/// a successful batch, `{"data":{"<alias>":{"ok":true,"message":...},...}}`,
-/// with the aliases taken from the parsed request.
-pub fn spooled_response(op: &Operation) -> Response<ResponseBody> {
+/// The answer for a spooled GraphQL write: what the SDK expects from a
+/// successful call, one entry per alias of the request. Each alias gets the
+/// fields its selection asks for: `ok` is `true`, `message` says the write
+/// is stored, a field named like one of the root field's arguments echoes
+/// the value sent (`id`, `name`, `metadata`, `tags` of an `upsertThread`),
+/// anything else is `null`; a field selected with no sub-fields is `true`.
+/// So `AddStep` gets `{"data":{"step0":{"ok":true,"message":...}}}` and
+/// `DeleteThread` gets `{"data":{"deleteThread":{"id":"<its id>"}}}`.
+pub fn spooled_response(op: &Operation, body: &[u8]) -> Response<ResponseBody> {
+    use serde_json::Value;
+    let args = crate::graphql::resolved_args(body, op);
     let mut data = serde_json::Map::with_capacity(op.root_fields.len());
-    for field in op.root_fields.iter() {
-        data.insert(
-            field.response_key.to_string(),
-            serde_json::json!({ "ok": true, "message": SPOOLED_MESSAGE }),
-        );
+    for (i, field) in op.root_fields.iter().enumerate() {
+        let value = if field.selection.is_empty() {
+            Value::Bool(true)
+        } else {
+            let sent = args.get(i).map(Vec::as_slice).unwrap_or_default();
+            let mut obj = serde_json::Map::with_capacity(field.selection.len());
+            for (key, name) in field.selection.iter() {
+                let v = match &**name {
+                    "ok" => Value::Bool(true),
+                    "message" => Value::String(SPOOLED_MESSAGE.to_string()),
+                    other => sent
+                        .iter()
+                        .find(|(a, _)| &**a == other)
+                        .map_or(Value::Null, |(_, v)| v.clone()),
+                };
+                obj.insert(key.to_string(), v);
+            }
+            Value::Object(obj)
+        };
+        data.insert(field.response_key.to_string(), value);
     }
     let body = serde_json::json!({ "data": data }).to_string();
     let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
@@ -89,11 +111,39 @@ mod tests {
     fn spooled_answer_uses_the_request_aliases() {
         let body = r#"{"query":"mutation AddStep { step0: ingestStep(id: \"a\") { ok message } step1: ingestStep(id: \"b\") { ok message } }"}"#;
         let op = crate::graphql::operation_of(body.as_bytes()).unwrap();
-        let resp = spooled_response(&op);
+        let resp = spooled_response(&op, body.as_bytes());
         assert_eq!(resp.headers()["x-sidecar-spooled"], "true");
         let v: serde_json::Value = serde_json::from_slice(resp.body().bytes().unwrap()).unwrap();
         assert_eq!(v["data"]["step0"]["ok"], true);
         assert_eq!(v["data"]["step1"]["ok"], true);
         assert_eq!(v["data"].as_object().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn spooled_thread_upsert_echoes_what_was_sent() {
+        // The SDK's UpsertThread, with the fields it left out missing.
+        let body = serde_json::json!({
+            "query": "mutation UpsertThread($id: String!, $name: String, $metadata: Json, $participantId: String, $tags: [String!]) { upsertThread(id: $id name: $name metadata: $metadata participantId: $participantId tags: $tags) { id name metadata tags createdAt participant { id identifier metadata } } }",
+            "variables": {"id": "t-1", "name": "First question", "participantId": "u-1"}
+        })
+        .to_string();
+        let op = crate::graphql::operation_of(body.as_bytes()).unwrap();
+        let resp = spooled_response(&op, body.as_bytes());
+        let v: serde_json::Value = serde_json::from_slice(resp.body().bytes().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"data": {"upsertThread": {
+                "id": "t-1", "name": "First question", "metadata": null,
+                "tags": null, "createdAt": null, "participant": null
+            }}})
+        );
+        let body = r#"{"query":"mutation DeleteThread($thread_id: String!) { deleteThread(id: $thread_id) { id } }","variables":{"thread_id":"t-9"}}"#;
+        let op = crate::graphql::operation_of(body.as_bytes()).unwrap();
+        let resp = spooled_response(&op, body.as_bytes());
+        let v: serde_json::Value = serde_json::from_slice(resp.body().bytes().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"data": {"deleteThread": {"id": "t-9"}}})
+        );
     }
 }

@@ -25,7 +25,19 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 names each ordering key by what it writes (`step:<id>`):
+/// version 1 spooled `ingestStep` writes only, keyed by the bare step id in
+/// a column called `step_ids`.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE entries RENAME COLUMN step_ids TO keys;
+ALTER TABLE dead_letters RENAME COLUMN step_ids TO keys;
+UPDATE entries SET keys =
+    (SELECT json_group_array('step:' || value) FROM json_each(entries.keys));
+UPDATE dead_letters SET keys =
+    (SELECT json_group_array('step:' || value) FROM json_each(dead_letters.keys));
+";
 /// Largest backend answer kept with a dead letter.
 const MAX_DEAD_RESPONSE: usize = 64 * 1024;
 
@@ -39,7 +51,7 @@ CREATE TABLE IF NOT EXISTS entries (
     path        TEXT    NOT NULL,
     headers     BLOB    NOT NULL,
     body        BLOB    NOT NULL,
-    step_ids    TEXT    NOT NULL,
+    keys    TEXT    NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT
 );
@@ -54,7 +66,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     path        TEXT    NOT NULL,
     headers     BLOB    NOT NULL,
     body        BLOB    NOT NULL,
-    step_ids    TEXT    NOT NULL,
+    keys    TEXT    NOT NULL,
     attempts    INTEGER NOT NULL,
     class       TEXT    NOT NULL,
     kind        TEXT    NOT NULL,
@@ -125,7 +137,7 @@ pub struct NewEntry {
     /// The request body.
     pub body: Bytes,
     /// Step ids the write touches.
-    pub step_ids: Vec<String>,
+    pub keys: Vec<String>,
 }
 
 /// A stored write waiting for delivery.
@@ -152,7 +164,7 @@ pub struct Entry {
     /// Body size in bytes.
     pub body_bytes: usize,
     /// Step ids the write touches.
-    pub step_ids: Vec<String>,
+    pub keys: Vec<String>,
     /// Delivery attempts so far.
     pub attempts: i64,
     /// The last delivery failure.
@@ -173,7 +185,7 @@ pub struct DeadLetter {
     /// When it was dead-lettered (ms since the epoch).
     pub dead_ms: i64,
     /// Step ids the write touches.
-    pub step_ids: Vec<String>,
+    pub keys: Vec<String>,
     /// Delivery attempts made.
     pub attempts: i64,
     /// The failure's class.
@@ -350,9 +362,14 @@ pub fn open_checked(path: &Path) -> Result<Connection, StoreError> {
         )));
     }
     if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA)
-            .and_then(|()| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
-            .map_err(|e| corrupt(e.to_string()))?;
+        let migrate = if version == 1 { MIGRATE_1_TO_2 } else { "" };
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {SCHEMA} {migrate} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            corrupt(format!("cannot migrate from schema version {version}: {e}"))
+        })?;
     }
     Ok(conn)
 }
@@ -484,7 +501,7 @@ impl Store {
     pub async fn head(&self, limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
+                "SELECT id, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error
                  FROM entries ORDER BY id LIMIT ?1",
             )?;
             let mut rows = stmt.query(params![limit as i64])?;
@@ -658,12 +675,12 @@ fn append_one(
     e: &NewEntry,
     delta: &mut Delta,
 ) -> Result<(), rusqlite::Error> {
-    let ids = serde_json::to_string(&e.step_ids).unwrap_or_else(|_| "[]".into());
+    let ids = serde_json::to_string(&e.keys).unwrap_or_else(|_| "[]".into());
     let created = now_ms();
     // The ticket is the id, unless an entry the operator requeued while the
     // sidecar ran took it: then append at the end instead.
     tx.prepare_cached(
-        "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
+        "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, keys)
          VALUES ((SELECT CASE WHEN EXISTS (SELECT 1 FROM entries WHERE id = ?1)
                       THEN (SELECT max(id) + 1 FROM entries) ELSE ?1 END),
                  ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -715,8 +732,8 @@ fn dead_one(
         .as_ref()
         .map(|r| r[..r.len().min(MAX_DEAD_RESPONSE)].to_vec());
     let moved = tx.execute(
-        "INSERT INTO dead_letters (ticket, route, request_id, created_ms, dead_ms, method, path, headers, body, step_ids, attempts, class, kind, status, response, reason)
-         SELECT id, route, request_id, created_ms, ?2, method, path, headers, body, step_ids, attempts + 1, ?3, ?4, ?5, ?6, ?7
+        "INSERT INTO dead_letters (ticket, route, request_id, created_ms, dead_ms, method, path, headers, body, keys, attempts, class, kind, status, response, reason)
+         SELECT id, route, request_id, created_ms, ?2, method, path, headers, body, keys, attempts + 1, ?3, ?4, ?5, ?6, ?7
          FROM entries WHERE id = ?1",
         params![
             id,
@@ -746,7 +763,7 @@ pub fn list_entries(
     offset: usize,
 ) -> Result<Vec<Entry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error
+        "SELECT id, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error
          FROM entries ORDER BY id LIMIT ?1 OFFSET ?2",
     )?;
     let rows = stmt.query_map(params![limit as i64, offset as i64], entry_of)?;
@@ -754,7 +771,7 @@ pub fn list_entries(
 }
 
 /// An entry from a row of `SELECT id, route, request_id, created_ms, method,
-/// path, headers, body, step_ids, attempts, last_error`.
+/// path, headers, body, keys, attempts, last_error`.
 fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     let body = Bytes::from(r.get::<_, Vec<u8>>(7)?);
     Ok(Entry {
@@ -767,7 +784,7 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         headers: r.get(6)?,
         body_bytes: body.len(),
         body,
-        step_ids: row_ids(r.get(8)?),
+        keys: row_ids(r.get(8)?),
         attempts: r.get(9)?,
         last_error: r.get(10)?,
     })
@@ -776,7 +793,7 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 /// Dead letters, oldest first.
 pub fn list_dead(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, route, request_id, created_ms, dead_ms, step_ids, attempts, class, kind, status, response, reason
+        "SELECT id, route, request_id, created_ms, dead_ms, keys, attempts, class, kind, status, response, reason
          FROM dead_letters ORDER BY id LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit as i64], |r| {
@@ -787,7 +804,7 @@ pub fn list_dead(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>, Sto
             request_id: r.get(2)?,
             created_ms: r.get(3)?,
             dead_ms: r.get(4)?,
-            step_ids: row_ids(r.get(5)?),
+            keys: row_ids(r.get(5)?),
             attempts: r.get(6)?,
             class: r.get(7)?,
             kind: r.get(8)?,
@@ -846,8 +863,8 @@ pub fn requeue(
                 |r| r.get(0),
             )?;
             let n = tx.execute(
-                "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids, attempts, last_error)
-                 SELECT ?2, route, request_id, ?3, method, path, headers, body, step_ids, 0, 'requeued from dead letter ' || id || ': ' || reason
+                "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error)
+                 SELECT ?2, route, request_id, ?3, method, path, headers, body, keys, 0, 'requeued from dead letter ' || id || ': ' || reason
                  FROM dead_letters WHERE id = ?1",
                 params![id, next, now_ms()],
             )?;
@@ -914,8 +931,35 @@ mod tests {
             path: "/api/graphql".into(),
             headers: Vec::new(),
             body: Bytes::from(vec![b'x'; body_len]),
-            step_ids: vec![format!("s{ticket}")],
+            keys: vec![format!("s{ticket}")],
         }
+    }
+
+    #[test]
+    fn version_1_keys_become_step_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spool.sqlite3");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&SCHEMA.replace("keys ", "step_ids "))
+                .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, step_ids)
+                 VALUES (1, 'step_writes', 'r', 0, 'POST', '/api/graphql', x'', x'', '[\"a\",\"b\"]')",
+                [],
+            )
+            .unwrap();
+        }
+        let c = open_checked(&path).unwrap();
+        let ids: String = c
+            .query_row("SELECT keys FROM entries", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(row_ids(ids), ["step:a", "step:b"]);
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! A LiteralAI-style backend that can be taken down and brought back on the
-//! same port: stores `ingestStep` upserts by step id and remembers every
-//! version it received, in order.
+//! same port: stores `ingestStep` upserts by step id and `upsertThread`
+//! upserts by thread id, applies `deleteStep` / `deleteThread`, and
+//! remembers every version it received, in order.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,11 @@ pub struct State {
     pub attempts: HashMap<String, usize>,
     /// `x-api-key` of every request.
     pub keys: Vec<String>,
+    /// Thread id → (name, participant id), the fields the upserts set.
+    pub threads: HashMap<String, (Option<String>, Option<String>)>,
+    /// Every write applied, in order: `step:<id>=<content>`,
+    /// `thread:<id>=<name>`, `delete step:<id>`, `delete thread:<id>`.
+    pub log: Vec<String>,
 }
 
 /// Decides a fault for (first step id, attempt number), or `None` to apply.
@@ -66,6 +72,58 @@ pub fn steps_in(body: &serde_json::Value) -> Vec<(String, String)> {
     out
 }
 
+/// Threads and deletes: answered like the real service, after `fault`.
+fn other_write(st: &mut State, fault: &Fault, body: &serde_json::Value) -> Option<Reply> {
+    let query = body["query"].as_str().unwrap_or_default();
+    let vars = &body["variables"];
+    let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
+    let (field, id) = if query.contains("upsertThread") {
+        ("upsertThread", s(&vars["id"])?)
+    } else if query.contains("deleteThread") {
+        ("deleteThread", s(&vars["thread_id"])?)
+    } else if query.contains("deleteStep") {
+        ("deleteStep", s(&vars["id"])?)
+    } else {
+        return None;
+    };
+    let n = {
+        let a = st.attempts.entry(format!("{field}:{id}")).or_insert(0);
+        *a += 1;
+        *a - 1
+    };
+    if let Some(reply) = fault(&id, n) {
+        return Some(reply);
+    }
+    let data = match field {
+        "upsertThread" => {
+            let entry = st.threads.entry(id.clone()).or_default();
+            // Like the SDK's backend: a field left out keeps its value.
+            if let Some(name) = s(&vars["name"]) {
+                entry.0 = Some(name);
+            }
+            if let Some(p) = s(&vars["participantId"]) {
+                entry.1 = Some(p);
+            }
+            let (name, participant) = entry.clone();
+            st.log
+                .push(format!("thread:{id}={}", name.clone().unwrap_or_default()));
+            serde_json::json!({"upsertThread": {"id": id, "name": name,
+                "participant": participant.map(|p| serde_json::json!({"id": p}))}})
+        }
+        "deleteThread" => {
+            st.threads.remove(&id);
+            st.log.push(format!("delete thread:{id}"));
+            serde_json::json!({"deleteThread": {"id": id}})
+        }
+        _ => {
+            st.steps.remove(&id);
+            st.log.push(format!("delete step:{id}"));
+            serde_json::json!({"deleteStep": {"id": id}})
+        }
+    };
+    Some(Reply::json(200, serde_json::json!({ "data": data })))
+}
+
 fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
     let body = r.json();
     let steps = steps_in(&body);
@@ -74,6 +132,9 @@ fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
     st.keys
         .push(r.header("x-api-key").unwrap_or_default().to_string());
     if steps.is_empty() {
+        if let Some(reply) = other_write(&mut st, fault, &body) {
+            return reply;
+        }
         return Reply::json(200, serde_json::json!({"data": {}}));
     }
     let first = steps[0].0.clone();
@@ -88,6 +149,7 @@ fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
     let mut data = serde_json::Map::new();
     for (i, (id, content)) in steps.into_iter().enumerate() {
         st.steps.insert(id.clone(), content.clone());
+        st.log.push(format!("step:{id}={content}"));
         st.applied.push((id, content));
         data.insert(
             format!("step{i}"),
@@ -155,6 +217,14 @@ impl Backend {
 
     pub fn applied(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().applied.clone()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    pub fn threads(&self) -> HashMap<String, (Option<String>, Option<String>)> {
+        self.state.lock().unwrap().threads.clone()
     }
 
     /// Wait until `pred` holds for the state, or panic after `within`.

@@ -219,11 +219,27 @@ pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// A mutation that is not `ingestStep` (so not idempotent in the preset).
+/// A create (the backend mints the id), so not idempotent in the preset.
 pub fn other_mutation() -> serde_json::Value {
     serde_json::json!({
-        "query": "mutation CreateThread($id: String!) { upsertThread(id: $id) { id } }",
-        "variables": {"id": "thread-1"}
+        "query": "mutation CreateThread($name: String) { createThread(name: $name) { id } }",
+        "variables": {"name": "thread-1"}
+    })
+}
+
+/// The SDK's `UpsertThread` (fields it does not set left out, as it does).
+pub fn upsert_thread(id: &str, name: Option<&str>, participant: Option<&str>) -> serde_json::Value {
+    let mut vars = serde_json::Map::new();
+    vars.insert("id".into(), serde_json::json!(id));
+    if let Some(n) = name {
+        vars.insert("name".into(), serde_json::json!(n));
+    }
+    if let Some(p) = participant {
+        vars.insert("participantId".into(), serde_json::json!(p));
+    }
+    serde_json::json!({
+        "query": "mutation UpsertThread($id: String!, $name: String, $metadata: Json, $participantId: String, $tags: [String!]) {\n upsertThread(id: $id, name: $name, metadata: $metadata, participantId: $participantId, tags: $tags) {\n id name metadata tags createdAt participant { id identifier metadata }\n }\n}",
+        "variables": vars,
     })
 }
 

@@ -12,13 +12,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-/// The `[[routes]]` of the shipped `config/sidecar.toml` (the LiteralAI
-/// preset), so tests exercise what operators run.
-pub fn shipped_routes() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sidecar.toml"))
-        .expect("config/sidecar.toml");
-    let start = text.find("[[routes]]").expect("shipped config has routes");
-    text[start..].to_string()
+/// A route that replaces the preset's `spooled_writes` (same match: a
+/// mutation whose root fields are all spoolable) with `policy` (TOML keys,
+/// one per line), so a test can shorten its timeouts or turn spooling off.
+pub fn spooled_route(policy: &str) -> String {
+    use datalayer_sidecar::route::literalai::{Handling, OPERATIONS};
+    let fields: Vec<String> = OPERATIONS
+        .iter()
+        .filter(|o| o.handling == Handling::Spooled)
+        .map(|o| format!("\"{}\"", o.field))
+        .collect();
+    format!(
+        "\n[[routes]]\nname = \"spooled_writes\"\nmethods = [\"POST\"]\npath = \"/api/graphql\"\ngraphql = {{ operation_type = \"mutation\", root_fields = [{}] }}\n{policy}\n",
+        fields.join(", ")
+    )
 }
 
 /// Config text with the upstream set and `extra` appended.
@@ -161,12 +168,23 @@ impl Process {
 
     /// Spawn without waiting for readiness (for start-up failures).
     pub fn start_at(dir: &Path, config: &str, env: &[(&str, &str)], args: &[&str]) -> Process {
-        let path = dir.join("sidecar.toml");
-        std::fs::write(&path, config).unwrap();
         // Port 0: the sidecar binds free ports itself and logs them, so
         // parallel tests never race for a port.
-        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let admin = addr;
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Self::start_on(dir, config, env, args, any, any)
+    }
+
+    /// Spawn on given addresses, without waiting for readiness.
+    pub fn start_on(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        addr: SocketAddr,
+        admin: SocketAddr,
+    ) -> Process {
+        let path = dir.join("sidecar.toml");
+        std::fs::write(&path, config).unwrap();
         let log = dir.join("sidecar.log");
         let _ = std::fs::remove_file(&log);
         let out = std::fs::OpenOptions::new()

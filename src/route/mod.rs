@@ -1,8 +1,16 @@
-//! Routes: `[[routes]]` from the config, matched in order on method, path
-//! and — for GraphQL — the parsed operation's type, name and root fields.
-//! Each route carries its own policy (idempotency, timeouts, retry, breaker,
-//! error format, spooling), with unset keys inherited from the global
-//! sections.
+//! Routes: `[[routes]]` from the config, then the preset's routes, matched
+//! in order on method, path and — for GraphQL — the parsed operation's type,
+//! name and root fields. Each route carries its own policy (idempotency,
+//! timeouts, retry, breaker, error format, spooling), with unset keys
+//! inherited from the global sections.
+//!
+//! The operator's routes come first, so one operation can be handled
+//! differently without restating the preset; an operator route with the
+//! name of a preset route replaces it. A catch-all `default` route ends the
+//! table.
+
+pub mod explain;
+pub mod literalai;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +21,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, FileConfig, RetryFile, validate_retry, validate_timeouts};
 use crate::graphql::{Operation, OperationType};
+
+/// Which built-in route table follows the operator's routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// The LiteralAI data-layer API (see [`literalai`]).
+    #[default]
+    Literalai,
+    /// No preset: the operator's routes and the catch-all only.
+    None,
+}
+
+impl Preset {
+    /// Stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Preset::Literalai => "literalai",
+            Preset::None => "none",
+        }
+    }
+}
+
+/// Where a route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `[[routes]]` in the config.
+    Operator,
+    /// The preset.
+    Preset(Preset),
+    /// The catch-all added at the end.
+    Default,
+}
+
+impl Origin {
+    /// Label for printing.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Operator => "config",
+            Origin::Preset(p) => p.as_str(),
+            Origin::Default => "catch-all",
+        }
+    }
+}
 
 /// How errors the sidecar generates are written for a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +252,8 @@ pub struct Route {
     pub name: Arc<str>,
     /// Position in the table (also the metrics slot).
     pub index: usize,
+    /// Where the route comes from.
+    pub origin: Origin,
     methods: Box<[Method]>,
     path: PathMatch,
     graphql: Option<GraphqlMatch>,
@@ -253,6 +306,83 @@ impl Route {
         }
     }
 
+    /// The ordering keys of a write on this route: `entity:id` for each
+    /// root field (see [`literalai::order_key`]), and `*` — ordered against
+    /// every other write — when a root field is a barrier or names no id.
+    pub fn order_keys(&self, op: &Operation, root_ids: &[Option<String>]) -> Box<[String]> {
+        let mut keys = Vec::with_capacity(op.root_fields.len());
+        let mut barrier = false;
+        for (i, f) in op.root_fields.iter().enumerate() {
+            match root_ids.get(i).and_then(Option::as_deref) {
+                Some(id) => keys.push(literalai::order_key(&f.name, id)),
+                None => barrier = true,
+            }
+            barrier |= literalai::is_barrier(&f.name);
+        }
+        if barrier {
+            keys.push(BARRIER_KEY.to_string());
+        }
+        keys.into_boxed_slice()
+    }
+
+    /// Whether the route matches every request.
+    fn is_catch_all(&self) -> bool {
+        self.methods.is_empty() && matches!(self.path, PathMatch::Any) && self.graphql.is_none()
+    }
+
+    /// One line describing the route's match and policy.
+    pub fn describe(&self) -> String {
+        let methods = if self.methods.is_empty() {
+            "*".to_string()
+        } else {
+            self.methods
+                .iter()
+                .map(Method::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let path = match &self.path {
+            PathMatch::Any => "*".to_string(),
+            PathMatch::Exact(p) => p.clone(),
+            PathMatch::Prefix(p) => format!("{p}/*"),
+        };
+        let mut out = format!("{methods} {path}");
+        if let Some(g) = &self.graphql {
+            out.push_str(&format!(
+                " graphql {}",
+                g.operation_type.map_or("any", OperationType::as_str)
+            ));
+            if let Some(n) = &g.operation_name {
+                out.push_str(&format!(" name={n}"));
+            }
+            if let Some(f) = &g.root_fields {
+                out.push_str(&format!(" root_fields=[{}]", f.join(",")));
+            }
+        }
+        let idempotent = match self.idempotent {
+            Some(true) => "idempotent",
+            Some(false) => "not idempotent",
+            None => "idempotent if a query or GET/HEAD/OPTIONS/PUT/DELETE",
+        };
+        out.push_str(&format!(
+            "; {idempotent}; on_failure={}{}; per_try={} deadline={} max_attempts={}{}",
+            match self.on_failure {
+                OnFailure::Error => "error",
+                OnFailure::Spool => "spool",
+            },
+            if self.mode == SpoolMode::WriteBehind {
+                " (write_behind)"
+            } else {
+                ""
+            },
+            short(self.per_try),
+            short(self.deadline),
+            self.retry.max_attempts,
+            if self.breaker { "" } else { "; breaker off" },
+        ));
+        out
+    }
+
     /// The error format for a request on this route.
     pub fn error_format_for(&self, op: Option<&Operation>) -> ErrorFormat {
         self.error_format.unwrap_or(if op.is_some() {
@@ -262,12 +392,25 @@ impl Route {
         })
     }
 
-    /// Validate every `[[routes]]` entry, in order, and append a catch-all
-    /// `default` route unless the table already ends with one.
-    pub fn build_all(file: &FileConfig) -> Result<Vec<Route>, ConfigError> {
-        let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len() + 1);
+    /// Validate every `[[routes]]` entry, in order, then add the preset's
+    /// routes (those the operator did not replace by name) and a catch-all
+    /// `default` route unless one matches everything already. Returns the
+    /// table and warnings for the operator.
+    pub fn build_all(file: &FileConfig) -> Result<(Vec<Route>, Vec<String>), ConfigError> {
+        let preset = match file.preset {
+            Preset::Literalai => literalai::routes(&file.timeouts, &file.retry),
+            Preset::None => Vec::new(),
+        };
+        let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len() + preset.len() + 1);
+        let mut warnings = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
-            let route = Self::build(file, r, i)?;
+            let route = Self::build(
+                file,
+                r,
+                &format!("routes[{i}]"),
+                routes.len(),
+                Origin::Operator,
+            )?;
             if routes.iter().any(|x| x.name == route.name) {
                 return Err(ConfigError::key(
                     format!("routes[{i}].name"),
@@ -276,10 +419,24 @@ impl Route {
             }
             routes.push(route);
         }
-        let has_catch_all = routes.iter().any(|r| {
-            r.methods.is_empty() && matches!(r.path, PathMatch::Any) && r.graphql.is_none()
-        });
-        if !has_catch_all {
+        let shadowing = routes.iter().position(Route::is_catch_all);
+        for r in &preset {
+            if routes.iter().any(|x| *x.name == *r.name) {
+                continue;
+            }
+            let key = format!("preset {} route `{}`", file.preset.as_str(), r.name);
+            let route = Self::build(file, r, &key, routes.len(), Origin::Preset(file.preset))?;
+            if let Some(at) = shadowing {
+                warnings.push(format!(
+                    "routes[{at}] `{}` matches every request, so the {} preset's route `{}` after it is never used",
+                    routes[at].name,
+                    file.preset.as_str(),
+                    route.name
+                ));
+            }
+            routes.push(route);
+        }
+        if !routes.iter().any(Route::is_catch_all) {
             let fallback = RouteFile {
                 name: if routes.iter().any(|r| &*r.name == "default") {
                     "default_fallback".into()
@@ -299,13 +456,25 @@ impl Route {
                 retry: RetryOverride::default(),
             };
             let n = routes.len();
-            routes.push(Self::build(file, &fallback, n)?);
+            routes.push(Self::build(
+                file,
+                &fallback,
+                "the catch-all route",
+                n,
+                Origin::Default,
+            )?);
         }
-        Ok(routes)
+        Ok((routes, warnings))
     }
 
-    fn build(file: &FileConfig, r: &RouteFile, i: usize) -> Result<Route, ConfigError> {
-        let key = |k: &str| format!("routes[{i}].{k}");
+    fn build(
+        file: &FileConfig,
+        r: &RouteFile,
+        at: &str,
+        i: usize,
+        origin: Origin,
+    ) -> Result<Route, ConfigError> {
+        let key = |k: &str| format!("{at}.{k}");
         if r.name.trim().is_empty() || r.name.len() > 64 {
             return Err(ConfigError::key(key("name"), "must be 1..=64 characters"));
         }
@@ -421,6 +590,7 @@ impl Route {
         Ok(Route {
             name: r.name.as_str().into(),
             index: i,
+            origin,
             methods: methods.into_boxed_slice(),
             path,
             graphql,
@@ -435,6 +605,19 @@ impl Route {
         })
     }
 }
+
+/// `2500ms`, `8500ms`, `3s`: as an operator would write it.
+fn short(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The ordering key that orders a write against every other write.
+pub const BARRIER_KEY: &str = "*";
 
 fn check_path(p: &str, key: &str) -> Result<String, ConfigError> {
     if !p.starts_with('/') {
@@ -495,71 +678,135 @@ mod tests {
     use crate::config::{Config, Overrides};
     use std::path::Path;
 
-    fn routes(extra: &str) -> Routes {
-        let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}");
-        let c = Config::from_toml_str(&text, Path::new("t"), &[], &Overrides::default()).unwrap();
-        Routes::new(c.routes)
+    /// Top-level keys (`preset = ...`) must come before the first table.
+    fn config(extra: &str) -> Config {
+        let (top, rest) = match extra.strip_prefix("preset") {
+            Some(_) => extra.split_once('\n').unwrap_or((extra, "")),
+            None => ("", extra),
+        };
+        let text = format!("{top}\n[upstream]\nurl = \"http://127.0.0.1:9\"\n{rest}");
+        Config::from_toml_str(&text, Path::new("t"), &[], &Overrides::default()).unwrap()
     }
 
-    const PRESET: &str = r#"
-[[routes]]
-name = "step_writes"
-methods = ["POST"]
-path = "/api/graphql"
-graphql = { operation_type = "mutation", root_fields = ["ingestStep"] }
-idempotent = true
-on_failure = "spool"
-
-[[routes]]
-name = "graphql_mutations"
-methods = ["POST"]
-path = "/api/graphql"
-graphql = { operation_type = "mutation" }
-
-[[routes]]
-name = "graphql_queries"
-methods = ["POST"]
-path = "/api/graphql"
-graphql = { operation_type = "query" }
-
-[[routes]]
-name = "api"
-path_prefix = "/api"
-"#;
+    fn routes(extra: &str) -> Routes {
+        Routes::new(config(extra).routes)
+    }
 
     fn op(q: &str) -> Arc<Operation> {
         crate::graphql::operation_of(serde_json::json!({ "query": q }).to_string().as_bytes())
             .unwrap()
     }
 
+    fn name<'a>(r: &'a Routes, method: &Method, path: &str, op: Option<&Operation>) -> &'a str {
+        &r.find(method, path, op).name
+    }
+
     #[test]
-    fn matches_in_order_on_operation() {
-        let r = routes(PRESET);
+    fn the_preset_protects_writes_with_no_routes_configured() {
+        let r = routes("");
         let post = Method::POST;
         assert!(r.needs_graphql(&post, "/api/graphql"));
         assert!(!r.needs_graphql(&Method::GET, "/api/graphql"));
         let steps =
             op("mutation AddStep { a: ingestStep(id: 1) { ok } b: ingestStep(id: 2) { ok } }");
+        let route = r.find(&post, "/api/graphql", Some(&steps));
+        assert_eq!(&*route.name, "spooled_writes");
+        assert!(route.spools() && route.is_idempotent(&post, Some(&steps)));
+        let thread = op("mutation { upsertThread(id: \"t\", name: \"n\") { id } }");
         assert_eq!(
-            &*r.find(&post, "/api/graphql", Some(&steps)).name,
-            "step_writes"
+            name(&r, &post, "/api/graphql", Some(&thread)),
+            "spooled_writes"
         );
-        let mixed = op("mutation M { a: ingestStep(id: 1) { ok } deleteStep(id: 2) }");
-        assert_eq!(
-            &*r.find(&post, "/api/graphql", Some(&mixed)).name,
-            "graphql_mutations"
-        );
+        // Every root must be spoolable for the document to be spooled.
+        let mixed = op("mutation M { a: ingestStep(id: 1) { ok } updateScore(id: 2) { id } }");
+        let route = r.find(&post, "/api/graphql", Some(&mixed));
+        assert_eq!(&*route.name, "idempotent_writes");
+        assert!(!route.spools() && route.is_idempotent(&post, Some(&mixed)));
+        let create =
+            op("mutation M { a: ingestStep(id: 1) { ok } createScore(name: \"x\") { id } }");
+        let route = r.find(&post, "/api/graphql", Some(&create));
+        assert_eq!(&*route.name, "mutations");
+        assert!(!route.is_idempotent(&post, Some(&create)));
         let q = op("query { steps { id } }");
         let route = r.find(&post, "/api/graphql", Some(&q));
-        assert_eq!(&*route.name, "graphql_queries");
+        assert_eq!(&*route.name, "queries");
         assert!(route.is_idempotent(&post, Some(&q)));
-        assert!(
-            !r.find(&post, "/api/graphql", Some(&mixed))
-                .is_idempotent(&post, Some(&mixed))
+        assert_eq!(name(&r, &post, "/api/upload/file", None), "upload");
+        assert_eq!(name(&r, &post, "/api/my-project", None), "default");
+        assert_eq!(name(&r, &Method::GET, "/", None), "default");
+    }
+
+    #[test]
+    fn preset_none_is_the_catch_all_only() {
+        let r = routes("preset = \"none\"\n");
+        assert_eq!(r.all().len(), 1);
+        assert_eq!(&*r.all()[0].name, "default");
+        assert!(!r.all()[0].spools());
+    }
+
+    #[test]
+    fn operator_routes_come_first_and_replace_preset_routes_by_name() {
+        let c = config(
+            "[[routes]]\nname = \"threads_fail_fast\"\nmethods = [\"POST\"]\npath = \"/api/graphql\"\ngraphql = { operation_type = \"mutation\", root_fields = [\"upsertThread\"] }\nidempotent = false\n\n[[routes]]\nname = \"queries\"\nmethods = [\"POST\"]\npath = \"/api/graphql\"\ngraphql = { operation_type = \"query\" }\nretry = { max_attempts = 1 }\n",
         );
-        assert_eq!(&*r.find(&post, "/api/upload/file", None).name, "api");
-        assert_eq!(&*r.find(&post, "/apix", None).name, "default");
-        assert_eq!(&*r.find(&Method::GET, "/", None).name, "default");
+        let r = Routes::new(c.routes.clone());
+        let post = Method::POST;
+        let thread = op("mutation { upsertThread(id: \"t\") { id } }");
+        assert_eq!(
+            name(&r, &post, "/api/graphql", Some(&thread)),
+            "threads_fail_fast"
+        );
+        // The rest of the preset still applies.
+        let steps = op("mutation { ingestStep(id: \"s\") { ok } }");
+        assert_eq!(
+            name(&r, &post, "/api/graphql", Some(&steps)),
+            "spooled_writes"
+        );
+        // One `queries`, the operator's, where the operator put it.
+        let queries: Vec<_> = r.all().iter().filter(|x| &*x.name == "queries").collect();
+        assert_eq!(queries.len(), 1);
+        assert_eq!(queries[0].index, 1);
+        assert_eq!(queries[0].origin, Origin::Operator);
+        assert_eq!(queries[0].retry.max_attempts, 1);
+        assert!(c.warnings.is_empty());
+        let printed = c.to_toml();
+        assert!(printed.contains("threads_fail_fast [config]"), "{printed}");
+        assert!(printed.contains("spooled_writes [literalai]"), "{printed}");
+        assert!(printed.contains("default [catch-all]"), "{printed}");
+    }
+
+    #[test]
+    fn a_catch_all_before_the_preset_is_warned_about() {
+        let c = config("[[routes]]\nname = \"everything\"\npath_prefix = \"/\"\n");
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("everything") && w.contains("spooled_writes")),
+            "{:?}",
+            c.warnings
+        );
+        assert!(c.to_toml().contains("# warning:"));
+    }
+
+    #[test]
+    fn order_keys_name_the_entity_and_mark_barriers() {
+        let r = routes("");
+        let route = r.find(
+            &Method::POST,
+            "/api/graphql",
+            Some(&op("mutation { ingestStep(id: \"s\") { ok } }")),
+        );
+        let steps =
+            op("mutation { a: ingestStep(id: \"s\") { ok } b: deleteStep(id: \"s\") { id } }");
+        let ids = vec![Some("s".to_string()), Some("s".to_string())];
+        assert_eq!(&*route.order_keys(&steps, &ids), ["step:s", "step:s"]);
+        let del = op("mutation { deleteThread(id: \"t\") { id } }");
+        assert_eq!(
+            &*route.order_keys(&del, &[Some("t".to_string())]),
+            ["thread:t", BARRIER_KEY]
+        );
+        // No usable id: ordered against everything.
+        assert_eq!(&*route.order_keys(&steps, &[None, None]), [BARRIER_KEY]);
     }
 
     #[test]
@@ -589,8 +836,13 @@ path_prefix = "/api"
                 "[[routes]]\nname = \"a\"\nretry = { max_attempts = 0 }\n",
                 "routes[0].retry.max_attempts",
             ),
+            ("preset = \"literal\"\n", "preset"),
         ] {
-            let text = format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}");
+            let text = if extra.starts_with("preset") {
+                format!("{extra}[upstream]\nurl = \"http://127.0.0.1:9\"\n")
+            } else {
+                format!("[upstream]\nurl = \"http://127.0.0.1:9\"\n{extra}")
+            };
             let err = Config::from_toml_str(&text, Path::new("t"), &[], &Overrides::default())
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{extra}: {err}");

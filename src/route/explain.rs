@@ -1,0 +1,55 @@
+//! `datalayer-sidecar explain`: which route a request takes and what the
+//! sidecar will do with it, without sending anything. It runs the same
+//! GraphQL parser and route table as the proxy.
+
+use http::Method;
+use serde_json::{Value, json};
+
+use super::{Routes, literalai};
+use crate::config::Config;
+use crate::graphql;
+
+/// Explain a request with this method, path and body under `cfg`.
+pub fn explain(cfg: &Config, method: &Method, path: &str, body: &[u8]) -> Value {
+    let routes = Routes::new(cfg.routes.clone());
+    let path_only = path.split('?').next().unwrap_or("/");
+    let request = if routes.needs_graphql(method, path_only) {
+        Some(graphql::parse_request(body))
+    } else {
+        None
+    };
+    let (op, root_ids, error) = match &request {
+        Some(Ok(r)) => (Some(r.operation.clone()), r.root_ids(), None),
+        Some(Err(e)) => (None, Vec::new(), Some(e.to_string())),
+        None => (None, Vec::new(), None),
+    };
+    let route = routes.find(method, path_only, op.as_deref());
+    let operation = op.as_deref().map(|op| {
+        json!({
+            "type": op.kind.as_str(),
+            "name": op.name.as_deref(),
+            "root_fields": op.root_fields.iter().map(|f| {
+                let row = literalai::lookup(&f.name);
+                json!({
+                    "alias": &*f.response_key,
+                    "field": &*f.name,
+                    "literalai": row.map(|o| o.handling.as_str()),
+                })
+            }).collect::<Vec<_>>(),
+        })
+    });
+    let keys = match &op {
+        Some(op) if route.spools() => route.order_keys(op, &root_ids).into_vec(),
+        _ => Vec::new(),
+    };
+    json!({
+        "route": &*route.name,
+        "origin": route.origin.as_str(),
+        "policy": route.describe(),
+        "idempotent": route.is_idempotent(method, op.as_deref()),
+        "spooled_on_failure": route.spools() && op.is_some(),
+        "order_keys": keys,
+        "operation": operation,
+        "invalid_graphql": error,
+    })
+}
