@@ -3,8 +3,9 @@
 
 Data port: POST /api/graphql stores `ingestStep` upserts by step id (any
 number of aliases per request) and answers like the real service:
-{"data": {"step0": {"ok": true, "message": "..."}, ...}}. Other GraphQL
-operations get {"data": {}}.
+{"data": {"step0": {"ok": true, "message": "..."}, ...}}; `upsertThread`
+sets the fields it is given (name, participantId) on the thread with that id
+and answers the thread. Other GraphQL operations get {"data": {}}.
 
 Faults are deterministic: whether request R fails on its n-th arrival, and
 how, is a hash of (seed, sha256(R's body), n) -- never of arrival order --
@@ -42,6 +43,7 @@ class Backend:
         self.schedule = {"faults": [], "rate": 0.0, "seed": 1, "hang": 12.0}
 
     def reset(self):
+        self.threads = {}
         self.steps = {}
         self.applied = []
         self.requests = 0
@@ -108,7 +110,8 @@ class Backend:
             content = out.get("content") if isinstance(out, dict) else out
             steps.append((variables[f"id_{i}"], content))
             i += 1
-        if not steps:
+        thread = "upsertThread" in (req.get("query") or "") and variables.get("id")
+        if not steps and not thread:
             write(writer, 200, {"data": {}})
             return True
         fault = self.decide(body)
@@ -125,9 +128,20 @@ class Backend:
         if fault == "429":
             write(writer, 429, {"error": "rate limited"}, b"retry-after: 1\r\n")
             return True
-        if fault == "gql_error":
+        if fault == "gql_error" or (thread and fault == "not_ok"):
             write(writer, 200, {"data": None, "errors": [
                 {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]})
+            return True
+        if thread:
+            t = self.threads.setdefault(thread, {})
+            for key in ("name", "participantId", "metadata", "tags"):
+                if key in variables:
+                    t[key] = variables[key]
+            write(writer, 200, {"data": {"upsertThread": {
+                "id": thread, "name": t.get("name"), "metadata": t.get("metadata"), "tags": t.get("tags"),
+                "createdAt": "2026-01-01T00:00:00Z",
+                "participant": {"id": t["participantId"], "identifier": None, "metadata": None}
+                if t.get("participantId") else None}}})
             return True
         data = {}
         for idx, (step_id, content) in enumerate(steps):
@@ -167,7 +181,8 @@ async def control(backend, reader, writer):
         method, path, raw = await read_request(reader)
         body = json.loads(raw or b"{}")
         if path == "/state":
-            out = {"steps": backend.steps, "applied": backend.applied, "requests": backend.requests,
+            out = {"steps": backend.steps, "threads": backend.threads, "applied": backend.applied,
+                   "requests": backend.requests,
                    "faults": backend.faults, "listening": backend.server is not None}
         elif path == "/schedule":
             backend.schedule.update(body)

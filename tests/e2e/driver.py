@@ -8,6 +8,13 @@ and later `update_step(...)`, never awaited for their result. Outside a
 websocket session, `chainlit.context.init_http_context` gives the data layer
 a session so the writes run at once.
 
+Threads are written by Chainlit's own code: opening the chat as a signed-in
+user (`init_http_context(thread_id, user=...)`) fires
+`update_thread(thread_id, user_id)` as an un-awaited task, and the first
+message runs the real `ChainlitEmitter.init_thread`, which awaits
+`update_thread(thread_id, name=<first message>, user_id=...)` and logs
+"Error updating thread" if it fails.
+
 Counts every "Task exception was never retrieved" (the loop's exception
 handler) and every ERROR log line from the SDK or Chainlit, and prints one
 JSON object: what was written last to each step, and those counts.
@@ -49,18 +56,26 @@ class ErrorLines(logging.Handler):
         self.count = 0
         self.samples = []
 
+    thread_errors = 0
+
     def emit(self, record):
         self.count += 1
+        if "Error updating thread" in record.getMessage():
+            self.thread_errors += 1
         if len(self.samples) < 5:
             self.samples.append(f"{record.name}: {record.getMessage()[:300]}")
 
 
 async def run(a):
     # Imported here, after chdir: chainlit writes its config into the cwd.
+    import chainlit.data as cl_data
     from chainlit.context import init_http_context
     from chainlit.data.literalai import LiteralDataLayer
+    from chainlit.emitter import ChainlitEmitter
     from chainlit.message import Message
+    from chainlit.session import WebsocketSession
     from chainlit.step import Step
+    from chainlit.user import PersistedUser
 
     errors = ErrorLines()
     logging.getLogger().addHandler(errors)
@@ -79,6 +94,13 @@ async def run(a):
 
     loop.set_exception_handler(on_exception)
     data_layer = LiteralDataLayer(api_key="e2e-key-not-a-secret", server=a.server)
+    # What `@cl.data_layer` does: Chainlit's own code (context, emitter)
+    # finds the data layer here.
+    cl_data._data_layer = data_layer
+    cl_data._data_layer_initialized = True
+
+    async def ignore(*args, **kwargs):
+        return None
 
     # Like Chainlit: fire and forget. The set only keeps tasks alive until
     # they finish (a bare create_task may be garbage collected mid-flight);
@@ -91,15 +113,31 @@ async def run(a):
         t.add_done_callback(tasks.discard)
 
     expected = {}
+    threads = {}
     writes = 0
 
     async def conversation(conv, round_no):
         nonlocal writes
-        init_http_context(thread_id=f"thread-{conv}")
+        thread_id = f"thread-{conv}-{round_no}"
+        user = PersistedUser(id=f"user-{conv}", identifier=f"user{conv}@example.com",
+                             createdAt="2026-01-01T00:00:00Z")
+        # The chat opens: Chainlit fires update_thread(thread_id, user_id).
+        init_http_context(thread_id=thread_id, user=user)
+        writes += 1
+        session = WebsocketSession(id=f"session-{conv}-{round_no}", socket_id=f"sid-{conv}-{round_no}",
+                                   emit=ignore, emit_call=ignore, user_env={}, client_type="webapp",
+                                   environ={}, thread_id=thread_id, user=user)
+        emitter = ChainlitEmitter(session)
         for m in range(a.messages):
-            user = Message(content=f"question {conv}.{m} (round {round_no})", author="User",
-                           type="user_message")
-            d = user.to_dict()
+            text = f"question {conv}.{m} (round {round_no})"
+            if m == 0:
+                # The first message names the thread (emitter.process_message).
+                session.has_first_interaction = True
+                fire(emitter.init_thread(text))
+                writes += 1
+                threads[thread_id] = {"name": text, "participant": user.id}
+            user_msg = Message(content=text, author="User", type="user_message")
+            d = user_msg.to_dict()
             fire(data_layer.create_step(d))
             writes += 1
             expected[d["id"]] = d["output"]
@@ -143,6 +181,8 @@ async def run(a):
     print(json.dumps({
         "writes": writes,
         "expected": expected,
+        "threads": threads,
+        "thread_errors": errors.thread_errors,
         "task_exceptions": never_retrieved["count"],
         "task_exception_samples": never_retrieved["samples"],
         "sdk_errors": errors.count,

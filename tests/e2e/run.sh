@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end suite: the real Chainlit data layer (chainlit==2.12.0 and the
-# literalai SDK it pins) through the sidecar against a faulty backend.
+# literalai SDK it pins) through the sidecar against a faulty backend, and
+# the preset's coverage of every document the SDK can send (the pinned
+# 0.1.201 and the last release, 0.1.300, installed beside the venv).
 # Creates a virtualenv under tests/e2e/.venv (reused when it is complete),
 # builds the sidecar, runs pytest. Python 3.11 and pip are all it needs.
 set -euo pipefail
@@ -15,10 +17,16 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import chainlit, lite
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
 fi
 
+SDK_LAST="$HERE/.sdk-0.1.300"
+if [ ! -f "$SDK_LAST/literalai/__init__.py" ]; then
+    echo "e2e: installing literalai==0.1.300 into $SDK_LAST" >&2
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$SDK_LAST" literalai==0.1.300
+fi
+
 if [ -z "${DLSC_BIN:-}" ]; then
     (cd "$REPO" && cargo build --locked --bin datalayer-sidecar >&2)
     export DLSC_BIN="$REPO/target/debug/datalayer-sidecar"
 fi
 
 cd "$HERE"
-exec "$VENV/bin/python" -m pytest -s -q -p no:cacheprovider test_e2e.py "$@"
+exec "$VENV/bin/python" -m pytest -s -q -p no:cacheprovider test_preset.py test_e2e.py "$@"

@@ -1,11 +1,13 @@
 """End-to-end: the real Chainlit data layer and LiteralAI SDK, through the
 sidecar, against a faulty LiteralAI-style backend.
 
-For each fault schedule, several conversations of steps must end with every
-step upstream holding the app's last write (0 lost, 0 stale), no "Task
-exception was never retrieved" and no SDK error log line. The same flaky
-schedule run straight at the backend must show losses -- proof that the test
-can see one.
+The sidecar runs with the shipped config, which has no [[routes]]: the
+LiteralAI preset alone protects the app. For each fault schedule, several
+conversations must end with every step upstream holding the app's last write
+(0 lost, 0 stale), every thread present with its name and participant, no
+"Task exception was never retrieved", no "Error updating thread" and no SDK
+error log line. The same flaky schedule run straight at the backend must
+show losses -- proof that the test can see one.
 """
 
 import json
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +91,7 @@ class SidecarProc:
         self.tmp = tmp
         self.config = tmp / "sidecar.toml"
         shipped = (REPO / "config" / "sidecar.toml").read_text()
+        assert "routes" not in tomllib.loads(shipped), "the preset alone is tested"
         shipped = shipped.replace('url = "http://127.0.0.1:4000"', f'url = "{upstream}"')
         shipped = shipped.replace('path = "data/spool.sqlite3"', f'path = "{tmp / "spool.sqlite3"}"')
         self.config.write_text(shipped)
@@ -151,13 +155,21 @@ def finish(proc, timeout=240):
     return json.loads(lines[-1])
 
 
-def settle(backend, expected, sidecar=None, timeout=90):
-    """Wait until every step holds its expected content (the spool may still
-    be draining), or the timeout; return the backend's state."""
+def thread_ok(state, tid, want):
+    t = state["threads"].get(tid) or {}
+    return t.get("name") == want["name"] and t.get("participantId") == want["participant"]
+
+
+def settle(backend, result, sidecar=None, timeout=90):
+    """Wait until every step holds its expected content and every thread its
+    name and participant (the spool may still be draining), or the timeout;
+    return the backend's state."""
+    expected, threads = result["expected"], result["threads"]
     deadline = time.time() + timeout
     while True:
         state = backend.control("/state")
-        done = all(state["steps"].get(k) == v for k, v in expected.items())
+        done = all(state["steps"].get(k) == v for k, v in expected.items()) and all(
+            thread_ok(state, t, w) for t, w in threads.items())
         drained = sidecar is None or sidecar.spool()["depth"] == 0
         if (done and drained) or time.time() > deadline:
             return state
@@ -168,13 +180,18 @@ def score(name, result, state):
     expected = result["expected"]
     lost = [k for k in expected if k not in state["steps"]]
     stale = [k for k, v in expected.items() if k in state["steps"] and state["steps"][k] != v]
+    threads = result["threads"]
+    bad_threads = [t for t, w in threads.items() if not thread_ok(state, t, w)]
     row = {
         "schedule": name,
         "writes": result["writes"],
         "steps": len(expected),
         "lost": len(lost),
         "stale": len(stale),
+        "threads": len(threads),
+        "threads_bad": len(bad_threads),
         "exceptions": result["task_exceptions"],
+        "thread_errors": result["thread_errors"],
         "sdk_errors": result["sdk_errors"],
         "upstream_attempts": state["requests"],
         "faults": sum(state["faults"].values()),
@@ -187,18 +204,20 @@ def score(name, result, state):
 
 
 def print_table(rows):
-    cols = ["schedule", "writes", "steps", "lost", "stale", "exceptions", "sdk_errors",
-            "upstream_attempts", "faults"]
+    cols = ["schedule", "writes", "steps", "lost", "stale", "threads", "threads_bad", "exceptions",
+            "thread_errors", "sdk_errors", "upstream_attempts", "faults"]
     print()
-    print(" | ".join(f"{c:>17}" for c in cols))
+    print(" | ".join(f"{c:>13}" for c in cols))
     for r in rows:
-        print(" | ".join(f"{str(r[c]):>17}" for c in cols))
+        print(" | ".join(f"{str(r[c]):>13}" for c in cols))
 
 
 def assert_nothing_lost(row):
     assert row["lost"] == 0, row
     assert row["stale"] == 0, row
+    assert row["threads"] > 0 and row["threads_bad"] == 0, row
     assert row["exceptions"] == 0, row
+    assert row["thread_errors"] == 0, row
     assert row["sdk_errors"] == 0, row
 
 
@@ -223,7 +242,7 @@ def test_clean(rig):
     sc = sidecar()
     backend.control("/schedule", CLEAN)
     result = finish(driver(sc.url, tmp / "app"))
-    assert_nothing_lost(score("clean", result, settle(backend, result["expected"], sc)))
+    assert_nothing_lost(score("clean", result, settle(backend, result, sc)))
 
 
 def test_flaky(rig):
@@ -231,7 +250,7 @@ def test_flaky(rig):
     sc = sidecar()
     backend.control("/schedule", FLAKY)
     result = finish(driver(sc.url, tmp / "app"))
-    row = score("flaky", result, settle(backend, result["expected"], sc))
+    row = score("flaky", result, settle(backend, result, sc))
     assert row["faults"] > 0, "the schedule injected faults"
     assert_nothing_lost(row)
 
@@ -241,7 +260,7 @@ def test_graphql_errors(rig):
     sc = sidecar()
     backend.control("/schedule", GRAPHQL)
     result = finish(driver(sc.url, tmp / "app"))
-    row = score("graphql_errors", result, settle(backend, result["expected"], sc))
+    row = score("graphql_errors", result, settle(backend, result, sc))
     assert row["faults"] > 0
     assert_nothing_lost(row)
 
@@ -255,7 +274,7 @@ def test_blackout_20s(rig):
     backend.control("/blackout", {"seconds": 20})
     assert backend.control("/state")["listening"] is False
     result = finish(app)
-    row = score("blackout_20s", result, settle(backend, result["expected"], sc))
+    row = score("blackout_20s", result, settle(backend, result, sc))
     assert_nothing_lost(row)
 
 
@@ -275,7 +294,7 @@ def test_sidecar_killed_and_restarted(rig):
     app.stdin.write("go\n")
     app.stdin.flush()
     result = finish(app)
-    row = score("sidecar_sigkill", result, settle(backend, result["expected"], sc))
+    row = score("sidecar_sigkill", result, settle(backend, result, sc))
     assert_nothing_lost(row)
 
 
@@ -283,8 +302,8 @@ def test_flaky_without_the_sidecar_loses_steps(rig):
     backend, _, tmp = rig
     backend.control("/schedule", FLAKY)
     result = finish(driver(backend.url, tmp / "app"))
-    row = score("flaky_direct_no_sidecar", result, settle(backend, result["expected"], None, timeout=2))
-    assert row["lost"] + row["stale"] > 0, "the test must be able to see a loss"
+    row = score("flaky_direct_no_sidecar", result, settle(backend, result, None, timeout=2))
+    assert row["lost"] + row["stale"] + row["threads_bad"] > 0, "the test must be able to see a loss"
     assert row["exceptions"] > 0 or row["sdk_errors"] > 0, row
 
 
