@@ -194,11 +194,10 @@ fn main() {
             let std_start = std::time::SystemTime::now();
             for n in 0..total {
                 let due = interval * n as u32;
-                if let Ok(elapsed) = std_start.elapsed() {
-                    if due > elapsed {
+                if let Ok(elapsed) = std_start.elapsed()
+                    && due > elapsed {
                         std::thread::sleep(due - elapsed);
                     }
-                }
                 if tx
                     .send(Slot {
                         n,

@@ -421,6 +421,11 @@ pub struct SpoolFile {
     pub commit_margin: Duration,
     /// Replays in flight at once (entries touching different steps).
     pub replay_concurrency: usize,
+    /// HTTP statuses with which the backend refuses a write for its own
+    /// content: the write moves to dead letters. Any other refusal (401,
+    /// 403, 404, a TLS certificate the roots reject, ...) says the system is
+    /// wrong, not the write: the queue pauses until a probe goes through.
+    pub dead_letter_statuses: Vec<u16>,
 }
 
 impl Default for SpoolFile {
@@ -437,6 +442,7 @@ impl Default for SpoolFile {
             replay_backoff_max: Duration::from_secs(10),
             commit_margin: Duration::from_millis(500),
             replay_concurrency: 16,
+            dead_letter_statuses: vec![400, 409, 410, 413, 422],
         }
     }
 }
@@ -699,13 +705,13 @@ impl Config {
             "listen.header_read_timeout",
         )?;
         nonzero(file.upstream.connect_timeout, "upstream.connect_timeout")?;
-        if let Some(ca) = &file.upstream.ca_file {
-            if !ca.is_file() {
-                return Err(ConfigError::key(
-                    "upstream.ca_file",
-                    format!("{} is not a readable file", ca.display()),
-                ));
-            }
+        if let Some(ca) = &file.upstream.ca_file
+            && !ca.is_file()
+        {
+            return Err(ConfigError::key(
+                "upstream.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            ));
         }
         if file.limits.max_graphql_body > file.limits.max_request_body {
             return Err(ConfigError::key(
@@ -736,6 +742,14 @@ impl Config {
                 "must be 1..=1024",
             ));
         }
+        for (i, s) in file.spool.dead_letter_statuses.iter().enumerate() {
+            if !(400..=599).contains(s) {
+                return Err(ConfigError::key(
+                    format!("spool.dead_letter_statuses[{i}]"),
+                    format!("{s} is not a 4xx or 5xx status"),
+                ));
+            }
+        }
         if file.spool.max_entries == 0 {
             return Err(ConfigError::key("spool.max_entries", "must be at least 1"));
         }
@@ -748,6 +762,15 @@ impl Config {
             return Err(ConfigError::key(
                 "spool.api_key_header",
                 "is not a valid header name",
+            ));
+        }
+        if let Some(key) = &file.spool.api_key
+            && http::HeaderValue::from_str(key).is_err()
+        {
+            // Never echo the value: it is a secret.
+            return Err(ConfigError::key(
+                "spool.api_key",
+                "is not a valid header value (it contains a control character or a non-ASCII character)",
             ));
         }
         nonzero(file.spool.replay_backoff_base, "spool.replay_backoff_base")?;
@@ -1054,6 +1077,23 @@ mod tests {
         let printed = c.to_toml();
         assert!(!printed.contains("sk-secret"));
         assert!(printed.contains("<redacted>"));
+    }
+
+    /// Found on review: a key that is not a valid header value was dropped
+    /// silently, and replays then went out without credentials.
+    #[test]
+    fn an_invalid_spool_api_key_is_refused() {
+        let err = load(
+            &format!("{MIN}[spool]\nstore_credentials = false\napi_key = \"sk-line\\nbreak\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("spool.api_key"), "{msg}");
+        assert!(
+            !msg.contains("sk-line"),
+            "the key itself is never printed: {msg}"
+        );
     }
 
     #[test]

@@ -95,14 +95,14 @@ pub fn cause_ref<'a, E: std::error::Error + 'static>(
             return Some(found);
         }
         // `io::Error` hides a custom payload behind `get_ref`, not `source`.
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(found) = inner.downcast_ref::<E>() {
-                    return Some(found);
-                }
-                if let Some(found) = cause_ref::<E>(inner) {
-                    return Some(found);
-                }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(found) = inner.downcast_ref::<E>() {
+                return Some(found);
+            }
+            if let Some(found) = cause_ref::<E>(inner) {
+                return Some(found);
             }
         }
         cur = e.source();

@@ -167,6 +167,23 @@ pub struct SpoolMetrics {
     pub replay_transient: Counter,
     /// Replays that failed permanently (dead-lettered).
     pub replay_dead_lettered: Counter,
+    /// Writes not stored because an identical one was waiting.
+    pub deduplicated: Counter,
+    /// Bytes of the store's files on disk (database, log, shared memory).
+    pub disk_bytes: Gauge,
+    /// Bytes of the store's write-ahead log.
+    pub wal_bytes: Gauge,
+    /// 1 while the worker is paused because the backend refuses everything.
+    pub paused: Gauge,
+    /// Pauses, by reason.
+    pub pauses: Family<PauseLabels, Counter>,
+}
+
+/// Labels of `spool_pauses`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PauseLabels {
+    /// `status_401`, `tls`, `internal`, ...
+    pub reason: String,
 }
 
 /// Every metric the sidecar exports.
@@ -346,6 +363,31 @@ impl Metrics {
             "spool_full",
             "Writes refused because the spool was full",
             spool.full.clone(),
+        );
+        registry.register(
+            "spool_deduplicated",
+            "Writes not stored because an identical write was already waiting",
+            spool.deduplicated.clone(),
+        );
+        registry.register(
+            "spool_disk_bytes",
+            "Bytes of the spool store's files on disk (database, write-ahead log, shared memory)",
+            spool.disk_bytes.clone(),
+        );
+        registry.register(
+            "spool_wal_bytes",
+            "Bytes of the spool store's write-ahead log",
+            spool.wal_bytes.clone(),
+        );
+        registry.register(
+            "spool_paused",
+            "1 while the replay worker is paused because the backend refuses every write",
+            spool.paused.clone(),
+        );
+        registry.register(
+            "spool_pauses",
+            "Times the replay worker paused, by reason",
+            spool.pauses.clone(),
         );
         let replays = Family::<OutcomeLabels, Counter>::default();
         registry.register(

@@ -152,6 +152,7 @@ pub async fn run_with_listeners(
         tracing::info!(
             path = %file.spool.path.display(),
             waiting = spool.store().totals.entries.load(Ordering::Relaxed),
+            disk_bytes = spool.store().totals.disk_bytes.load(Ordering::Relaxed),
             "spool open"
         );
         let _ = admin_state.spool.set(spool.clone());
@@ -204,6 +205,7 @@ pub async fn run_with_listeners(
                 file.spool.replay_backoff_max,
             ),
             concurrency: file.spool.replay_concurrency,
+            dead_letter_statuses: file.spool.dead_letter_statuses.clone(),
         };
         Ok::<_, RunError>(tokio::spawn(drain.run(worker_stop)))
     });

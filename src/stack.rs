@@ -84,10 +84,10 @@ pub fn sensitive_headers(extra: &str) -> Arc<[HeaderName]> {
         COOKIE,
         HeaderName::from_static("x-api-key"),
     ];
-    if let Ok(h) = HeaderName::from_bytes(extra.as_bytes()) {
-        if !v.contains(&h) {
-            v.push(h);
-        }
+    if let Ok(h) = HeaderName::from_bytes(extra.as_bytes())
+        && !v.contains(&h)
+    {
+        v.push(h);
     }
     v.into()
 }

@@ -54,8 +54,9 @@ async fn sidecar_trusting(pki: &Pki, port: u16) -> (Sidecar, tempfile::TempDir) 
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let text = format!(
-        "[upstream]\nurl = \"https://localhost:{port}\"\nca_file = \"{}\"\n",
-        ca.display()
+        "[upstream]\nurl = \"https://localhost:{port}\"\nca_file = \"{}\"\n[spool]\npath = \"{}\"\n",
+        ca.display(),
+        dir.path().join("spool.sqlite3").display()
     );
     let cfg = datalayer_sidecar::config::Config::from_toml_str(
         &text,

@@ -584,10 +584,10 @@ impl<'de> Visitor<'de> for ItemSeed<'_> {
         }
         if ok == Some(false) {
             self.state.item_not_ok = true;
-            if let Some(m) = message {
-                if matches_any(&m.0, self.patterns) {
-                    self.state.permanent_item = true;
-                }
+            if let Some(m) = message
+                && matches_any(&m.0, self.patterns)
+            {
+                self.state.permanent_item = true;
             }
         }
         Ok(())
@@ -639,10 +639,10 @@ impl<'de> Visitor<'de> for ErrorsSeed<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while let Some(code) = seq.next_element::<ErrorCode<'de>>()? {
             self.state.errors += 1;
-            if let Some(code) = code.0 {
-                if self.codes.iter().any(|c| c.as_str() == code.as_ref()) {
-                    self.state.transient_error = true;
-                }
+            if let Some(code) = code.0
+                && self.codes.iter().any(|c| c.as_str() == code.as_ref())
+            {
+                self.state.transient_error = true;
             }
         }
         Ok(())

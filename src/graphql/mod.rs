@@ -25,6 +25,10 @@ use crate::error::InvalidGraphql;
 
 /// Query texts remembered per thread; past this the cache starts over.
 const CACHE_ENTRIES: usize = 512;
+/// Bytes of query text (and summaries) remembered per thread; past this the
+/// cache starts over. A document larger than an eighth of it is parsed
+/// each time rather than remembered.
+const CACHE_BYTES: usize = 1024 * 1024;
 /// Fragment spreads followed at the root before a document is refused.
 const MAX_FRAGMENT_DEPTH: usize = 16;
 
@@ -120,6 +124,8 @@ type Cache = HashMap<Box<str>, Parsed, foldhash::fast::FixedState>;
 
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// What [`CACHE`] holds, by [`entry_bytes`].
+    static CACHE_HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// A GraphQL request: the operation it runs and its variables (borrowed).
@@ -174,6 +180,39 @@ pub fn resolved_args(body: &[u8], op: &Operation) -> Vec<Vec<(Box<str>, serde_js
         .collect()
 }
 
+/// Bytes the calling thread's cache holds, counted afresh (tests).
+#[cfg(test)]
+fn cache_bytes() -> usize {
+    CACHE.with(|c| c.borrow().iter().map(|(k, v)| entry_bytes(k, v)).sum())
+}
+
+/// What one cached document costs: its text and, roughly, its summary.
+fn entry_bytes(key: &str, parsed: &Parsed) -> usize {
+    let summary = match parsed {
+        Ok(ops) => ops
+            .iter()
+            .map(|op| {
+                std::mem::size_of::<Operation>()
+                    + op.root_fields
+                        .iter()
+                        .map(|f| {
+                            std::mem::size_of::<RootField>()
+                                + f.name.len()
+                                + f.response_key.len()
+                                + f.args.iter().map(|(n, _)| n.len() + 64).sum::<usize>()
+                                + f.selection
+                                    .iter()
+                                    .map(|(k, n)| k.len() + n.len() + 32)
+                                    .sum::<usize>()
+                        })
+                        .sum::<usize>()
+            })
+            .sum(),
+        Err(e) => e.len(),
+    };
+    key.len() + summary + 64
+}
+
 /// Parse a GraphQL-over-HTTP request body.
 pub fn parse_request(body: &[u8]) -> Result<GraphqlRequest<'_>, InvalidGraphql> {
     if body.first().is_some_and(|b| *b == b'[') {
@@ -213,10 +252,18 @@ pub fn parse_request(body: &[u8]) -> Result<GraphqlRequest<'_>, InvalidGraphql> 
             Ok(query) => summarize(&query),
             Err(_) => Err("the `query` field is not a string".to_string()),
         };
-        let mut cache = cache.borrow_mut();
-        if cache.len() >= CACHE_ENTRIES {
-            cache.clear();
+        let cost = entry_bytes(raw, &parsed);
+        if cost > CACHE_BYTES / 8 {
+            return parsed;
         }
+        let mut cache = cache.borrow_mut();
+        CACHE_HELD.with(|held| {
+            if cache.len() >= CACHE_ENTRIES || held.get() + cost > CACHE_BYTES {
+                cache.clear();
+                held.set(0);
+            }
+            held.set(held.get() + cost);
+        });
         cache.insert(raw.into(), parsed.clone());
         parsed
     });
@@ -536,6 +583,25 @@ mod tests {
                 ("tags".into(), serde_json::json!(["a"])),
                 ("first".into(), serde_json::json!(3)),
             ]
+        );
+    }
+
+    /// The per-thread cache of parsed documents is bounded by bytes, not
+    /// only by entries: one document may be megabytes. (Found on review.)
+    #[test]
+    fn the_parse_cache_is_bounded_by_bytes() {
+        let filler = "x".repeat(60_000);
+        for i in 0..200 {
+            let body = serde_json::json!({
+                "query": format!("query Q{i} {{ a(note: \"{filler}\") }}")
+            })
+            .to_string();
+            op(&body).unwrap();
+        }
+        let held = cache_bytes();
+        assert!(
+            held <= CACHE_BYTES,
+            "the cache holds {held} bytes, more than {CACHE_BYTES}"
         );
     }
 

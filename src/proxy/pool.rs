@@ -154,10 +154,10 @@ where
         let pool = Arc::downgrade(&self);
         let mut tx = tx;
         rt.spawn(async move {
-            if tx.ready().await.is_ok() {
-                if let Some(pool) = pool.upgrade() {
-                    pool.put_ready(tx);
-                }
+            if tx.ready().await.is_ok()
+                && let Some(pool) = pool.upgrade()
+            {
+                pool.put_ready(tx);
             }
         });
     }

@@ -226,20 +226,19 @@ impl GraphqlMatch {
         if self.operation_type.is_some_and(|t| t != op.kind) {
             return false;
         }
-        if let Some(name) = &self.operation_name {
-            if op.name.as_deref() != Some(name.as_str()) {
-                return false;
-            }
+        if let Some(name) = &self.operation_name
+            && op.name.as_deref() != Some(name.as_str())
+        {
+            return false;
         }
-        if let Some(allowed) = &self.root_fields {
-            if op.root_fields.is_empty()
+        if let Some(allowed) = &self.root_fields
+            && (op.root_fields.is_empty()
                 || !op
                     .root_fields
                     .iter()
-                    .all(|f| allowed.iter().any(|a| a.as_str() == &*f.name))
-            {
-                return false;
-            }
+                    .all(|f| allowed.iter().any(|a| a.as_str() == &*f.name)))
+        {
+            return false;
         }
         true
     }
@@ -515,13 +514,13 @@ impl Route {
         let graphql = match &r.graphql {
             None => None,
             Some(g) => {
-                if let Some(fields) = &g.root_fields {
-                    if fields.is_empty() {
-                        return Err(ConfigError::key(
-                            key("graphql.root_fields"),
-                            "must name at least one field (leave it out to match any)",
-                        ));
-                    }
+                if let Some(fields) = &g.root_fields
+                    && fields.is_empty()
+                {
+                    return Err(ConfigError::key(
+                        key("graphql.root_fields"),
+                        "must name at least one field (leave it out to match any)",
+                    ));
                 }
                 Some(GraphqlMatch {
                     operation_type: g.operation_type,
@@ -609,7 +608,7 @@ impl Route {
 /// `2500ms`, `8500ms`, `3s`: as an operator would write it.
 fn short(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

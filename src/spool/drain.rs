@@ -4,22 +4,34 @@
 //! breaker gate, retry with the shared budget, classification, per-try
 //! timeout), so it is paced by the same breaker — while the breaker is open
 //! it waits, and when the open time is over its next delivery is the
-//! half-open probe — and by the same budget. A delivered entry is deleted; a
-//! transient failure leaves it at the head and backs off (doubling from
-//! `spool.replay_backoff_base` to `replay_backoff_max`); a permanent failure
-//! moves it to the dead-letter table with the backend's answer, the class
-//! and the attempt count. On shutdown it stops between entries: a delivery
-//! in progress finishes (bounded by the route's deadline) and its result is
-//! committed before the worker exits.
+//! half-open probe — and by the same budget. What happens to an entry
+//! depends on what the backend said about it:
 //!
-//! Entries that touch disjoint steps are delivered concurrently (up to
+//! - **delivered**: deleted.
+//! - **transient** (5xx the config calls transient, resets, timeouts, ...):
+//!   it stays at the head; no new delivery starts for a while, the wait
+//!   doubling from `spool.replay_backoff_base` to `replay_backoff_max`.
+//! - **refused for its content** (a GraphQL error or an `ok: false` with a
+//!   permanent message for this write, a status in
+//!   `spool.dead_letter_statuses`): moved to the dead-letter table with the
+//!   backend's answer, the class and the attempt count.
+//! - **refused as a system** (any other refusal: 401, 403, 404, a TLS
+//!   certificate the roots reject, anything unclassified): the write is not
+//!   at fault, so it stays, and the worker **pauses** — one probe at a time,
+//!   backing off as above, said in the log, the `spool_paused` metric and
+//!   `/spool` — until a probe goes through (the key was fixed, the
+//!   certificate renewed); then it resumes by itself.
+//!
+//! On shutdown it stops between entries: a delivery in progress finishes
+//! (bounded by the route's deadline) and its result is committed before the
+//! worker exits.
+//!
+//! Entries that touch disjoint keys are delivered concurrently (up to
 //! `spool.replay_concurrency`, as a sliding window); an entry that shares a
-//! step with an earlier one waits for it, so each step's versions still
-//! arrive in order.
+//! key with an earlier one waits for it (see [`super::admission`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -29,20 +41,21 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use super::Spool;
 use super::record::decode_headers;
-use super::store::{DeadInfo, Entry};
+use super::store::{DeadInfo, Entry, Totals, now_ms};
+use super::{Paused, Spool};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
 use crate::classify::{Class, Kind, Verdict};
 use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql;
+use crate::metrics::PauseLabels;
 use crate::proxy::forward::Target;
 use crate::proxy::server::shutdown_requested;
-use crate::route::{BARRIER_KEY, ErrorFormat, Routes};
+use crate::route::{ErrorFormat, Routes};
 
-/// How often the worker re-reads the store when idle (it is also woken on
+/// How often the worker re-reads the ledger when idle (it is also woken on
 /// every commit); this catches changes made by the operator CLI.
 const IDLE_RESYNC: Duration = Duration::from_secs(5);
 
@@ -69,17 +82,48 @@ pub struct Drain {
     pub api_key: Option<(HeaderName, HeaderValue)>,
     /// First and largest backoff between failed deliveries.
     pub backoff: (Duration, Duration),
-    /// Deliveries in flight at once (entries touching disjoint steps).
+    /// Deliveries in flight at once (entries touching disjoint keys).
     pub concurrency: usize,
+    /// HTTP statuses that refuse a write for its content (dead letter);
+    /// any other refusal pauses the queue.
+    pub dead_letter_statuses: Vec<u16>,
 }
 
+/// What the backend said about one entry.
 enum Outcome {
     Delivered,
     Transient {
         error: String,
         wait: Option<Duration>,
     },
-    Permanent(DeadInfo),
+    /// Refused for its own content.
+    Refused(DeadInfo),
+    /// Refused as a system: the entry is not at fault.
+    SystemRefusal {
+        reason: String,
+        detail: String,
+    },
+}
+
+/// What a finished delivery means for the worker.
+enum Done {
+    /// The entry left the queue (delivered or dead-lettered): the backend
+    /// is taking writes.
+    Gone,
+    /// Try again after this wait (or the backoff).
+    Retry(Duration),
+    /// Pause the queue.
+    Pause { reason: String, detail: String },
+}
+
+/// The worker's state between deliveries.
+struct Pacing {
+    backoff: Duration,
+    /// No new delivery starts before this instant (deliveries in flight go
+    /// on): the backend is struggling, or refusing everything.
+    until: Option<Instant>,
+    /// Set while paused: one probe at a time until one goes through.
+    paused: Option<Paused>,
 }
 
 impl Drain {
@@ -88,16 +132,17 @@ impl Drain {
     /// A sliding window, not rounds: up to `concurrency` deliveries are in
     /// flight, and a slot freed by one starts the next eligible entry at
     /// once, so one slow delivery (a hung attempt, a long `Retry-After`)
-    /// holds its own slot and the entries behind it on the same steps, not
+    /// holds its own slot and the entries behind it on the same keys, not
     /// the whole queue.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let mut backoff = this.backoff.0;
-        // After a failed delivery no new one starts before this instant
-        // (deliveries in flight go on): the backend is likely struggling.
-        let mut paused_until: Option<Instant> = None;
+        let mut pacing = Pacing {
+            backoff: this.backoff.0,
+            until: None,
+            paused: None,
+        };
         let mut last_resync = Instant::now();
-        let mut tasks: JoinSet<Option<Duration>> = JoinSet::new();
+        let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut in_flight: HashMap<i64, Vec<String>> = HashMap::new();
         let mut task_entry: HashMap<tokio::task::Id, i64> = HashMap::new();
         // The head of the queue, read in batches: one read serves many
@@ -116,11 +161,18 @@ impl Drain {
                 last_resync = Instant::now();
                 reload = true;
             }
-            let paused = paused_until.is_some_and(|t| t > Instant::now());
-            if !paused && in_flight.len() < this.concurrency {
+            let waiting = pacing.until.is_some_and(|t| t > Instant::now());
+            // Paused: one probe at a time.
+            let window = if pacing.paused.is_some() {
+                1
+            } else {
+                this.concurrency
+            };
+            if !waiting && in_flight.len() < window {
                 let candidates = cache.len().saturating_sub(in_flight.len());
-                let stored = this.spool.store().totals.entries.load(Ordering::Relaxed);
+                let stored = Totals::get(&this.spool.store().totals.entries);
                 if reload || (candidates < this.concurrency && stored > cache.len() as u64) {
+                    this.spool.head_read_starts();
                     match this
                         .spool
                         .store()
@@ -133,68 +185,65 @@ impl Drain {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "spool: cannot read the queue");
-                            paused_until = Some(Instant::now() + Duration::from_secs(1));
+                            pacing.until = Some(Instant::now() + Duration::from_secs(1));
                         }
                     }
                 }
+                let cache_end = cache.last().map_or(-1, |e| e.id);
                 // While the breaker is open, wait out its open time; once it
                 // is over, the next delivery is the probe.
                 if let Some(wait) = this.breaker.retry_after().filter(|w| !w.is_zero()) {
-                    paused_until = Some(Instant::now() + wait);
-                } else if paused_until.is_none_or(|t| t <= Instant::now()) {
-                    for entry in this.eligible(&cache, &in_flight) {
-                        in_flight.insert(entry.id, entry.keys.clone());
-                        let id = entry.id;
-                        let this = this.clone();
-                        let handle =
-                            tasks.spawn(async move { this.deliver_and_commit(entry).await });
-                        task_entry.insert(handle.id(), id);
+                    pacing.until = Some(Instant::now() + wait);
+                } else if pacing.until.is_none_or(|t| t <= Instant::now()) {
+                    let free = window.saturating_sub(in_flight.len());
+                    match this.spool.eligible(&cache, cache_end, &in_flight, free) {
+                        Ok(start) => {
+                            for entry in start {
+                                in_flight.insert(entry.id, entry.keys.clone());
+                                let id = entry.id;
+                                let this = this.clone();
+                                let handle = tasks
+                                    .spawn(async move { this.deliver_and_commit(entry).await });
+                                task_entry.insert(handle.id(), id);
+                            }
+                        }
+                        Err(_) => {
+                            // A commit landed inside what was read.
+                            reload = true;
+                            continue;
+                        }
                     }
                 }
             }
             let idle_queue = cache.is_empty();
             // Wait for whatever can change what is eligible: a delivery
-            // ending, a new commit or a live write letting go of its steps,
+            // ending, a new commit or a live write letting go of its keys,
             // the pause ending, or (with nothing to do) the resync period.
-            let nap = match paused_until {
+            let nap = match pacing.until {
                 Some(t) if t > Instant::now() => t - Instant::now(),
                 _ if idle_queue && in_flight.is_empty() => IDLE_RESYNC,
-                _ if in_flight.len() >= this.concurrency => IDLE_RESYNC,
-                // Entries wait on steps held elsewhere: look again soon.
+                _ if in_flight.len() >= window => IDLE_RESYNC,
+                // Entries wait on keys held elsewhere: look again soon.
                 _ => Duration::from_millis(50),
             };
             tokio::select! {
                 Some(first) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     // Take every delivery that has ended, so one read of the
                     // queue refills all the freed slots.
-                    let mut done = Some(first);
-                    while let Some(result) = done {
-                        let (task, failed) = match result {
-                            Ok((task, wait)) => (task, wait),
-                            Err(e) => (e.id(), Some(Duration::ZERO)),
+                    let mut next = Some(first);
+                    while let Some(result) = next {
+                        let (task, done) = match result {
+                            Ok((task, done)) => (task, done),
+                            Err(e) => (e.id(), Done::Retry(Duration::ZERO)),
                         };
-                        let entry = task_entry.remove(&task);
-                        if let Some(id) = entry {
+                        if let Some(id) = task_entry.remove(&task) {
                             in_flight.remove(&id);
-                            if failed.is_none() {
-                                // Delivered or dead-lettered: gone from the store.
+                            if matches!(done, Done::Gone) {
                                 cache.retain(|e| e.id != id);
                             }
                         }
-                        match failed {
-                            Some(wait) => {
-                                let now = Instant::now();
-                                let until = now + wait.max(backoff);
-                                // Failures of deliveries that ran side by side
-                                // are one event: back off further once per pause.
-                                if paused_until.is_none_or(|t| t <= now) {
-                                    backoff = (backoff * 2).min(this.backoff.1);
-                                }
-                                paused_until = Some(paused_until.map_or(until, |t| t.max(until)));
-                            }
-                            None => backoff = this.backoff.0,
-                        }
-                        done = tasks.try_join_next_with_id();
+                        this.pace(&mut pacing, done);
+                        next = tasks.try_join_next_with_id();
                     }
                 }
                 () = this.spool.inner.wake.notified() => {}
@@ -208,42 +257,73 @@ impl Drain {
         tracing::info!("spool worker stopped");
     }
 
-    /// The entries of `batch` (in replay order) to start now: not in
-    /// flight, sharing no key with an earlier entry still waiting or in
-    /// flight, nor with a live write — so each key's versions arrive in
-    /// order — up to the free slots. A barrier (key `*`) starts only when
-    /// nothing is ahead of it, and nothing behind it starts before it ends.
-    fn eligible(&self, batch: &[Entry], in_flight: &HashMap<i64, Vec<String>>) -> Vec<Entry> {
-        let mut seen: HashSet<&str> = in_flight.values().flatten().map(String::as_str).collect();
-        let mut barrier_ahead = seen.contains(BARRIER_KEY);
-        let mut out = Vec::new();
-        let free = self.concurrency.saturating_sub(in_flight.len());
-        for entry in batch {
-            if out.len() >= free || barrier_ahead {
-                break;
+    /// What one finished delivery does to the pace of the next ones.
+    fn pace(&self, pacing: &mut Pacing, done: Done) {
+        let now = Instant::now();
+        match done {
+            Done::Gone => {
+                pacing.backoff = self.backoff.0;
+                if let Some(p) = pacing.paused.take() {
+                    tracing::warn!(
+                        target: "spool",
+                        reason = %p.reason,
+                        paused_ms = (now_ms() - p.since_ms).max(0),
+                        "spool resumed: the backend takes writes again"
+                    );
+                    self.spool.set_paused(None);
+                }
             }
-            if in_flight.contains_key(&entry.id) {
-                continue;
+            Done::Retry(wait) => {
+                let until = now + wait.max(pacing.backoff);
+                // Failures of deliveries that ran side by side are one
+                // event: back off further once per pause.
+                if pacing.until.is_none_or(|t| t <= now) {
+                    pacing.backoff = (pacing.backoff * 2).min(self.backoff.1);
+                }
+                pacing.until = Some(pacing.until.map_or(until, |t| t.max(until)));
             }
-            let barrier = entry.keys.iter().any(|k| k == BARRIER_KEY);
-            let blocked = self.spool.held(&entry.keys)
-                || if barrier {
-                    !seen.is_empty() || !out.is_empty()
-                } else {
-                    entry.keys.iter().any(|id| seen.contains(id.as_str()))
+            Done::Pause { reason, detail } => {
+                let wait = pacing.backoff;
+                pacing.backoff = (pacing.backoff * 2).min(self.backoff.1);
+                pacing.until = Some(now + wait);
+                let next_probe_ms = now_ms() + wait.as_millis() as i64;
+                let paused = match pacing.paused.take() {
+                    Some(p) => Paused {
+                        next_probe_ms,
+                        detail,
+                        ..p
+                    },
+                    None => {
+                        tracing::warn!(
+                            target: "spool",
+                            reason = %reason,
+                            detail = %detail,
+                            "spool paused: the backend refuses every write; nothing is dead-lettered, probing again"
+                        );
+                        self.spool
+                            .inner
+                            .metrics
+                            .pauses
+                            .get_or_create(&PauseLabels {
+                                reason: reason.clone(),
+                            })
+                            .inc();
+                        Paused {
+                            reason,
+                            detail,
+                            since_ms: now_ms(),
+                            next_probe_ms,
+                        }
+                    }
                 };
-            seen.extend(entry.keys.iter().map(String::as_str));
-            barrier_ahead = barrier;
-            if !blocked {
-                out.push(entry.clone());
+                self.spool.set_paused(Some(paused.clone()));
+                pacing.paused = Some(paused);
             }
         }
-        out
     }
 
-    /// Deliver one entry and commit the result. Returns the wait asked for
-    /// when the delivery failed transiently (`Some(ZERO)` when none).
-    async fn deliver_and_commit(&self, entry: Entry) -> Option<Duration> {
+    /// Deliver one entry and commit the result.
+    async fn deliver_and_commit(&self, entry: Entry) -> Done {
         let outcome = self.deliver(&entry).await;
         let metrics = &self.spool.inner.metrics;
         let store = self.spool.store();
@@ -251,10 +331,10 @@ impl Drain {
             Outcome::Delivered => {
                 if let Err(e) = store.delivered(entry.id).await {
                     tracing::error!(error = %e, entry = entry.id, "spool: cannot delete a delivered entry; it will be sent again");
-                    return Some(Duration::ZERO);
+                    return Done::Retry(Duration::from_secs(1));
                 }
                 metrics.replay_delivered.inc();
-                self.spool.removed(&entry.route);
+                self.spool.update_gauges();
                 tracing::info!(
                     target: "spool",
                     entry = entry.id,
@@ -263,9 +343,9 @@ impl Drain {
                     attempts = entry.attempts + 1,
                     "spooled write delivered"
                 );
-                None
+                Done::Gone
             }
-            Outcome::Permanent(info) => {
+            Outcome::Refused(info) => {
                 tracing::warn!(
                     target: "spool",
                     entry = entry.id,
@@ -274,15 +354,15 @@ impl Drain {
                     kind = %info.kind,
                     status = info.status,
                     reason = %info.reason,
-                    "spooled write refused by the backend; moved to dead letters"
+                    "spooled write refused by the backend for its content; moved to dead letters"
                 );
                 if let Err(e) = store.dead_letter(entry.id, info).await {
                     tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry");
-                    return Some(Duration::ZERO);
+                    return Done::Retry(Duration::from_secs(1));
                 }
                 metrics.replay_dead_lettered.inc();
-                self.spool.removed(&entry.route);
-                None
+                self.spool.update_gauges();
+                Done::Gone
             }
             Outcome::Transient { error, wait } => {
                 metrics.replay_transient.inc();
@@ -293,8 +373,34 @@ impl Drain {
                     error = %error,
                     "spooled write not delivered yet"
                 );
-                Some(wait.unwrap_or(Duration::ZERO))
+                Done::Retry(wait.unwrap_or(Duration::ZERO))
             }
+            Outcome::SystemRefusal { reason, detail } => {
+                metrics.replay_transient.inc();
+                let _ = store.failed(entry.id, detail.clone()).await;
+                Done::Pause { reason, detail }
+            }
+        }
+    }
+
+    /// A refusal (permanent class) of this entry: its content's fault, or
+    /// the system's?
+    fn refusal(&self, class: &Class, info: DeadInfo) -> Outcome {
+        let content = match class.kind {
+            Kind::GraphqlError | Kind::ItemNotOk | Kind::BodyTooLarge => true,
+            Kind::Status(s) => self.dead_letter_statuses.contains(&s),
+            _ => false,
+        };
+        if content {
+            return Outcome::Refused(info);
+        }
+        let reason = match class.kind {
+            Kind::Status(s) => format!("status_{s}"),
+            k => k.as_str().to_string(),
+        };
+        Outcome::SystemRefusal {
+            reason,
+            detail: info.reason,
         }
     }
 
@@ -344,7 +450,8 @@ impl Drain {
         let (req, ex) = match self.request(entry) {
             Ok(r) => r,
             Err(reason) => {
-                return Outcome::Permanent(DeadInfo {
+                // The stored write itself cannot be sent: its content's fault.
+                return Outcome::Refused(DeadInfo {
                     class: "permanent".into(),
                     kind: "bad_request".into(),
                     status: None,
@@ -380,26 +487,28 @@ impl Drain {
                             .await
                             .ok()
                             .map(|c| c.to_bytes().to_vec());
-                        Outcome::Permanent(DeadInfo {
+                        let info = DeadInfo {
                             class: class.verdict.as_str().into(),
                             kind: class.kind.as_str().into(),
                             status: Some(status.as_u16()),
                             response,
                             reason: format!("backend answered {status} ({})", class.kind.as_str()),
-                        })
+                        };
+                        self.refusal(&class, info)
                     }
                 }
             }
             Err(e) => {
                 let class = Class::of_error(&e);
                 if class.verdict == Verdict::Permanent {
-                    Outcome::Permanent(DeadInfo {
+                    let info = DeadInfo {
                         class: class.verdict.as_str().into(),
                         kind: class.kind.as_str().into(),
                         status: None,
                         response: None,
                         reason: e.to_string(),
-                    })
+                    };
+                    self.refusal(&class, info)
                 } else {
                     let wait = if class.kind == Kind::CircuitOpen {
                         self.breaker.retry_after()

@@ -1,0 +1,332 @@
+//! Tickets and per-key order: which writes go to the upstream now, which go
+//! behind the queue, and which stored entries the replay worker may start.
+//!
+//! Every write on a spooling route gets a ticket when it arrives; tickets
+//! are the queue's order. A write's keys name what it writes (`step:<id>`;
+//! `*` is a barrier, ordered against everything). Three sets hold what is
+//! not yet delivered, and the rules keep each key's versions in ticket
+//! order across all three:
+//!
+//! - **live**: writes in flight to the upstream, by key. A write whose key
+//!   (or barrier) conflicts with a live write goes behind it.
+//! - **pending**: writes being committed to the store, by ticket. A live
+//!   write that failed joins them at its own, earlier ticket, before it lets
+//!   go of its keys.
+//! - **stored**: the store's entries. While any entry waits, or any write is
+//!   pending, every new write goes behind them.
+//!
+//! The worker reads the head of the queue in batches. A commit at a ticket
+//! lower than the last one it read leaves a hole in what it read, so every
+//! commit records the lowest ticket committed since the last read, and the
+//! worker reads again before it starts anything behind a hole. The checks
+//! and the updates happen under one lock, so there is no moment at which a
+//! key is free and the entry that holds it back is invisible.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::Spool;
+use super::store::Entry;
+use crate::route::BARRIER_KEY;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// A key's hash. A collision only makes an unrelated write wait its turn.
+pub(super) fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(key)
+}
+
+fn barrier_hash() -> u64 {
+    key_hash(BARRIER_KEY)
+}
+
+/// A write being committed.
+#[derive(Debug)]
+struct Pending {
+    keys: Box<[u64]>,
+    bytes: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct OrderState {
+    next_ticket: u64,
+    /// Key → ticket of the live write that holds it.
+    live: FastMap<u64, u64>,
+    /// Ticket → write being committed.
+    pending: BTreeMap<u64, Pending>,
+    pending_bytes: u64,
+    /// Lowest ticket committed since the worker last read the head
+    /// (`u64::MAX`: none).
+    low_commit: u64,
+}
+
+impl OrderState {
+    pub(super) fn new(next_ticket: u64) -> Self {
+        OrderState {
+            next_ticket,
+            live: FastMap::default(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            low_commit: u64::MAX,
+        }
+    }
+
+    /// Whether a write with these keys conflicts with a live one: it shares
+    /// a key, or one of the two is a barrier.
+    fn conflicts_live(&self, keys: &[u64]) -> bool {
+        if self.live.is_empty() {
+            return false;
+        }
+        let barrier = barrier_hash();
+        self.live.contains_key(&barrier)
+            || keys
+                .iter()
+                .any(|k| *k == barrier || self.live.contains_key(k))
+    }
+
+    /// Whether a write at `ticket` must wait for a pending one before it.
+    fn conflicts_pending(&self, ticket: u64, keys: &[u64]) -> bool {
+        let barrier = barrier_hash();
+        let mine_barrier = keys.contains(&barrier);
+        self.pending
+            .range(..ticket)
+            .any(|(_, p)| mine_barrier || p.keys.iter().any(|k| *k == barrier || keys.contains(k)))
+    }
+
+    /// Writes being committed, and their bytes.
+    pub(super) fn pending(&self) -> (u64, u64) {
+        (self.pending.len() as u64, self.pending_bytes)
+    }
+}
+
+/// Whether a write goes to the upstream now or behind the spool.
+#[derive(Debug)]
+pub enum Admit {
+    /// Send it; hold the guard until it is done.
+    Live(LiveGuard),
+    /// Spool it at this ticket.
+    Behind(Reservation),
+}
+
+/// Held by a live write on a spooling route; releases its keys.
+#[derive(Debug)]
+pub struct LiveGuard {
+    spool: Spool,
+    ticket: u64,
+    keys: Box<[u64]>,
+    bytes: u64,
+}
+
+impl LiveGuard {
+    /// The write's ticket.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// The live write failed: it will be committed at its own ticket.
+    /// Reserving before letting go of the keys means no later write of the
+    /// same keys can start in between.
+    pub fn into_reservation(self) -> Reservation {
+        let r = self
+            .spool
+            .reserve(self.ticket, self.keys.clone(), self.bytes);
+        drop(self);
+        r
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let spool = &self.spool.inner;
+        if let Ok(mut o) = spool.order.lock() {
+            for k in self.keys.iter() {
+                if o.live.get(k) == Some(&self.ticket) {
+                    o.live.remove(k);
+                }
+            }
+        }
+        // The worker waits on live writes only while entries wait; with an
+        // empty queue, waking it for every live write would cost a query.
+        if spool
+            .store
+            .totals
+            .entries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            spool.wake.notify_one();
+        }
+    }
+}
+
+/// A write's place in the queue while it is committed. Dropped without
+/// [`Reservation::committed`], it leaves the queue (the write was refused,
+/// or the client went away before it was stored).
+#[derive(Debug)]
+pub struct Reservation {
+    spool: Spool,
+    ticket: u64,
+    done: bool,
+}
+
+impl Reservation {
+    /// The ticket.
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// The write is in the store at its ticket.
+    pub(super) fn committed(mut self) {
+        self.release(true);
+    }
+
+    fn release(&mut self, stored: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        if let Ok(mut o) = self.spool.inner.order.lock() {
+            if let Some(p) = o.pending.remove(&self.ticket) {
+                o.pending_bytes = o.pending_bytes.saturating_sub(p.bytes);
+            }
+            if stored {
+                o.low_commit = o.low_commit.min(self.ticket);
+            }
+        }
+        self.spool.inner.wake.notify_one();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release(false);
+    }
+}
+
+/// Why the worker must read the head of the queue again.
+#[derive(Debug)]
+pub(super) struct Reread;
+
+impl Spool {
+    fn reserve(&self, ticket: u64, keys: Box<[u64]>, bytes: u64) -> Reservation {
+        if let Ok(mut o) = self.inner.order.lock() {
+            o.pending_bytes += bytes;
+            o.pending.insert(ticket, Pending { keys, bytes });
+        }
+        Reservation {
+            spool: self.clone(),
+            ticket,
+            done: false,
+        }
+    }
+
+    /// Decide where a write touching `keys` (of `bytes` to store) goes.
+    pub fn admit(&self, keys: &[String], bytes: u64, write_behind: bool) -> Admit {
+        let hashed: Box<[u64]> = keys.iter().map(|k| key_hash(k)).collect();
+        let stored = self
+            .inner
+            .store
+            .totals
+            .entries
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // Entries the operator requeued may have moved the end of the queue.
+        let end = self
+            .inner
+            .store
+            .totals
+            .max_ticket
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0) as u64;
+        let Ok(mut o) = self.inner.order.lock() else {
+            // A poisoned lock: behind the queue is always safe.
+            return Admit::Behind(Reservation {
+                spool: self.clone(),
+                ticket: end + 1,
+                done: true,
+            });
+        };
+        let ticket = o.next_ticket.max(end + 1);
+        o.next_ticket = ticket + 1;
+        let behind =
+            write_behind || stored > 0 || !o.pending.is_empty() || o.conflicts_live(&hashed);
+        if behind {
+            o.pending_bytes += bytes;
+            o.pending.insert(
+                ticket,
+                Pending {
+                    keys: hashed,
+                    bytes,
+                },
+            );
+            return Admit::Behind(Reservation {
+                spool: self.clone(),
+                ticket,
+                done: false,
+            });
+        }
+        for k in hashed.iter() {
+            o.live.insert(*k, ticket);
+        }
+        Admit::Live(LiveGuard {
+            spool: self.clone(),
+            ticket,
+            keys: hashed,
+            bytes,
+        })
+    }
+
+    /// The worker is about to read the head of the queue: commits from now
+    /// on are news to it.
+    pub(super) fn head_read_starts(&self) {
+        if let Ok(mut o) = self.inner.order.lock() {
+            o.low_commit = u64::MAX;
+        }
+    }
+
+    /// The entries of `cache` (the head of the queue, in order; entries up
+    /// to `cache_end` were read) to start now: not in flight, sharing no key
+    /// with an earlier entry still waiting or in flight, nor with a live or
+    /// pending write ahead of it — so each key's versions arrive in order —
+    /// up to `free` of them. A barrier starts only when nothing is ahead of
+    /// it, and nothing behind it starts before it ends. [`Reread`] when a
+    /// commit landed inside what was read.
+    pub(super) fn eligible(
+        &self,
+        cache: &[Entry],
+        cache_end: i64,
+        in_flight: &HashMap<i64, Vec<String>>,
+        free: usize,
+    ) -> Result<Vec<Entry>, Reread> {
+        let o = self.inner.order.lock().map_err(|_| Reread)?;
+        if cache_end >= 0 && o.low_commit <= cache_end as u64 {
+            return Err(Reread);
+        }
+        let mut seen: std::collections::HashSet<&str> =
+            in_flight.values().flatten().map(String::as_str).collect();
+        let mut barrier_ahead = seen.contains(BARRIER_KEY);
+        let mut out = Vec::new();
+        for entry in cache {
+            if out.len() >= free || barrier_ahead {
+                break;
+            }
+            if in_flight.contains_key(&entry.id) {
+                continue;
+            }
+            let hashed: Vec<u64> = entry.keys.iter().map(|k| key_hash(k)).collect();
+            let barrier = entry.keys.iter().any(|k| k == BARRIER_KEY);
+            let blocked = o.conflicts_live(&hashed)
+                || o.conflicts_pending(entry.id.max(0) as u64, &hashed)
+                || if barrier {
+                    !seen.is_empty() || !out.is_empty()
+                } else {
+                    entry.keys.iter().any(|k| seen.contains(k.as_str()))
+                };
+            seen.extend(entry.keys.iter().map(String::as_str));
+            barrier_ahead = barrier;
+            if !blocked {
+                out.push(entry.clone());
+            }
+        }
+        Ok(out)
+    }
+}
