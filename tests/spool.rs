@@ -543,7 +543,20 @@ async fn retries_exhausted_on_a_transient_failure_are_spooled_then_delivered() {
             st.steps.contains_key("t1")
         })
         .await;
-    let m = client::get(sc.admin, "/metrics").await.text();
+    // The worker counts a delivery once it has committed its removal, a
+    // moment after the backend applied it.
+    let mut m = String::new();
+    for _ in 0..200 {
+        m = client::get(sc.admin, "/metrics").await.text();
+        if sample(
+            &m,
+            "datalayer_sidecar_spool_replays_total{outcome=\"delivered\"}",
+        ) == Some(1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         sample(
             &m,
