@@ -674,3 +674,114 @@ async fn a_refusal_of_everything_pauses_the_queue_and_never_dead_letters_it() {
     assert!(s["paused"].is_null(), "{s}");
     sc.stop().await;
 }
+
+/// The SDK sends a failed batch again, byte for byte: while both copies
+/// wait in the spool, the backend gets the write once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_waiting_writes_are_delivered_once() {
+    let mut backend = Backend::down(None);
+    let sc = start(&backend, "").await;
+    let body = add_step_with(vec![("d".to_string(), "same".to_string())]);
+    for _ in 0..3 {
+        let a = client::post_json(sc.addr, "/api/graphql", &body).await;
+        assert_acked(&a);
+        assert!(spooled(&a));
+    }
+    // A different version in between is a different write.
+    assert_acked(&write(sc.addr, "d", "other").await);
+    assert_acked(&write(sc.addr, "d", "same").await);
+    let s = client::get(sc.admin, "/spool").await.json();
+    assert_eq!(s["depth"], 3, "{s}");
+    assert_eq!(s["deduplicated"], 2, "{s}");
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(10), "three versions", |st| {
+            st.applied.iter().filter(|(id, _)| id == "d").count() >= 3
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(versions(&backend.applied(), "d"), ["same", "other", "same"]);
+    let m = client::get(sc.admin, "/metrics").await.text();
+    assert_eq!(
+        sample(&m, "datalayer_sidecar_spool_deduplicated_total"),
+        Some(2.0),
+        "{m}"
+    );
+    sc.stop().await;
+}
+
+/// The largest of the store's files together while `f` runs, sampled.
+async fn disk_peak<F: std::future::Future>(path: &std::path::Path, f: F) -> (F::Output, u64) {
+    let path = path.to_path_buf();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    let sampler = tokio::task::spawn_blocking(move || {
+        let size = |suffix: &str| {
+            std::fs::metadata(format!("{}{suffix}", path.display())).map_or(0, |m| m.len())
+        };
+        let mut peak = 0;
+        while !s.load(std::sync::atomic::Ordering::SeqCst) {
+            peak = peak.max(size("") + size("-wal") + size("-shm"));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    });
+    let out = f.await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    (out, sampler.await.unwrap())
+}
+
+/// A sustained burst with the backend down: the store's files stay within
+/// `spool.max_bytes` plus the write-ahead log's 64 MiB bound, and past it
+/// writes get a structured `spool_full`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_with_the_backend_down_keeps_the_spool_within_its_disk_bound() {
+    const MIB: u64 = 1024 * 1024;
+    let backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.sqlite3");
+    let text = settings(&spool_section(dir.path(), "max_bytes = \"96MiB\"")).replace(
+        "on_failure = \"spool\"",
+        "on_failure = \"spool\"\nmode = \"write_behind\"",
+    );
+    let sc = Sidecar::start_in(config(&backend.url(), &text), dir).await;
+    let filler = "y".repeat(16 * 1024);
+    let (refused, peak) = disk_peak(&path, async {
+        let mut writers = Vec::new();
+        for w in 0..16 {
+            let (addr, filler) = (sc.addr, filler.clone());
+            writers.push(tokio::spawn(async move {
+                for i in 0..1000 {
+                    let a = write(addr, &format!("w{w}-{i}"), &filler).await;
+                    if a.status != 200 {
+                        return Some(a);
+                    }
+                }
+                None
+            }));
+        }
+        let mut refused = Vec::new();
+        for w in writers {
+            refused.extend(w.await.unwrap());
+        }
+        refused
+    })
+    .await;
+    assert!(!refused.is_empty(), "the burst outgrew 96 MiB");
+    for a in &refused {
+        assert_eq!(a.status, 503, "{}", a.text());
+        let code = &a.json()["errors"][0]["extensions"]["code"];
+        assert_eq!(code, "spool_full", "{}", a.text());
+    }
+    assert!(
+        peak <= 96 * MIB + 64 * MIB,
+        "the store's files peaked at {} MiB",
+        peak / MIB
+    );
+    let s = client::get(sc.admin, "/spool").await.json();
+    assert!(
+        s["disk"]["disk_high_water_bytes"].as_u64().unwrap() <= 160 * MIB,
+        "{s}"
+    );
+    sc.stop().await;
+}

@@ -25,10 +25,16 @@ pub struct State {
     pub keys: Vec<String>,
     /// Thread id → (name, participant id), the fields the upserts set.
     pub threads: HashMap<String, (Option<String>, Option<String>)>,
+    /// Every step write received (faulted or not), as (step id, content).
+    pub received: Vec<(String, String)>,
     /// Every write applied, in order: `step:<id>=<content>`,
     /// `thread:<id>=<name>`, `delete step:<id>`, `delete thread:<id>`.
     pub log: Vec<String>,
 }
+
+/// Step content the backend always refuses for its content (`ok: false`
+/// with a permanent message).
+pub const REFUSE: &str = "refuse!";
 
 /// Decides a fault for (first step id, attempt number), or `None` to apply.
 pub type Fault = Arc<dyn Fn(&str, usize) -> Option<Reply> + Send + Sync>;
@@ -137,6 +143,7 @@ fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
         }
         return Reply::json(200, serde_json::json!({"data": {}}));
     }
+    st.received.extend(steps.iter().cloned());
     let first = steps[0].0.clone();
     let n = {
         let a = st.attempts.entry(first.clone()).or_insert(0);
@@ -145,6 +152,18 @@ fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
     };
     if let Some(reply) = fault(&first, n) {
         return reply;
+    }
+    // Content the backend refuses, whenever it sees it: a write the
+    // sidecar must dead-letter, never deliver.
+    if steps.iter().any(|(_, c)| c.starts_with(REFUSE)) {
+        let mut data = serde_json::Map::new();
+        for i in 0..steps.len() {
+            data.insert(
+                format!("step{i}"),
+                serde_json::json!({"ok": false, "message": "invalid step: refused by the test backend"}),
+            );
+        }
+        return Reply::json(200, serde_json::json!({ "data": data }));
     }
     let mut data = serde_json::Map::new();
     for (i, (id, content)) in steps.into_iter().enumerate() {

@@ -146,6 +146,18 @@ pub async fn send(addr: SocketAddr, mut req: Request<TestBody>) -> Answer {
     }
 }
 
+/// The status of `GET path`, or `None` when nothing answers.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<u16> {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(TestBody::empty())
+        .ok()?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(2), client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    Some(resp.status().as_u16())
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     send(addr, Request::get(path).body(TestBody::empty()).unwrap()).await
 }

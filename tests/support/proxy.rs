@@ -88,6 +88,15 @@ impl Sidecar {
         let admin_addr = admin.local_addr().unwrap();
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(sidecar::run_with_listeners(cfg, opts, listener, admin, rx));
+        // Ready as a startup probe would see it (or the start failed, which
+        // `result` reports).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !task.is_finished() && tokio::time::Instant::now() < deadline {
+            if super::client::try_get(admin_addr, "/readyz").await == Some(200) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         Sidecar {
             addr,
             admin: admin_addr,
