@@ -89,7 +89,8 @@ def spool_table(spool):
     out = ["| phase | writes/s | p50 ms | p99 ms | p99.9 ms | other |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         other = []
-        for k in ("writes_per_commit", "cpu_us_per_write", "queue_after_1s", "entries", "seconds", "drain_per_s", "round", "errors"):
+        for k in ("writes_per_commit", "cpu_us_per_write", "queue_after_1s", "entries", "seconds", "drain_per_s", "round",
+                  "errors", "depth", "refused_spool_full", "disk_peak_mib", "bound_mib", "wal_mib"):
             if k in r:
                 other.append(f"{k}={r[k]}")
         out.append(f"| {r['phase']} | {fmt(r.get('writes_per_s', r.get('drain_per_s')), 0)} | {fmt(r.get('p50_ms'), 2)} "
@@ -197,8 +198,12 @@ attempt), so every target meets the same faults. The client is httpx with the SD
 `bench/spool.sh`: step writes in write-behind mode (every write committed with
 `synchronous=FULL` before its acknowledgement). A1: the most the commit path takes,
 closed loop. A2: a fixed rate, open loop (`examples/loadgen.rs`), acknowledgement latency
-from each write's scheduled time, backend down so nothing drains. B: drain of the queue
-to the local backend. C: fixed rate with the backend up, draining at the same time.
+from each write's scheduled time, backend down so nothing drains and the spool grows.
+B: drain of the queue to the local backend. C: fixed rate with the backend up, draining at
+the same time. D: a fresh spool with `spool.max_bytes = 256MiB` and a closed-loop burst
+with the backend down: the files' high-water mark against the bound (`max_bytes` + 64 MiB).
+`disk_peak_mib`: the spool's files (database, write-ahead log, shared memory) at their
+largest so far in the run, sampled every 100 ms.
 
 {spool_table(spool)}
 

@@ -54,7 +54,18 @@ pub fn decode_headers(data: &[u8]) -> HeaderMap {
 /// `DeleteThread` gets `{"data":{"deleteThread":{"id":"<its id>"}}}`.
 pub fn spooled_response(op: &Operation, body: &[u8]) -> Response<ResponseBody> {
     use serde_json::Value;
-    let args = crate::graphql::resolved_args(body, op);
+    // `AddStep` selects only `ok` and `message`: no argument to echo, so the
+    // body is not parsed again.
+    let echoes = op.root_fields.iter().any(|f| {
+        f.selection
+            .iter()
+            .any(|(_, name)| !matches!(&**name, "ok" | "message") && f.arg(name).is_some())
+    });
+    let args = if echoes {
+        crate::graphql::resolved_args(body, op)
+    } else {
+        Vec::new()
+    };
     let mut data = serde_json::Map::with_capacity(op.root_fields.len());
     for (i, field) in op.root_fields.iter().enumerate() {
         let value = if field.selection.is_empty() {

@@ -222,7 +222,8 @@ pub struct Totals {
     pub deduplicated: AtomicU64,
     /// Bytes of database pages in use (the file minus its free pages).
     pub db_used_bytes: AtomicU64,
-    /// Size of the write-ahead log file.
+    /// Bytes of the write-ahead log in use (its frames since it last
+    /// started over).
     pub wal_bytes: AtomicU64,
     /// Size of the store's files together (database, WAL, shared memory).
     pub disk_bytes: AtomicU64,

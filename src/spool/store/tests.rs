@@ -192,3 +192,19 @@ async fn one_store_file_serves_one_sidecar() {
     }
     panic!("the lock was never released");
 }
+
+/// The statements run for every write are compiled once, not at every
+/// binding.
+#[test]
+fn the_per_write_lookup_is_not_recompiled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.sqlite3");
+    prepare_file(&path).unwrap();
+    let conn = open_checked(&path).unwrap();
+    for i in 0..50 {
+        let mut st = conn.prepare_cached(writer::LATEST_OF_KEY).unwrap();
+        let _: Option<i64> = st.query_row([format!("step:{i}")], |r| r.get(0)).unwrap();
+    }
+    let st = conn.prepare_cached(writer::LATEST_OF_KEY).unwrap();
+    assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+}

@@ -35,7 +35,7 @@
 //! either until restarted.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
@@ -55,6 +55,14 @@ pub(super) const WAL_RESTART_AT: u64 = 32 * 1024 * 1024;
 pub const WAL_LIMIT: u64 = 48 * 1024 * 1024;
 /// Commits between requests to the checkpointer thread.
 const CHECKPOINT_EVERY: u32 = 64;
+/// Commits before the writer tries again to finish a checkpoint that a
+/// reader cut short.
+const CHECKPOINT_RETRY_AFTER: u32 = 16;
+
+/// Run a statement that returns no rows, compiled once per connection.
+fn run_cached(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
+}
 
 /// The reader's and the checkpointer's connections.
 pub(super) fn side_connections(path: &Path) -> Result<(Connection, Connection), StoreError> {
@@ -68,25 +76,37 @@ pub(super) fn side_connections(path: &Path) -> Result<(Connection, Connection), 
     Ok((reader, checkpointer))
 }
 
-fn writer_pragmas(conn: &Connection) -> Result<(), StoreError> {
+/// Set up the writer's connection; `frames` receives the log's length (in
+/// frames) after each commit.
+fn writer_pragmas(conn: &mut Connection, frames: Arc<AtomicU64>) -> Result<(), StoreError> {
     // Checkpoints run beside the writer (and, to bound the log, between its
     // transactions), never inside a commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.pragma_update(None, "journal_size_limit", WAL_CHECKPOINT_AT as i64)?;
+    // After wal_autocheckpoint, which replaces the WAL hook. The log file is
+    // reused from its start after a checkpoint, so its size on disk says
+    // nothing of how much of it is in use: SQLite's count of frames does.
+    conn.wal_hook(Some(
+        move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+            frames.store(pages.max(0) as u64, Ordering::Relaxed);
+            Ok(())
+        },
+    ))?;
     Ok(())
 }
 
 /// Start the writer and checkpointer threads.
 pub(super) fn spawn(
     path: PathBuf,
-    conn: Connection,
+    mut conn: Connection,
     rx: mpsc::Receiver<Cmd>,
     totals: Arc<Totals>,
     reader: Arc<Mutex<Connection>>,
     checkpointer: Arc<Mutex<Connection>>,
     max_batch: usize,
 ) -> Result<(), StoreError> {
-    writer_pragmas(&conn)?;
+    let frames = Arc::new(AtomicU64::new(0));
+    writer_pragmas(&mut conn, frames.clone())?;
     let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let (kick, kicked) = mpsc::sync_channel(1);
     let spawn_err = |e: std::io::Error| StoreError::Open {
@@ -110,6 +130,8 @@ pub(super) fn spawn(
         page_size: page_size.max(512) as u64,
         broken: None,
         max_batch: max_batch.max(1),
+        frames,
+        checkpoint_wait: 0,
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -170,6 +192,10 @@ struct Writer {
     /// Why the writer refuses to write (the store file was replaced).
     broken: Option<String>,
     max_batch: usize,
+    /// Frames in the log after the last commit (from SQLite's WAL hook).
+    frames: Arc<AtomicU64>,
+    /// Commits to go before the next attempt to finish a checkpoint.
+    checkpoint_wait: u32,
 }
 
 /// What the commands of one transaction change in the ledger.
@@ -284,15 +310,14 @@ impl Writer {
 
     fn rollback(&self) {
         if !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = run_cached(&self.conn, "ROLLBACK");
         }
     }
 
     /// One transaction over `cmds`: all of it commits, or none.
     fn try_commit(&self, cmds: &[Cmd]) -> Result<(Vec<Appended>, Delta), Failure> {
         let c = &self.conn;
-        c.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|error| Failure { at: None, error })?;
+        run_cached(c, "BEGIN IMMEDIATE").map_err(|error| Failure { at: None, error })?;
         let mut delta = Delta::default();
         let mut outs = Vec::with_capacity(cmds.len());
         for (i, cmd) in cmds.iter().enumerate() {
@@ -318,7 +343,7 @@ impl Writer {
                 }
             }
         }
-        if let Err(error) = c.execute_batch("COMMIT") {
+        if let Err(error) = run_cached(c, "COMMIT") {
             self.rollback();
             return Err(Failure { at: None, error });
         }
@@ -339,10 +364,12 @@ impl Writer {
     fn after_commit(&mut self) {
         self.measure();
         let wal = Totals::get(&self.totals.wal_bytes);
-        if wal > WAL_CHECKPOINT_AT {
-            self.finish_checkpoint(wal);
-            self.measure();
+        // An attempt a reader cut short is tried again a few commits later,
+        // not after every one.
+        if wal > WAL_CHECKPOINT_AT && self.checkpoint_wait == 0 && !self.finish_checkpoint(wal) {
+            self.checkpoint_wait = CHECKPOINT_RETRY_AFTER;
         }
+        self.checkpoint_wait = self.checkpoint_wait.saturating_sub(1);
         self.since_kick += 1;
         if self.since_kick >= CHECKPOINT_EVERY {
             // A full channel means a request is already pending.
@@ -351,43 +378,49 @@ impl Writer {
         }
     }
 
-    fn finish_checkpoint(&self, wal: u64) {
-        let passive: rusqlite::Result<(i64, i64, i64)> =
+    /// Whether the log was copied in full (the next commit starts it over).
+    fn finish_checkpoint(&self, wal: u64) -> bool {
+        let checkpoint = |mode: &str| -> rusqlite::Result<bool> {
             self.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                });
-        let complete = matches!(passive, Ok((0, log, done)) if log == done);
-        if complete || wal <= WAL_RESTART_AT {
-            return;
+                .prepare_cached(&format!("PRAGMA wal_checkpoint({mode})"))?
+                .query_row([], |r| {
+                    let (busy, log, done): (i64, i64, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    Ok(busy == 0 && log == done)
+                })
+        };
+        if checkpoint("PASSIVE").unwrap_or(false) {
+            return true;
+        }
+        if wal <= WAL_RESTART_AT {
+            return false;
         }
         // A reader holds an old snapshot: wait a little for it.
         let _ = self.conn.busy_timeout(Duration::from_millis(100));
-        if let Err(e) = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-        {
+        let done = checkpoint("RESTART").unwrap_or_else(|e| {
             tracing::debug!(error = %e, wal_bytes = wal, "spool log restart postponed");
-        }
+            false
+        });
         let _ = self.conn.busy_timeout(Duration::from_secs(5));
+        done
     }
 
     fn measure(&self) {
         let t = &self.totals;
-        let used = self
-            .conn
-            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
-            .and_then(|pages| {
-                let free: i64 = self
-                    .conn
-                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
-                Ok((pages - free).max(0) as u64 * self.page_size)
-            });
+        let pragma = |sql: &str| -> rusqlite::Result<i64> {
+            self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
+        };
+        let used = pragma("PRAGMA page_count").and_then(|pages| {
+            let free = pragma("PRAGMA freelist_count")?;
+            Ok((pages - free).max(0) as u64 * self.page_size)
+        });
         if let Ok(used) = used {
             t.db_used_bytes.store(used, Ordering::Relaxed);
         }
-        let wal = file_len(&sibling(&self.path, "-wal"));
-        let disk = file_len(&self.path) + wal + file_len(&sibling(&self.path, "-shm"));
+        // The log in use (frames and their headers), not the file, which
+        // keeps its size when SQLite starts it over.
+        let wal = Totals::get(&self.frames) * (self.page_size + 24);
+        let wal_file = file_len(&sibling(&self.path, "-wal"));
+        let disk = file_len(&self.path) + wal_file + file_len(&sibling(&self.path, "-shm"));
         t.wal_bytes.store(wal, Ordering::Relaxed);
         t.disk_bytes.store(disk, Ordering::Relaxed);
         t.disk_high_water.fetch_max(disk, Ordering::Relaxed);
@@ -465,8 +498,8 @@ impl Writer {
         {
             let _ = d.sync_all();
         }
-        let conn = open_checked(&path)?;
-        writer_pragmas(&conn)?;
+        let mut conn = open_checked(&path)?;
+        writer_pragmas(&mut conn, self.frames.clone())?;
         let (reader, checkpointer) = side_connections(&path)?;
         if let Ok(mut r) = self.reader.lock() {
             *r = reader;
@@ -496,6 +529,11 @@ fn add(counter: &std::sync::atomic::AtomicU64, delta: i64) {
     }
 }
 
+/// The last entry waiting for a key. The `+` keeps the index lookup but
+/// stops SQLite (built with `SQLITE_ENABLE_STAT4`) from recompiling the
+/// statement at every binding, which cost four times the lookup itself.
+pub(super) const LATEST_OF_KEY: &str = "SELECT max(entry) FROM entry_keys WHERE key = +?1";
+
 /// The entry `e` duplicates, if any: a waiting entry with the same route,
 /// method, path, keys and body that is the last entry of every one of its
 /// keys, with no barrier after it. Delivering it alone leaves the backend
@@ -504,7 +542,7 @@ fn find_duplicate(c: &Connection, e: &NewEntry) -> rusqlite::Result<Option<i64>>
     if e.keys.is_empty() || e.keys.iter().any(|k| k == BARRIER_KEY) {
         return Ok(None);
     }
-    let mut latest = c.prepare_cached("SELECT max(entry) FROM entry_keys WHERE key = ?1")?;
+    let mut latest = c.prepare_cached(LATEST_OF_KEY)?;
     let mut candidate: Option<i64> = None;
     for key in &e.keys {
         let last: Option<i64> = latest.query_row([key], |r| r.get(0))?;
@@ -648,6 +686,8 @@ pub(super) fn apply_for_test(
         page_size: 4096,
         broken: None,
         max_batch: 1024,
+        frames: Arc::new(AtomicU64::new(0)),
+        checkpoint_wait: 0,
     };
     w.apply(batch);
     w.conn
