@@ -6,7 +6,7 @@
 //! `STOREBENCH_DROP_TRIGGERS=1` measures without the ledger and key-index
 //! triggers (for pricing them; the sidecar always has them).
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use datalayer_sidecar::spool::store::{NewEntry, Store};
