@@ -9,7 +9,9 @@
 //! loadgen --url http://127.0.0.1:8787/api/graphql --body addstep.json \
 //!         --rate 5000 --duration 20 --connections 32 [--unique]
 //! ```
-//! `--unique` replaces `STEP_ID` in the body with a fresh id per request.
+//! `--unique` replaces `STEP_ID` in the body with a fresh id per request,
+//! unique across runs too (prefixed by the run's start time), so repeated
+//! runs into one spool are new writes, not repeats of the last run's.
 //! Prints one JSON line.
 
 use std::sync::Arc;
@@ -30,6 +32,8 @@ struct Args {
     duration: f64,
     connections: usize,
     unique: bool,
+    /// Distinguishes this run's step ids from any earlier run's.
+    run: u128,
 }
 
 fn args() -> Result<Args, String> {
@@ -64,6 +68,9 @@ fn args() -> Result<Args, String> {
         duration,
         connections,
         unique,
+        run: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
     })
 }
 
@@ -121,7 +128,8 @@ async fn worker(
         }
         let Some(send) = conn.as_mut() else { continue };
         let body = if args.unique {
-            args.body.replace("STEP_ID", &format!("lg-{}", slot.n))
+            args.body
+                .replace("STEP_ID", &format!("lg-{}-{}", args.run, slot.n))
         } else {
             args.body.clone()
         };

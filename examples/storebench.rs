@@ -63,6 +63,7 @@ async fn main() {
                         headers: b"content-type\0application/json\0x-api-key\0k\0".to_vec(),
                         body: body.clone(),
                         keys: vec![format!("step:{t:032x}")],
+                        dedup: true,
                     })
                     .await
                     .unwrap();

@@ -244,6 +244,7 @@ async fn big_spool(path: &std::path::Path) {
                     headers: Vec::new(),
                     body,
                     keys: vec![format!("step:s{t}")],
+                    dedup: true,
                 })
                 .await
                 .unwrap()

@@ -275,6 +275,19 @@ impl Spool {
         })
     }
 
+    /// Whether a write at `ticket` may be folded into an identical waiting
+    /// entry: no write of its keys with an earlier ticket is live or being
+    /// committed (it would land between the two). New writes only get
+    /// later tickets, so the answer holds until the write is stored.
+    pub(super) fn may_fold(&self, ticket: u64, keys: &[String]) -> bool {
+        let hashed: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
+        self.inner
+            .order
+            .lock()
+            .map(|o| !o.conflicts_live(&hashed) && !o.conflicts_pending(ticket, &hashed))
+            .unwrap_or(false)
+    }
+
     /// The worker is about to read the head of the queue: commits from now
     /// on are news to it.
     pub(super) fn head_read_starts(&self) {

@@ -219,9 +219,11 @@ impl Spool {
             tracing::warn!(reason = %why, "spool full; write refused");
             return Err(Box::new(SpoolFull(why)));
         }
+        let dedup = self.may_fold(place.ticket(), &write.keys);
         let result = inner
             .store
             .append(NewEntry {
+                dedup,
                 ticket: place.ticket(),
                 route: write.route.to_string(),
                 request_id: write.request_id,

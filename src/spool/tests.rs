@@ -53,3 +53,59 @@ async fn resync_never_undercounts_waiting_writes() {
         );
     }
 }
+
+fn body_write(route: &Arc<str>, body: &str, key: &str) -> Write {
+    Write {
+        body: Bytes::from(body.to_string()),
+        keys: vec![key.to_string()],
+        ..write(route, 0)
+    }
+}
+
+/// A repeat of a stored write is not folded into it while a write of the
+/// same key with a ticket between them is still being committed: that
+/// write would land between the two and win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_not_folded_over_a_write_still_being_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolFile {
+        path: dir.path().join("spool.sqlite3"),
+        ..SpoolFile::default()
+    };
+    let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
+    let route: Arc<str> = "spooled_writes".into();
+    // F goes live; L (same step) goes behind it and is pending.
+    let Admit::Live(f) = spool.admit(&["step:a".into()], 1, false) else {
+        panic!("an empty queue sends a write live");
+    };
+    let Admit::Behind(l) = spool.admit(&["step:a".into()], 1, false) else {
+        panic!("a write of a live key goes behind it");
+    };
+    // F fails and is stored at its own, earlier ticket.
+    spool
+        .enqueue(body_write(&route, "X", "step:a"), f.into_reservation())
+        .await
+        .unwrap();
+    // E repeats F while L is still being committed.
+    let Admit::Behind(e) = spool.admit(&["step:a".into()], 1, false) else {
+        panic!("behind the queue");
+    };
+    let got = spool
+        .enqueue(body_write(&route, "X", "step:a"), e)
+        .await
+        .unwrap();
+    assert_eq!(got, store::Appended::Stored, "E must stay after L");
+    spool
+        .enqueue(body_write(&route, "Y", "step:a"), l)
+        .await
+        .unwrap();
+    let bodies: Vec<String> = spool
+        .store()
+        .head(10, 1 << 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| String::from_utf8(e.body.to_vec()).unwrap())
+        .collect();
+    assert_eq!(bodies, ["X", "Y", "X"]);
+}

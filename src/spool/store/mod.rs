@@ -101,6 +101,10 @@ pub struct NewEntry {
     pub body: Bytes,
     /// Ordering keys (see [`crate::route::Route::order_keys`]).
     pub keys: Vec<String>,
+    /// Whether it may be folded into an identical waiting entry: no write
+    /// of the same keys with an earlier ticket was in flight or being
+    /// committed when it was sent to the store (see [`Appended`]).
+    pub dedup: bool,
 }
 
 /// What an append did.
@@ -109,8 +113,8 @@ pub enum Appended {
     /// Stored as a new entry.
     Stored,
     /// An identical write was already waiting, last in line for every one
-    /// of its keys: that entry stands for both (it takes the newer
-    /// headers), so the write is delivered once.
+    /// of its keys, among the writes stored recently: that entry stands for
+    /// both (it takes the newer headers), so the write is delivered once.
     Duplicate(i64),
 }
 

@@ -5,13 +5,18 @@
 //! triggers, so it changes in the same transaction as the rows, whoever
 //! writes the file — the sidecar or the operator's `spool` commands. The
 //! sidecar's in-memory totals are re-read from it, never from a count over
-//! the rows. `entry_keys` indexes each waiting entry by its ordering keys,
-//! for de-duplication.
+//! the rows.
+//!
+//! There is no index on the ordering keys: step ids are random, so such an
+//! index takes a write to a random page per entry, and checkpoints of those
+//! scattered pages stalled commits once the queue held hundreds of
+//! thousands of entries. Entries are appended in id order instead, and
+//! de-duplication looks at recent writes in memory (see the writer).
 
 use rusqlite::Connection;
 
 /// Schema version written to `PRAGMA user_version`.
-pub(super) const VERSION: i64 = 3;
+pub(super) const VERSION: i64 = 4;
 
 /// The tables and triggers of the current version (idempotent).
 const CREATE: &str = "
@@ -48,11 +53,6 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     response    BLOB,
     reason      TEXT    NOT NULL
 );
-CREATE TABLE IF NOT EXISTS entry_keys (
-    key   TEXT    NOT NULL,
-    entry INTEGER NOT NULL,
-    PRIMARY KEY (key, entry)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
     route   TEXT PRIMARY KEY,
     entries INTEGER NOT NULL,
@@ -66,13 +66,10 @@ INSERT OR IGNORE INTO counters (name, value) VALUES ('dead_letters', 0), ('max_d
 CREATE TRIGGER IF NOT EXISTS entry_added AFTER INSERT ON entries BEGIN
     INSERT INTO ledger (route, entries, bytes) VALUES (NEW.route, 1, NEW.body_bytes)
         ON CONFLICT (route) DO UPDATE SET entries = entries + 1, bytes = bytes + excluded.bytes;
-    INSERT INTO entry_keys (key, entry) SELECT value, NEW.id FROM json_each(NEW.keys);
 END;
 CREATE TRIGGER IF NOT EXISTS entry_removed AFTER DELETE ON entries BEGIN
     UPDATE ledger SET entries = entries - 1, bytes = bytes - OLD.body_bytes
         WHERE route = OLD.route;
-    DELETE FROM entry_keys
-        WHERE entry = OLD.id AND key IN (SELECT value FROM json_each(OLD.keys));
 END;
 CREATE TRIGGER IF NOT EXISTS dead_added AFTER INSERT ON dead_letters BEGIN
     UPDATE counters SET value = value + 1 WHERE name = 'dead_letters';
@@ -95,19 +92,25 @@ UPDATE dead_letters SET keys =
     (SELECT json_group_array('step:' || value) FROM json_each(dead_letters.keys));
 ";
 
-/// Version 3 added the ledger, the key index and `body_bytes`; they are
-/// filled from the rows once, before the triggers take over.
+/// Version 3 added the ledger and `body_bytes`; they are filled from the
+/// rows once, before the triggers take over.
 const FROM_2: &str = "
 ALTER TABLE entries ADD COLUMN body_bytes INTEGER NOT NULL DEFAULT 0;
 UPDATE entries SET body_bytes = length(body);
 ";
 
-/// Fill the ledger and the key index from the rows (after `FROM_2`).
+/// Version 4 dropped the index on ordering keys (see the module doc):
+/// version 3's triggers wrote to it, so they are made again without it.
+const FROM_3: &str = "
+DROP TRIGGER IF EXISTS entry_added;
+DROP TRIGGER IF EXISTS entry_removed;
+DROP TABLE IF EXISTS entry_keys;
+";
+
+/// Fill the ledger from the rows (after `FROM_2`).
 const FILL: &str = "
 INSERT INTO ledger (route, entries, bytes)
     SELECT route, count(*), sum(body_bytes) FROM entries GROUP BY route;
-INSERT OR IGNORE INTO entry_keys (key, entry)
-    SELECT value, entries.id FROM entries, json_each(entries.keys);
 UPDATE counters SET value = (SELECT count(*) FROM dead_letters) WHERE name = 'dead_letters';
 UPDATE counters SET value = coalesce((SELECT max(ticket) FROM dead_letters), 0)
     WHERE name = 'max_dead_ticket';
@@ -127,6 +130,10 @@ pub(super) fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
             // on later writes, so the fill below counts each row once.
             sql.push_str(CREATE);
             sql.push_str(FILL);
+        }
+        3 => {
+            sql.push_str(FROM_3);
+            sql.push_str(CREATE);
         }
         _ => {}
     }
@@ -177,10 +184,6 @@ INSERT INTO dead_letters (ticket, route, request_id, created_ms, dead_ms, method
             )
             .unwrap();
         assert_eq!(ledger, (2, 6));
-        let indexed: i64 = c
-            .query_row("SELECT count(*) FROM entry_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(indexed, 3);
         let dead: i64 = c
             .query_row(
                 "SELECT value FROM counters WHERE name = 'dead_letters'",
@@ -199,6 +202,61 @@ INSERT INTO dead_letters (ticket, route, request_id, created_ms, dead_ms, method
             )
             .unwrap();
         assert_eq!(n, 1);
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, VERSION);
+    }
+
+    /// Version 3 as that release created it: the key index and the
+    /// triggers that fed it.
+    const V3_INDEX: &str = "
+CREATE TABLE entry_keys (key TEXT NOT NULL, entry INTEGER NOT NULL, PRIMARY KEY (key, entry)) WITHOUT ROWID;
+DROP TRIGGER entry_added;
+CREATE TRIGGER entry_added AFTER INSERT ON entries BEGIN
+    INSERT INTO ledger (route, entries, bytes) VALUES (NEW.route, 1, NEW.body_bytes)
+        ON CONFLICT (route) DO UPDATE SET entries = entries + 1, bytes = bytes + excluded.bytes;
+    INSERT INTO entry_keys (key, entry) SELECT value, NEW.id FROM json_each(NEW.keys);
+END;
+PRAGMA user_version = 3;
+";
+
+    #[test]
+    fn version_3_loses_its_key_index_and_keeps_its_ledger() {
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c, 0).unwrap();
+        c.execute_batch(V3_INDEX).unwrap();
+        c.execute(
+            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, keys, body_bytes)
+             VALUES (5, 'spooled_writes', 'r5', 0, 'POST', '/api/graphql', x'', x'0011', '[\"step:a\"]', 2)",
+            [],
+        )
+        .unwrap();
+        migrate(&c, 3).unwrap();
+        let index: i64 = c
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'entry_keys'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0);
+        // The new triggers keep the ledger without the index.
+        c.execute(
+            "INSERT INTO entries (id, route, request_id, created_ms, method, path, headers, body, keys, body_bytes)
+             VALUES (6, 'spooled_writes', 'r6', 0, 'POST', '/api/graphql', x'', x'00', '[\"step:b\"]', 1)",
+            [],
+        )
+        .unwrap();
+        c.execute("DELETE FROM entries WHERE id = 5", []).unwrap();
+        let ledger: (i64, i64) = c
+            .query_row(
+                "SELECT entries, bytes FROM ledger WHERE route = 'spooled_writes'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(ledger, (1, 1));
         let v: i64 = c
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();

@@ -13,6 +13,7 @@ fn entry(ticket: u64, body_len: usize) -> NewEntry {
         headers: Vec::new(),
         body: Bytes::from(vec![b'x'; body_len]),
         keys: vec![format!("step:s{ticket}")],
+        dedup: true,
     }
 }
 
@@ -193,18 +194,25 @@ async fn one_store_file_serves_one_sidecar() {
     panic!("the lock was never released");
 }
 
-/// The statements run for every write are compiled once, not at every
-/// binding.
-#[test]
-fn the_per_write_lookup_is_not_recompiled() {
+/// An entry that left the window of recent writes may come after the
+/// candidate in the queue: then nothing is folded.
+#[tokio::test]
+async fn a_write_is_not_folded_past_entries_that_left_the_window() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("spool.sqlite3");
-    prepare_file(&path).unwrap();
-    let conn = open_checked(&path).unwrap();
-    for i in 0..50 {
-        let mut st = conn.prepare_cached(writer::LATEST_OF_KEY).unwrap();
-        let _: Option<i64> = st.query_row([format!("step:{i}")], |r| r.get(0)).unwrap();
+    let store = open(&dir);
+    let w = |t: u64, body: &str, key: &str| NewEntry {
+        body: Bytes::from(body.to_string()),
+        keys: vec![key.to_string()],
+        ..entry(t, 0)
+    };
+    // H (ticket 20) is stored first; F (ticket 10) lands later, at its own
+    // earlier place, after enough other writes to push H out of the window.
+    store.append(w(20, "H", "step:a")).await.unwrap();
+    for t in 100..(100 + writer::RECENT_WINDOW as u64) {
+        store.append(entry(t, 1)).await.unwrap();
     }
-    let st = conn.prepare_cached(writer::LATEST_OF_KEY).unwrap();
-    assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    store.append(w(10, "F", "step:a")).await.unwrap();
+    // E repeats F, but H comes between them in the queue.
+    let e = w(100_000, "F", "step:a");
+    assert_eq!(store.append(e).await.unwrap(), Appended::Stored);
 }

@@ -34,6 +34,7 @@
 //! place and goes on. If another file took the name, it refuses to write to
 //! either until restarted.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -132,6 +133,7 @@ pub(super) fn spawn(
         max_batch: max_batch.max(1),
         frames,
         checkpoint_wait: 0,
+        recent: Recent::default(),
     };
     std::thread::Builder::new()
         .name("spool-writer".into())
@@ -196,9 +198,12 @@ struct Writer {
     frames: Arc<AtomicU64>,
     /// Commits to go before the next attempt to finish a checkpoint.
     checkpoint_wait: u32,
+    /// Recent writes, for de-duplication.
+    recent: Recent,
 }
 
-/// What the commands of one transaction change in the ledger.
+/// What the commands of one transaction change in the ledger and in the
+/// window of recent writes.
 #[derive(Default)]
 struct Delta {
     entries: i64,
@@ -206,6 +211,8 @@ struct Delta {
     dead: i64,
     ticket: i64,
     deduplicated: u64,
+    stored: Vec<RecentWrite>,
+    removed: Vec<i64>,
 }
 
 /// A transaction that did not commit.
@@ -268,6 +275,8 @@ impl Writer {
             }
             for cmd in resyncs {
                 let r = load_totals(&self.conn, &self.totals).map(|()| Appended::Stored);
+                self.recent
+                    .clear(self.totals.max_ticket.load(Ordering::Relaxed));
                 self.measure();
                 reply(cmd, r);
             }
@@ -288,7 +297,7 @@ impl Writer {
         while !pending.is_empty() {
             match self.try_commit(&pending) {
                 Ok((outcomes, delta)) => {
-                    self.publish(&delta);
+                    self.publish(delta);
                     for (cmd, out) in pending.drain(..).zip(outcomes) {
                         reply(cmd, Ok(out));
                     }
@@ -322,7 +331,7 @@ impl Writer {
         let mut outs = Vec::with_capacity(cmds.len());
         for (i, cmd) in cmds.iter().enumerate() {
             let r = match cmd {
-                Cmd::Append(e, _) => append_one(c, e, &mut delta),
+                Cmd::Append(e, _) => append_one(c, &self.recent, e, &mut delta),
                 Cmd::Delivered(id, _) => remove_one(c, *id, &mut delta).map(|_| Appended::Stored),
                 Cmd::Failed(id, err, _) => c
                     .prepare_cached(
@@ -350,7 +359,10 @@ impl Writer {
         Ok((outs, delta))
     }
 
-    fn publish(&self, d: &Delta) {
+    fn publish(&mut self, d: Delta) {
+        for id in &d.removed {
+            self.recent.forget(*id);
+        }
         let t = &self.totals;
         add(&t.entries, d.entries);
         add(&t.bytes, d.bytes);
@@ -358,6 +370,9 @@ impl Writer {
         t.max_ticket.fetch_max(d.ticket, Ordering::Relaxed);
         t.deduplicated.fetch_add(d.deduplicated, Ordering::Relaxed);
         t.batches.fetch_add(1, Ordering::Relaxed);
+        for w in d.stored {
+            self.recent.remember(w);
+        }
     }
 
     /// Disk use, the bound on the log, and the checkpointer's pace.
@@ -510,6 +525,8 @@ impl Writer {
         self.conn = conn;
         self.identity = file_id(&path).ok();
         load_totals(&self.conn, &self.totals)?;
+        self.recent
+            .clear(self.totals.max_ticket.load(Ordering::Relaxed));
         tracing::warn!(
             path = %path.display(),
             waiting = Totals::get(&self.totals.entries),
@@ -529,57 +546,192 @@ fn add(counter: &std::sync::atomic::AtomicU64, delta: i64) {
     }
 }
 
-/// The last entry waiting for a key. The `+` keeps the index lookup but
-/// stops SQLite (built with `SQLITE_ENABLE_STAT4`) from recompiling the
-/// statement at every binding, which cost four times the lookup itself.
-pub(super) const LATEST_OF_KEY: &str = "SELECT max(entry) FROM entry_keys WHERE key = +?1";
+/// Writes the writer remembers for de-duplication.
+pub(super) const RECENT_WINDOW: usize = 4096;
 
-/// The entry `e` duplicates, if any: a waiting entry with the same route,
-/// method, path, keys and body that is the last entry of every one of its
-/// keys, with no barrier after it. Delivering it alone leaves the backend
-/// as delivering both would.
-fn find_duplicate(c: &Connection, e: &NewEntry) -> rusqlite::Result<Option<i64>> {
-    if e.keys.is_empty() || e.keys.iter().any(|k| k == BARRIER_KEY) {
-        return Ok(None);
-    }
-    let mut latest = c.prepare_cached(LATEST_OF_KEY)?;
-    let mut candidate: Option<i64> = None;
-    for key in &e.keys {
-        let last: Option<i64> = latest.query_row([key], |r| r.get(0))?;
-        match (last, candidate) {
-            (None, _) => return Ok(None),
-            (Some(l), Some(c)) if l != c => return Ok(None),
-            (Some(l), _) => candidate = Some(l),
-        }
-    }
-    let Some(found) = candidate.filter(|f| *f < e.ticket as i64) else {
-        return Ok(None);
-    };
-    let barrier: Option<i64> = latest.query_row([BARRIER_KEY], |r| r.get(0))?;
-    if barrier.is_some_and(|b| b > found) {
-        return Ok(None);
-    }
-    let same = c
-        .prepare_cached(
-            "SELECT route = ?2 AND method = ?3 AND path = ?4 AND body_bytes = ?5 AND body = ?6
-             FROM entries WHERE id = ?1",
-        )?
-        .query_row(
-            params![
-                found,
-                e.route,
-                e.method,
-                e.path,
-                e.body.len() as i64,
-                &e.body[..]
-            ],
-            |r| r.get::<_, bool>(0),
-        )
-        .optional()?;
-    Ok(same.unwrap_or(false).then_some(found))
+/// A stored write, as de-duplication needs it.
+struct RecentWrite {
+    id: i64,
+    keys: Box<[u64]>,
+    barrier: bool,
+    digest: u64,
 }
 
-fn append_one(c: &Connection, e: &NewEntry, delta: &mut Delta) -> rusqlite::Result<Appended> {
+/// The last [`RECENT_WINDOW`] writes stored, in commit order, indexed by
+/// key, and the highest id that left the window. An identical write is
+/// recognised when its original is still in the window — the SDK sends a
+/// failed batch again 0.2 s later — without an index on disk.
+#[derive(Default)]
+pub(super) struct Recent {
+    /// Ids in commit order (an id already forgotten is skipped).
+    order: std::collections::VecDeque<i64>,
+    writes: HashMap<i64, RecentWrite>,
+    /// Key → ids in the window that write it.
+    by_key: HashMap<u64, Vec<i64>>,
+    barriers: std::collections::BTreeSet<i64>,
+    /// No entry that left the window has a higher id.
+    horizon: i64,
+}
+
+fn digest(e: &NewEntry) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    for part in [
+        e.route.as_bytes(),
+        e.method.as_bytes(),
+        e.path.as_bytes(),
+        &e.body[..],
+    ] {
+        h.write_usize(part.len());
+        h.write(part);
+    }
+    h.finish()
+}
+
+fn hashed_keys(keys: &[String]) -> Box<[u64]> {
+    use std::hash::BuildHasher;
+    let mut out: Vec<u64> = keys
+        .iter()
+        .map(|k| foldhash::fast::FixedState::default().hash_one(k))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out.into_boxed_slice()
+}
+
+impl RecentWrite {
+    fn of(id: i64, e: &NewEntry) -> Self {
+        RecentWrite {
+            id,
+            keys: hashed_keys(&e.keys),
+            barrier: e.keys.iter().any(|k| k == BARRIER_KEY),
+            digest: digest(e),
+        }
+    }
+}
+
+impl Recent {
+    fn remember(&mut self, w: RecentWrite) {
+        while self.order.len() >= RECENT_WINDOW {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if self.writes.contains_key(&old) {
+                self.horizon = self.horizon.max(old);
+                self.forget(old);
+            }
+        }
+        self.order.push_back(w.id);
+        for k in w.keys.iter() {
+            self.by_key.entry(*k).or_default().push(w.id);
+        }
+        if w.barrier {
+            self.barriers.insert(w.id);
+        }
+        self.writes.insert(w.id, w);
+    }
+
+    /// An entry left the queue (or the window): a write identical to it is
+    /// a new write.
+    fn forget(&mut self, id: i64) {
+        let Some(w) = self.writes.remove(&id) else {
+            return;
+        };
+        for k in w.keys.iter() {
+            if let Some(ids) = self.by_key.get_mut(k) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.by_key.remove(k);
+                }
+            }
+        }
+        self.barriers.remove(&id);
+    }
+
+    /// The operator's tools may have changed the file: know nothing.
+    fn clear(&mut self, max_id: i64) {
+        *self = Recent {
+            horizon: self.horizon.max(max_id),
+            ..Recent::default()
+        };
+    }
+
+    /// The waiting entry `e` repeats, if any: same route, method, path,
+    /// body and keys, and the last entry — by ticket — of each of its keys,
+    /// with no barrier after it (the body is then compared byte for byte).
+    /// `in_batch`: writes stored earlier in the same transaction.
+    fn candidate(&self, in_batch: &[RecentWrite], e: &NewEntry) -> Option<i64> {
+        if !e.dedup || e.keys.is_empty() || e.keys.iter().any(|k| k == BARRIER_KEY) {
+            return None;
+        }
+        let keys = hashed_keys(&e.keys);
+        let mut last: Option<i64> = None;
+        for k in keys.iter() {
+            let in_window = self.by_key.get(k).and_then(|ids| ids.iter().max().copied());
+            let in_txn = in_batch
+                .iter()
+                .filter(|w| w.keys.binary_search(k).is_ok())
+                .map(|w| w.id)
+                .max();
+            let latest = in_window.max(in_txn)?;
+            match last {
+                Some(l) if l != latest => return None,
+                _ => last = Some(latest),
+            }
+        }
+        let last = last?;
+        let barrier = self
+            .barriers
+            .last()
+            .copied()
+            .max(in_batch.iter().filter(|w| w.barrier).map(|w| w.id).max());
+        let w = self
+            .writes
+            .get(&last)
+            .or_else(|| in_batch.iter().find(|w| w.id == last))?;
+        // An entry that left the window may come after it, and so may a
+        // barrier.
+        (last > self.horizon
+            && barrier.is_none_or(|b| b < last)
+            && last < e.ticket as i64
+            && *w.keys == *keys
+            && w.digest == digest(e))
+        .then_some(last)
+    }
+}
+
+/// Whether the stored entry `id` is the same request as `e`, byte for byte.
+fn same_request(c: &Connection, id: i64, e: &NewEntry) -> rusqlite::Result<bool> {
+    Ok(c.prepare_cached(
+        "SELECT route = ?2 AND method = ?3 AND path = ?4 AND body_bytes = ?5 AND body = ?6
+         FROM entries WHERE id = ?1",
+    )?
+    .query_row(
+        params![
+            id,
+            e.route,
+            e.method,
+            e.path,
+            e.body.len() as i64,
+            &e.body[..]
+        ],
+        |r| r.get::<_, bool>(0),
+    )
+    .optional()?
+    .unwrap_or(false))
+}
+
+fn append_one(
+    c: &Connection,
+    recent: &Recent,
+    e: &NewEntry,
+    delta: &mut Delta,
+) -> rusqlite::Result<Appended> {
+    let dup = recent
+        .candidate(&delta.stored, e)
+        .map(|id| same_request(c, id, e).map(|same| same.then_some(id)))
+        .transpose()?
+        .flatten();
     #[cfg(test)]
     if e.request_id == super::tests::FULL_AND_ROLLED_BACK {
         // What SQLite may do on SQLITE_FULL or SQLITE_IOERR: roll the
@@ -590,7 +742,7 @@ fn append_one(c: &Connection, e: &NewEntry, delta: &mut Delta) -> rusqlite::Resu
             Some("database or disk is full".into()),
         ));
     }
-    if let Some(dup) = find_duplicate(c, e)? {
+    if let Some(dup) = dup {
         // The newer credentials go with it.
         c.prepare_cached("UPDATE entries SET headers = ?2 WHERE id = ?1")?
             .execute(params![dup, e.headers])?;
@@ -619,6 +771,7 @@ fn append_one(c: &Connection, e: &NewEntry, delta: &mut Delta) -> rusqlite::Resu
         e.body.len() as i64,
     ])?;
     let id = c.last_insert_rowid();
+    delta.stored.push(RecentWrite::of(id, e));
     delta.entries += 1;
     delta.bytes += e.body.len() as i64;
     delta.ticket = delta.ticket.max(id);
@@ -633,6 +786,7 @@ fn remove_one(c: &Connection, id: i64, delta: &mut Delta) -> rusqlite::Result<()
     if let Some(len) = len {
         c.prepare_cached("DELETE FROM entries WHERE id = ?1")?
             .execute([id])?;
+        delta.removed.push(id);
         delta.entries -= 1;
         delta.bytes -= len;
     }
@@ -688,6 +842,7 @@ pub(super) fn apply_for_test(
         max_batch: 1024,
         frames: Arc::new(AtomicU64::new(0)),
         checkpoint_wait: 0,
+        recent: Recent::default(),
     };
     w.apply(batch);
     w.conn
