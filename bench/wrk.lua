@@ -8,6 +8,7 @@ local unique = os.getenv("UNIQUE") == "1"
 local body_file = os.getenv("BODY_FILE")
 local template
 local counter = 0
+local run = os.time()
 local tid = 0
 local next_tid = 0
 
@@ -36,7 +37,8 @@ function request()
       return wrk.format()
    end
    counter = counter + 1
-   local body = template:gsub("STEP_ID", "s" .. tid .. "-" .. counter)
+   -- The run's start time keeps ids unique across runs into one spool.
+   local body = template:gsub("STEP_ID", "s" .. run .. "-" .. tid .. "-" .. counter)
    return wrk.format(nil, nil, nil, body)
 end
 
