@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{LogFormat, Overrides};
+use crate::config::Overrides;
+use crate::telemetry::LogFormat;
 
 /// A local sidecar reverse proxy that makes a chat app's data-layer traffic
 /// reliable.

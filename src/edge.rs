@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
+use crate::admin::status::{ErrorEntry, StatusBoard};
 use crate::body::ResponseBody;
 use crate::breaker::Breaker;
 use crate::classify::{Class, Kind, Verdict};
@@ -42,6 +43,8 @@ pub struct EdgeShared {
     pub breaker: Breaker,
     /// Whether to write access lines.
     pub access_log: bool,
+    /// Outcomes and recent errors for the status page.
+    pub board: Arc<StatusBoard>,
 }
 
 /// Adds [`Edge`] to a stack.
@@ -222,7 +225,7 @@ impl AccessBody {
             None
         };
         if let Some(routed) = routed {
-            let m = r.shared.metrics.route(&routed.route);
+            let m = &routed.metrics;
             let verdict = if spooled {
                 Verdict::Success
             } else {
@@ -232,6 +235,19 @@ impl AccessBody {
             if let Some(reason) = not_retried {
                 m.not_retried(reason);
             }
+        }
+        let board = &r.shared.board;
+        if spooled {
+            board.spooled();
+        } else if class.is_failure() || r.error_code.is_some() {
+            board.failed(r.error_code.map(|code| ErrorEntry {
+                at_ms: crate::spool::store::now_ms(),
+                code,
+                route: routed.map_or_else(|| "-".to_string(), |x| x.route.name.to_string()),
+                status: r.status,
+            }));
+        } else {
+            board.answered();
         }
         if !r.shared.access_log {
             return;

@@ -78,6 +78,30 @@ pub struct UpstreamBodyError(#[source] pub hyper::Error);
 #[error("upstream sent an invalid response: {0}")]
 pub struct BadUpstreamResponse(pub String);
 
+/// A configuration value a runtime parameter type refused, naming the key
+/// (`routes[2].retry.max_attempts`) and the reason. Raised by the
+/// constructors that turn file values into parameters, so the check lives
+/// with the type that needs it; [`crate::config`] reports it as a config
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct InvalidParam {
+    /// Dotted path of the key.
+    pub key: String,
+    /// Why the value was refused.
+    pub message: String,
+}
+
+impl InvalidParam {
+    /// `key` is refused because `message`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        InvalidParam {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Whether `err` or anything in its source chain is an `E`.
 pub fn is_caused_by<E: std::error::Error + 'static>(
     err: &(dyn std::error::Error + 'static),

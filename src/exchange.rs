@@ -77,6 +77,8 @@ impl NotRetried {
 pub struct Routed {
     /// The matched route.
     pub route: Arc<Route>,
+    /// The route's metric handles (kept by name across reloads).
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
     /// The GraphQL operation, for GraphQL requests.
     pub operation: Option<Arc<Operation>>,
     /// Whether the request may be sent twice.

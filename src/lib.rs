@@ -34,6 +34,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod exchange;
+pub mod generation;
 pub mod graphql;
 pub mod metrics;
 pub mod proxy;

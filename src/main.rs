@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use datalayer_sidecar::cli::{Cli, Command};
-use datalayer_sidecar::config::Config;
+use datalayer_sidecar::config::{Config, Source};
 use datalayer_sidecar::{admin, sidecar, telemetry};
 use tokio::sync::watch;
 
@@ -18,7 +18,11 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cfg = match Config::load(cli.config.as_deref(), &cli.overrides()) {
+    let source = Source {
+        path: cli.config.clone(),
+        overrides: cli.overrides(),
+    };
+    let cfg = match source.load() {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("datalayer-sidecar: {e}");
@@ -27,12 +31,15 @@ fn main() -> ExitCode {
     };
     let opts = sidecar::Options {
         quarantine_corrupt_spool: cli.quarantine_corrupt_spool,
+        source: Some(source),
+        sighup: true,
     };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cfg),
         Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
         Some(Command::Explain { method, path, body }) => explain(&cfg, &method, &path, body),
-        Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg) {
+        Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg.spool.path)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("datalayer-sidecar: {e}");
@@ -56,8 +63,8 @@ fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cfg: Config, opts: sidecar::Options) -> ExitCode {
-    let _log = telemetry::init(&cfg.file.log);
-    let rt = match runtime(cfg.file.runtime.worker_threads) {
+    let _log = telemetry::init(&cfg.log);
+    let rt = match runtime(cfg.worker_threads) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
@@ -111,8 +118,8 @@ async fn wait_for_signal() {
 
 fn check_config(cfg: &Config) -> ExitCode {
     for (key, addr) in [
-        ("listen.address", cfg.file.listen.address),
-        ("admin.address", cfg.file.admin.address),
+        ("listen.address", cfg.listen.address),
+        ("admin.address", cfg.admin_address),
     ] {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             eprintln!("datalayer-sidecar: config key `{key}`: cannot listen on {addr}: {e}");
@@ -150,7 +157,8 @@ fn explain(cfg: &Config, method: &str, path: &str, body: Option<std::path::PathB
             }
         },
     };
-    let out = datalayer_sidecar::route::explain::explain(cfg, &method, path, &body);
+    let routes = datalayer_sidecar::route::Routes::new(cfg.routes.clone());
+    let out = datalayer_sidecar::route::explain::explain(&routes, &method, path, &body);
     println!("{out:#}");
     ExitCode::SUCCESS
 }
@@ -166,7 +174,7 @@ fn healthcheck(cfg: &Config, timeout: std::time::Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(admin::probe(cfg.file.admin.address, timeout)) {
+    match rt.block_on(admin::probe(cfg.admin_address, timeout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("datalayer-sidecar: unhealthy: {e}");

@@ -3,8 +3,8 @@
 //! `prometheus-client` keeps labelled series in a map behind a lock; looking
 //! one up per request would hash label strings on the hot path. Instead every
 //! series a request can touch (per route × status class × verdict) is created
-//! at start and kept in plain arrays indexed by the route's position, so the
-//! hot path is an index and an atomic add.
+//! once per config generation and handed to the request with its route, so
+//! the hot path is an index and an atomic add.
 
 use std::sync::Arc;
 
@@ -82,6 +82,19 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Failed requests not tried again so far, by reason.
+    pub fn not_retried_counts(&self) -> impl Iterator<Item = (NotRetried, u64)> + '_ {
+        NotRetried::ALL
+            .iter()
+            .zip(self.not_retried.iter())
+            .map(|(r, c)| (*r, c.get()))
+    }
+
     /// Count a finished request.
     pub fn request(&self, status: u16, verdict: Verdict, seconds: f64) {
         let sc = status_class(status);
@@ -186,11 +199,21 @@ pub struct PauseLabels {
     pub reason: String,
 }
 
+/// The per-route metric families; a route's series are made from them.
+#[derive(Debug)]
+struct RouteFamilies {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<LatencyLabels, Histogram>,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Family<RouteLabel, Counter>,
+    not_retried: Family<ReasonLabels, Counter>,
+}
+
 /// Every metric the sidecar exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    routes: Vec<RouteMetrics>,
+    families: RouteFamilies,
     /// Breaker state and transitions.
     pub breaker: BreakerMetrics,
     /// Retries available in the budget (set at scrape time).
@@ -201,11 +224,22 @@ pub struct Metrics {
     pub connections_total: Counter,
     /// Spool state and activity.
     pub spool: SpoolMetrics,
+    /// Config reloads, by result (`applied`, `invalid`).
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// The config generation in force (1 at start, +1 per applied reload).
+    pub generation: Gauge,
+}
+
+/// Labels of `reloads`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `applied` or `invalid`.
+    pub result: &'static str,
 }
 
 impl Metrics {
     /// Register every series for these routes.
-    pub fn new(routes: &[Arc<Route>]) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix(PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -236,55 +270,13 @@ impl Metrics {
             not_retried.clone(),
         );
 
-        let routes = routes
-            .iter()
-            .map(|r| {
-                let name = r.name.to_string();
-                RouteMetrics {
-                    requests: std::array::from_fn(|sc| {
-                        std::array::from_fn(|v| {
-                            series(
-                                &requests,
-                                &RequestLabels {
-                                    route: name.clone(),
-                                    status_class: STATUS_CLASSES[sc],
-                                    class: VERDICTS[v].as_str(),
-                                },
-                            )
-                        })
-                    }),
-                    latency: std::array::from_fn(|sc| {
-                        series(
-                            &latency,
-                            &LatencyLabels {
-                                route: name.clone(),
-                                status_class: STATUS_CLASSES[sc],
-                            },
-                        )
-                    }),
-                    retries: series(
-                        &retries,
-                        &RouteLabel {
-                            route: name.clone(),
-                        },
-                    ),
-                    not_retried: std::array::from_fn(|i| {
-                        series(
-                            &not_retried,
-                            &ReasonLabels {
-                                route: name.clone(),
-                                reason: NotRetried::ALL[i].as_str(),
-                            },
-                        )
-                    }),
-                    attempts: attempts.clone(),
-                    attempt_slots: (0..VERDICTS.len() * Kind::SLOTS)
-                        .map(|_| std::sync::OnceLock::new())
-                        .collect(),
-                    name,
-                }
-            })
-            .collect();
+        let families = RouteFamilies {
+            requests,
+            latency,
+            attempts,
+            retries,
+            not_retried,
+        };
 
         let breaker = BreakerMetrics::default();
         registry.register(
@@ -417,9 +409,26 @@ impl Metrics {
             ..spool
         };
 
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Config reloads (SIGHUP or POST /reload), by result",
+            reloads.clone(),
+        );
+        for result in ["applied", "invalid"] {
+            let _ = reloads.get_or_create(&ReloadLabels { result });
+        }
+        let generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "The config generation in force",
+            generation.clone(),
+        );
         Arc::new(Metrics {
+            reloads,
+            generation,
             registry,
-            routes,
+            families,
             breaker,
             budget_balance,
             connections_active,
@@ -428,10 +437,66 @@ impl Metrics {
         })
     }
 
-    /// Handles for `route`.
-    pub fn route(&self, route: &Route) -> &RouteMetrics {
-        // Routes are the ones the metrics were built from; index is their slot.
-        &self.routes[route.index.min(self.routes.len() - 1)]
+    /// Handles for each route of a table, in its order. A route keeps its
+    /// series across reloads (they are found by its name), so a reload
+    /// never resets a counter.
+    pub fn route_table(&self, routes: &[Arc<Route>]) -> Arc<[Arc<RouteMetrics>]> {
+        let RouteFamilies {
+            requests,
+            latency,
+            attempts,
+            retries,
+            not_retried,
+        } = &self.families;
+        routes
+            .iter()
+            .map(|r| {
+                let name = r.name.to_string();
+                Arc::new(RouteMetrics {
+                    requests: std::array::from_fn(|sc| {
+                        std::array::from_fn(|v| {
+                            series(
+                                requests,
+                                &RequestLabels {
+                                    route: name.clone(),
+                                    status_class: STATUS_CLASSES[sc],
+                                    class: VERDICTS[v].as_str(),
+                                },
+                            )
+                        })
+                    }),
+                    latency: std::array::from_fn(|sc| {
+                        series(
+                            latency,
+                            &LatencyLabels {
+                                route: name.clone(),
+                                status_class: STATUS_CLASSES[sc],
+                            },
+                        )
+                    }),
+                    retries: series(
+                        retries,
+                        &RouteLabel {
+                            route: name.clone(),
+                        },
+                    ),
+                    not_retried: std::array::from_fn(|i| {
+                        series(
+                            not_retried,
+                            &ReasonLabels {
+                                route: name.clone(),
+                                reason: NotRetried::ALL[i].as_str(),
+                            },
+                        )
+                    }),
+                    attempts: attempts.clone(),
+                    attempt_slots: (0..VERDICTS.len() * Kind::SLOTS)
+                        .map(|_| std::sync::OnceLock::new())
+                        .collect(),
+                    name,
+                })
+            })
+            .collect()
     }
 
     /// Prometheus text exposition of every metric.

@@ -1,28 +1,43 @@
-//! Wiring: build every shared piece from the config, bind the listeners,
-//! serve until shutdown, drain.
+//! Wiring: build a config generation's stack, bind the listeners, serve
+//! until shutdown, apply reloads in order, drain.
+//!
+//! One task applies reloads (SIGHUP and `POST /reload` queue to it), so two
+//! reloads never race and a reload asked for during one runs after it. A
+//! reload builds the next generation next to the one in force, carrying
+//! over every piece whose settings did not change — the breaker and its
+//! state, the retry budget, the upstream pool and its slots — and swaps it
+//! in; the spool and its worker keep running (the worker reads the new
+//! generation at its next delivery).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::proxy::forward::Target;
-use crate::spool::Spool;
-use crate::spool::drain::Drain;
-
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tower::Service;
 
-use crate::admin::{self, AdminState, Phase};
+use crate::admin::status::{SAMPLE_EVERY, StatusBoard};
+use crate::admin::{self, AdminState, AdminView, Phase};
 use crate::breaker::Breaker;
 use crate::classify::Classifier;
-use crate::config::Config;
-use crate::edge::EdgeShared;
-use crate::metrics::Metrics;
+use crate::config::{Config, Source};
+use crate::edge::{AccessBody, EdgeShared};
+use crate::error::Error;
+use crate::generation::{Current, Generation, Live, ReloadReport, ReloadRequest, Trigger};
+use crate::metrics::{Metrics, ReloadLabels};
 use crate::proxy::client::{self, Upstream};
 use crate::proxy::forward::PrepareShared;
 use crate::proxy::server;
 use crate::retry::RetryBudget;
 use crate::route::Routes;
+use crate::spool::Spool;
+use crate::spool::drain::{Drain, ReplayView};
+use crate::spool::store::now_ms;
 use crate::stack::{self, Shared};
 
 /// Why the sidecar could not start or stopped with an error.
@@ -65,10 +80,15 @@ pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Ru
 }
 
 /// Start-up choices that are not configuration.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Move a corrupt spool store aside and start with an empty one.
     pub quarantine_corrupt_spool: bool,
+    /// Where the config came from, so SIGHUP and `POST /reload` can read
+    /// it again (none: reloads are refused).
+    pub source: Option<Source>,
+    /// Reload on SIGHUP (the binary; tests in one process use `/reload`).
+    pub sighup: bool,
 }
 
 /// Run the sidecar until `shutdown` turns true, then drain and return.
@@ -77,8 +97,8 @@ pub async fn run(
     opts: Options,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let listener = bind("listen.address", cfg.file.listen.address).await?;
-    let admin_listener = bind("admin.address", cfg.file.admin.address).await?;
+    let listener = bind("listen.address", cfg.listen.address).await?;
+    let admin_listener = bind("admin.address", cfg.admin_address).await?;
     run_with_listeners(cfg, opts, listener, admin_listener, shutdown).await
 }
 
@@ -90,38 +110,200 @@ pub async fn run_with_listeners(
     admin_listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RunError> {
-    let file = &cfg.file;
+    serve_generations(cfg, opts, listener, admin_listener, shutdown, stack::build).await
+}
+
+/// The pieces that outlive every generation.
+struct Core {
+    metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    admin: Arc<AdminState>,
+    spool: Option<Spool>,
+    replay: Option<Arc<ArcSwap<ReplayView>>>,
+    worker: Option<JoinHandle<()>>,
+    worker_stop: watch::Receiver<bool>,
+    quarantine: bool,
+}
+
+impl Core {
+    /// Open the spool when a route of `cfg` spools and it is not open yet
+    /// (at start, or when a reload adds the first spooling route). Off the
+    /// async threads: checking a large store takes a while, and the admin
+    /// port must keep answering meanwhile.
+    async fn ensure_spool(&mut self, cfg: &Config) -> Result<(), RunError> {
+        if self.spool.is_some() || !cfg.routes.iter().any(|r| r.spools()) {
+            return Ok(());
+        }
+        self.admin.advance_phase(Phase::OpeningSpool);
+        let settings = cfg.spool.clone();
+        let sensitive = stack::sensitive_headers(&settings.api_key_header);
+        let metrics = self.metrics.spool.clone();
+        let quarantine = self.quarantine;
+        let spool = tokio::task::spawn_blocking(move || {
+            Spool::open(&settings, &sensitive, metrics, quarantine)
+        })
+        .await
+        .map_err(|e| RunError::Start(format!("opening the spool: {e}")))??;
+        tracing::info!(
+            path = %cfg.spool.path.display(),
+            waiting = spool.store().totals.entries.load(Ordering::Relaxed),
+            disk_bytes = spool.store().totals.disk_bytes.load(Ordering::Relaxed),
+            "spool open"
+        );
+        let _ = self.admin.spool.set(spool.clone());
+        self.spool = Some(spool);
+        Ok(())
+    }
+
+    /// The shared pieces of a generation for `cfg`, reusing those of
+    /// `prev` whose settings are unchanged.
+    fn shared(&self, cfg: &Config, prev: Option<(&Config, &Shared)>) -> Result<Shared, RunError> {
+        let routes = Routes::new(cfg.routes.clone());
+        let breaker = match prev {
+            Some((_, p)) if *p.breaker.params() == cfg.breaker => p.breaker.clone(),
+            _ => Breaker::new(cfg.breaker.clone(), self.metrics.breaker.clone()),
+        };
+        let budget = match prev {
+            Some((c, p)) if c.budget == cfg.budget => p.budget.clone(),
+            _ => Arc::new(RetryBudget::new(&cfg.budget)),
+        };
+        let same_pool = |c: &Config| {
+            client::UpstreamParams {
+                max_concurrent_requests: cfg.upstream.max_concurrent_requests,
+                ..c.upstream.clone()
+            } == cfg.upstream
+        };
+        let http = match prev {
+            Some((c, p)) if same_pool(c) => p.upstream.client().clone(),
+            _ => client::build(&cfg.upstream)?,
+        };
+        // Requests of the generation before keep the slots they hold; a
+        // new count starts a new set of slots.
+        let upstream_slots = match prev {
+            Some((c, p))
+                if c.upstream.max_concurrent_requests == cfg.upstream.max_concurrent_requests =>
+            {
+                p.upstream_slots.clone()
+            }
+            _ => Arc::new(tokio::sync::Semaphore::new(
+                cfg.upstream.max_concurrent_requests,
+            )),
+        };
+        let prepare = PrepareShared::new(
+            routes,
+            &cfg.upstream.target,
+            cfg.limits,
+            cfg.spool.commit_margin,
+            &self.metrics,
+        )
+        .map_err(|e| RunError::Start(e.to_string()))?;
+        Ok(Shared {
+            prepare: Arc::new(prepare),
+            edge: Arc::new(EdgeShared {
+                metrics: self.metrics.clone(),
+                breaker: breaker.clone(),
+                access_log: cfg.log.access,
+                board: self.board.clone(),
+            }),
+            classifier: Arc::new(Classifier::new(&cfg.classify)),
+            breaker,
+            budget,
+            metrics: self.metrics.clone(),
+            upstream: Upstream::new(http, cfg.classify.max_graphql_response),
+            spool: self.spool.clone(),
+            upstream_slots,
+            sensitive: stack::sensitive_headers(&cfg.spool.api_key_header),
+        })
+    }
+
+    /// Hand the replay worker this generation (starting it with the first
+    /// generation that has a spool).
+    fn replay(&mut self, cfg: &Config, shared: &Shared) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let view = Arc::new(ReplayView {
+            service: stack::replay_service(shared),
+            prepare: shared.prepare.clone(),
+            breaker: shared.breaker.clone(),
+            api_key: cfg.spool.replay_key.clone(),
+            replay: cfg.spool.replay.clone(),
+        });
+        spool.apply(&cfg.spool, &shared.sensitive);
+        match &self.replay {
+            Some(current) => current.store(view),
+            None => {
+                let current = Arc::new(ArcSwap::new(view));
+                let drain = Drain {
+                    spool: spool.clone(),
+                    view: current.clone(),
+                };
+                self.worker = Some(tokio::spawn(drain.run(self.worker_stop.clone())));
+                self.replay = Some(current);
+            }
+        }
+    }
+
+    fn admin_view<S>(&self, g: &Generation<S>, last_reload: Option<ReloadReport>) {
+        self.admin.view.store(Some(Arc::new(AdminView {
+            generation: g.number,
+            config_toml: g.config.to_toml(),
+            breaker: g.shared.breaker.clone(),
+            budget: g.shared.budget.clone(),
+            routes: g.shared.prepare.route_metrics.clone(),
+            upstream: g.shared.prepare.target.origin(),
+            last_reload,
+        })));
+        self.metrics.generation.set(g.number as i64);
+    }
+}
+
+/// Serve with the stack `build` makes for each generation.
+async fn serve_generations<S, F>(
+    cfg: Config,
+    opts: Options,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+    build: F,
+) -> Result<(), RunError>
+where
+    F: Fn(Shared) -> S + Copy + Send + Sync + 'static,
+    S: Service<Request<Incoming>, Response = Response<AccessBody>, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     for (key, addr) in [
-        ("listen.address", file.listen.address),
-        ("admin.address", file.admin.address),
+        ("listen.address", cfg.listen.address),
+        ("admin.address", cfg.admin_address),
     ] {
         if !addr.ip().is_loopback() {
             tracing::warn!(key, %addr, "listening beyond loopback: anything that can reach this address can use the sidecar");
         }
     }
-    let routes = Routes::new(cfg.routes.clone());
-    let metrics = Metrics::new(routes.all());
-    let breaker = Breaker::new(file.breaker.clone(), metrics.breaker.clone());
-    let budget = Arc::new(RetryBudget::new(
-        file.retry.budget_window,
-        file.retry.budget_min_per_sec,
-        file.retry.budget_ratio,
-    ));
-    let http = client::build(&file.upstream, &cfg.upstream)?;
-    let upstream = Upstream::new(http, file.classify.max_graphql_response.as_u64());
-    let prepare = PrepareShared::new(&cfg).map_err(|e| RunError::Start(e.to_string()))?;
-    let sensitive = stack::sensitive_headers(&file.spool.api_key_header);
+    // Before anything slow: until this handler exists, SIGHUP would end
+    // the process.
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
+    if opts.sighup {
+        spawn_sighup(reload_tx.clone())?;
+    }
+    let metrics = Metrics::new();
+    let board = Arc::new(StatusBoard::default());
 
     // The admin port answers from here on, so a startup probe sees the
     // phase (503) while the spool is opened and checked.
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
-        breaker: breaker.clone(),
-        budget: budget.clone(),
         spool: OnceLock::new(),
         phase: AtomicU8::new(Phase::Starting as u8),
-        config_toml: cfg.to_toml(),
+        view: ArcSwapOption::empty(),
+        board: board.clone(),
+        reload: opts.source.as_ref().map(|_| reload_tx.clone()),
     });
+    drop(reload_tx);
     let admin_local = admin_listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
@@ -135,95 +317,48 @@ pub async fn run_with_listeners(
         tracing::warn!(%warning, "config");
     }
 
-    // Opened before the listener serves anything: a store that cannot be
-    // opened is a refusal to start, never a silent loss later. Off the
-    // async threads: checking a large store takes a while, and the admin
-    // port must keep answering meanwhile.
-    let spool = if routes.all().iter().any(|r| r.spools()) {
-        admin_state.set_phase(Phase::OpeningSpool);
-        let (spool_cfg, sensitive, spool_metrics) =
-            (file.spool.clone(), sensitive.clone(), metrics.spool.clone());
-        let quarantine = opts.quarantine_corrupt_spool;
-        let spool = tokio::task::spawn_blocking(move || {
-            Spool::open(&spool_cfg, &sensitive, spool_metrics, quarantine)
-        })
-        .await
-        .map_err(|e| RunError::Start(format!("opening the spool: {e}")))??;
-        tracing::info!(
-            path = %file.spool.path.display(),
-            waiting = spool.store().totals.entries.load(Ordering::Relaxed),
-            disk_bytes = spool.store().totals.disk_bytes.load(Ordering::Relaxed),
-            "spool open"
-        );
-        let _ = admin_state.spool.set(spool.clone());
-        Some(spool)
-    } else {
-        None
-    };
-    let shared = Shared {
-        prepare: Arc::new(prepare),
-        edge: Arc::new(EdgeShared {
-            metrics: metrics.clone(),
-            breaker: breaker.clone(),
-            access_log: file.log.access,
-        }),
-        classifier: Arc::new(Classifier::new(&file.classify)),
-        breaker: breaker.clone(),
-        budget: budget.clone(),
-        metrics: metrics.clone(),
-        upstream,
-        spool: spool.clone(),
-        upstream_slots: Arc::new(tokio::sync::Semaphore::new(
-            file.upstream.max_concurrent_requests,
-        )),
-        sensitive,
-    };
-
     let (worker_stop_tx, worker_stop) = watch::channel(false);
-    let worker = spool.clone().map(|spool| {
-        let api_key = if file.spool.store_credentials {
-            None
-        } else {
-            file.spool.api_key.as_deref().and_then(|k| {
-                Some((
-                    http::HeaderName::from_bytes(file.spool.api_key_header.as_bytes()).ok()?,
-                    http::HeaderValue::from_str(k).ok()?,
-                ))
-            })
-        };
-        let drain = Drain {
-            spool,
-            service: stack::replay_service(&shared),
-            routes: routes.clone(),
-            target: Arc::new(
-                Target::new(&cfg.upstream).map_err(|e| RunError::Start(e.to_string()))?,
-            ),
-            breaker: shared.breaker.clone(),
-            api_key,
-            backoff: (
-                file.spool.replay_backoff_base,
-                file.spool.replay_backoff_max,
-            ),
-            concurrency: file.spool.replay_concurrency,
-            dead_letter_statuses: file.spool.dead_letter_statuses.clone(),
-        };
-        Ok::<_, RunError>(tokio::spawn(drain.run(worker_stop)))
-    });
-    let worker = worker.transpose()?;
+    let mut core = Core {
+        metrics: metrics.clone(),
+        board: board.clone(),
+        admin: admin_state.clone(),
+        spool: None,
+        replay: None,
+        worker: None,
+        worker_stop,
+        quarantine: opts.quarantine_corrupt_spool,
+    };
+    // Opened before the listener serves anything: a store that cannot be
+    // opened is a refusal to start, never a silent loss later.
+    core.ensure_spool(&cfg).await?;
+    let shared = core.shared(&cfg, None)?;
+    core.replay(&cfg, &shared);
+    let first = Generation {
+        number: 1,
+        service: build(shared.clone()),
+        config: Arc::new(cfg),
+        shared,
+    };
+    core.admin_view(&first, None);
+    let current: Current<S> = Arc::new(ArcSwap::from_pointee(first));
 
     let local = listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
-    tracing::info!(
-        listen = %local,
-        upstream = %cfg.file.upstream.url,
-        admin = %admin_local,
-        preset = cfg.file.preset.as_str(),
-        routes = routes.all().len(),
-        spool = spool.is_some(),
-        version = env!("CARGO_PKG_VERSION"),
-        "datalayer-sidecar started"
-    );
+    {
+        let g = current.load();
+        tracing::info!(
+            listen = %local,
+            upstream = %g.config.file.upstream.url,
+            admin = %admin_local,
+            preset = g.config.preset.as_str(),
+            routes = g.config.routes.len(),
+            spool = core.spool.is_some(),
+            reload = if opts.source.is_some() { "sighup, POST /reload" } else { "off" },
+            version = env!("CARGO_PKG_VERSION"),
+            "datalayer-sidecar started"
+        );
+    }
     // Listeners bound, spool open and checked, worker running.
     admin_state.set_phase(Phase::Serving);
 
@@ -234,28 +369,193 @@ pub async fn run_with_listeners(
         server::shutdown_requested(&mut watch_ready).await;
         ready_state.set_phase(Phase::Draining);
     });
+    let sampler = tokio::spawn(sample(board.clone(), admin_state.clone()));
 
+    // The one task that applies reloads, in the order they were asked for.
+    let reloader = {
+        let current = current.clone();
+        let source = opts.source.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = tokio::select! {
+                    r = reload_rx.recv() => match r {
+                        Some(r) => r,
+                        None => break,
+                    },
+                    () = server::shutdown_requested(&mut stop) => break,
+                };
+                let report = match &source {
+                    Some(source) => reload(&mut core, &current, source, req.trigger, build).await,
+                    None => continue,
+                };
+                if let Some(reply) = req.reply {
+                    let _ = reply.send(report);
+                }
+            }
+            core
+        })
+    };
+
+    let grace_of = current.clone();
     server::serve(
         listener,
-        &cfg.file.listen,
-        |peer| stack::build(&shared, Some(peer)),
+        &current.load().config.listen.clone(),
+        |peer| Live::new(current.clone(), peer),
         metrics,
         shutdown,
-        cfg.file.shutdown.grace_period,
+        move || grace_of.load().config.shutdown_grace,
     )
     .await;
 
     // Live requests are done (or past the grace period); now the replay
     // worker stops between entries, then the store's writer finishes its
     // queue and checkpoints when the last handle is dropped.
+    let core = reloader
+        .await
+        .map_err(|e| RunError::Start(format!("reload task: {e}")))?;
+    sampler.abort();
     let _ = worker_stop_tx.send(true);
+    let Core { worker, spool, .. } = core;
     if let Some(w) = worker {
         let _ = w.await;
     }
-    drop(shared);
+    drop(current);
     drop(spool);
     let _ = admin_stop_tx.send(true);
     let _ = admin_task.await;
     tracing::info!("datalayer-sidecar stopped");
     Ok(())
+}
+
+/// Apply one reload: read, validate, build, swap. An invalid config, or a
+/// generation that cannot be built (a CA file that does not parse, a spool
+/// that cannot be opened), changes nothing.
+async fn reload<S, F>(
+    core: &mut Core,
+    current: &Current<S>,
+    source: &Source,
+    trigger: Trigger,
+    build: F,
+) -> ReloadReport
+where
+    F: Fn(Shared) -> S,
+{
+    let cur = current.load_full();
+    let refused = |error: String, key: Option<String>| ReloadReport {
+        result: "invalid",
+        generation: cur.number,
+        trigger,
+        at_ms: now_ms(),
+        restart_needed: Vec::new(),
+        error: Some(error),
+        key,
+    };
+    let next = source.load().and_then(|next| cur.config.reload(next));
+    let (next, restart_needed) = match next {
+        Ok(n) => n,
+        Err(e) => {
+            let report = refused(e.to_string(), e.key_name().map(str::to_string));
+            return finish(core, &cur, report);
+        }
+    };
+    let built = match core.ensure_spool(&next).await {
+        Ok(()) => core.shared(&next, Some((&cur.config, &cur.shared))),
+        Err(e) => Err(e),
+    };
+    let shared = match built {
+        Ok(s) => s,
+        Err(e) => return finish(core, &cur, refused(e.to_string(), None)),
+    };
+    core.replay(&next, &shared);
+    crate::telemetry::apply(&next.log);
+    let number = cur.number + 1;
+    let next = Generation {
+        number,
+        service: build(shared.clone()),
+        config: Arc::new(next),
+        shared,
+    };
+    let report = ReloadReport {
+        result: "applied",
+        generation: number,
+        trigger,
+        at_ms: now_ms(),
+        restart_needed,
+        error: None,
+        key: None,
+    };
+    core.admin_view(&next, Some(report.clone()));
+    current.store(Arc::new(next));
+    for warning in &current.load().config.warnings {
+        tracing::warn!(%warning, "config");
+    }
+    core.metrics
+        .reloads
+        .get_or_create(&ReloadLabels { result: "applied" })
+        .inc();
+    tracing::info!(
+        generation = number,
+        trigger = ?trigger,
+        restart_needed = ?report.restart_needed,
+        "config reloaded"
+    );
+    report
+}
+
+/// Record a refused reload: the generation in force stays.
+fn finish<S>(core: &Core, cur: &Generation<S>, report: ReloadReport) -> ReloadReport {
+    core.metrics
+        .reloads
+        .get_or_create(&ReloadLabels { result: "invalid" })
+        .inc();
+    tracing::error!(
+        generation = cur.number,
+        trigger = ?report.trigger,
+        key = report.key.as_deref().unwrap_or("-"),
+        error = report.error.as_deref().unwrap_or("-"),
+        "config reload refused; still serving the generation in force"
+    );
+    core.admin_view(cur, Some(report.clone()));
+    report
+}
+
+/// Queue a reload on every SIGHUP.
+fn spawn_sighup(tx: mpsc::UnboundedSender<ReloadRequest>) -> Result<(), RunError> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = signal(SignalKind::hangup())
+            .map_err(|e| RunError::Start(format!("cannot listen for SIGHUP: {e}")))?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                if tx
+                    .send(ReloadRequest {
+                        trigger: Trigger::Sighup,
+                        reply: None,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = tx;
+    Ok(())
+}
+
+/// Feed the status page's chart and last-minute figures.
+async fn sample(board: Arc<StatusBoard>, admin: Arc<AdminState>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let depth = admin
+            .spool
+            .get()
+            .map_or(0, |s| s.store().totals.entries.load(Ordering::Relaxed));
+        board.sample(depth);
+    }
 }

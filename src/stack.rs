@@ -3,7 +3,6 @@
 //! A request goes down this list and its response comes back up it. Every
 //! layer says why it stands where it does.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
@@ -30,7 +29,10 @@ use crate::spool::drain::ReplayService;
 use crate::spool::{Spool, SpoolLayer};
 use crate::timeout::TimeoutLayer;
 
-/// Everything the layers share across connections.
+/// Everything the layers of one config generation share across
+/// connections. Built once per generation; the pieces whose settings did
+/// not change (breaker, budget, upstream pool, slots, spool) are the same
+/// values as in the generation before.
 #[derive(Debug, Clone)]
 pub struct Shared {
     /// Routing and request rewrite.
@@ -77,25 +79,25 @@ impl MakeRequestId for FastRequestId {
 
 /// The credential headers never to print: always these, plus the header the
 /// spool replays a key in.
-pub fn sensitive_headers(extra: &str) -> Arc<[HeaderName]> {
+pub fn sensitive_headers(extra: &HeaderName) -> Arc<[HeaderName]> {
     let mut v = vec![
         AUTHORIZATION,
         PROXY_AUTHORIZATION,
         COOKIE,
         HeaderName::from_static("x-api-key"),
     ];
-    if let Ok(h) = HeaderName::from_bytes(extra.as_bytes())
-        && !v.contains(&h)
-    {
-        v.push(h);
+    if !v.contains(extra) {
+        v.push(extra.clone());
     }
     v.into()
 }
 
-/// The service for one client connection from `peer`.
+/// The whole stack for one config generation, shared by every connection
+/// (the client's address travels in the request as [`ClientIp`]).
+///
+/// [`ClientIp`]: crate::proxy::forward::ClientIp
 pub fn build(
-    shared: &Shared,
-    peer: Option<SocketAddr>,
+    shared: Shared,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<AccessBody>,
@@ -103,6 +105,7 @@ pub fn build(
     Future = impl Send + 'static,
 > + Clone
 + Send
++ Sync
 + 'static {
     ServiceBuilder::new()
         // Mark credentials sensitive before anything can see them, so no
@@ -120,18 +123,18 @@ pub fn build(
         .layer(EdgeLayer::new(shared.edge.clone()))
         // Read the body, parse GraphQL, pick the route, rewrite the head for
         // the one upstream. Everything below knows the route's policy.
-        .layer(PrepareLayer::new(shared.prepare.clone(), peer))
+        .layer(PrepareLayer::new(shared.prepare.clone()))
         // Outside the deadline: a write that cannot be delivered in time is
         // committed locally and acknowledged before the client gives up.
         .layer(SpoolLayer::new(shared.spool.clone()))
-        .service(delivery(shared))
+        .service(delivery(shared.clone()))
 }
 
 /// The layers that deliver one request to the upstream: the part of the
 /// stack below the spool, shared by live traffic and the spool's replays so
 /// both are paced by the same breaker and budget.
 pub fn delivery(
-    shared: &Shared,
+    shared: Shared,
 ) -> impl Service<
     Request<crate::body::RequestBody>,
     Response = Response<crate::body::ResponseBody>,
@@ -158,14 +161,12 @@ pub fn delivery(
         .layer(RetryLayer::new(RetryPolicy::new(
             shared.budget.clone(),
             shared.breaker.clone(),
-            shared.metrics.clone(),
         )))
         // Judge each attempt once, for retry, breaker, metrics and logs;
         // above the per-try timeout so a timeout is judged like any failure.
         .layer(ClassifyLayer::new(
             shared.classifier.clone(),
             shared.breaker.clone(),
-            shared.metrics.clone(),
         ))
         // Bound one attempt (clamped to the deadline) so a hung upstream
         // costs one try, not the whole request.
@@ -175,5 +176,5 @@ pub fn delivery(
 
 /// [`delivery`], boxed for the spool's replay worker.
 pub fn replay_service(shared: &Shared) -> ReplayService {
-    ReplayService::new(delivery(shared))
+    ReplayService::new(delivery(shared.clone()))
 }

@@ -33,8 +33,6 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{LogFile, LogFormat};
-
 /// How often the buffer is written out.
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Write out early past this many bytes. The buffer and the one being
@@ -152,23 +150,78 @@ impl Drop for LogGuard {
     }
 }
 
+/// Log line format.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line (for containers and log shippers).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The logging settings, checked by the config (`[log]`).
+#[derive(Debug, Clone)]
+pub struct LogParams {
+    /// `json` or `text` (needs a restart to change).
+    pub format: LogFormat,
+    /// The parsed filter.
+    pub level: Targets,
+    /// Whether access lines are written.
+    pub access: bool,
+}
+
+impl PartialEq for LogParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.format == other.format
+            && self.access == other.access
+            && self.level.to_string() == other.level.to_string()
+    }
+}
+
+/// Changes the filter of the installed subscriber (a reload of `[log]`).
+type FilterHandle = tracing_subscriber::reload::Handle<Targets, tracing_subscriber::Registry>;
+
+/// The handle of the subscriber [`init`] installed, if it did.
+static FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// The filter for `log`: `RUST_LOG` when set, else `log.level`; access
+/// lines off unless `log.access`.
+fn filter_of(log: &LogParams) -> Targets {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| log.level.clone());
+    if log.access {
+        filter
+    } else {
+        filter.with_target("access", LevelFilter::OFF)
+    }
+}
+
+/// Apply a reloaded `log.level` / `log.access` to the running subscriber
+/// (the format needs a restart). A no-op when [`init`] did not install it
+/// (tests running the sidecar in process).
+pub fn apply(log: &LogParams) {
+    if let Some(handle) = FILTER.get()
+        && let Err(e) = handle.reload(filter_of(log))
+    {
+        tracing::warn!(error = %e, "cannot apply the new log filter");
+    }
+}
+
 /// Install the global subscriber. `RUST_LOG`, when set, replaces `log.level`.
 ///
 /// Filters are `target=level` lists (`info,datalayer_sidecar=debug`),
 /// matched with `tracing-subscriber`'s `Targets` rather than `EnvFilter`:
 /// the same syntax minus span-field filters, without pulling a regex
 /// engine into a binary whose resident size is part of its footprint.
-pub fn init(log: &LogFile) -> LogGuard {
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .or_else(|| log.level.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    let filter = if log.access {
-        filter
-    } else {
-        filter.with_target("access", LevelFilter::OFF)
-    };
+pub fn init(log: &LogParams) -> LogGuard {
+    // Reloadable, so a config reload can change the level without a
+    // restart; the lock it reads per event is uncontended.
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter_of(log));
     let shared = Arc::new(Shared::default());
     let flusher = shared.clone();
     let thread = std::thread::Builder::new()
@@ -194,8 +247,11 @@ pub fn init(log: &LogFile) -> LogGuard {
             )
             .try_init(),
     };
-    if let Err(e) = result {
-        eprintln!("logging was already initialised: {e}");
+    match result {
+        Ok(()) => {
+            let _ = FILTER.set(handle);
+        }
+        Err(e) => eprintln!("logging was already initialised: {e}"),
     }
     LogGuard { shared, thread }
 }

@@ -96,14 +96,19 @@ where
                 }
             }
             (Some(r), Scope::Deadline) => (r.deadline, Scope::Deadline, r.route.deadline),
-            // Unrouted requests never reach these layers; be safe anyway.
+            // Prepare routes every request before it gets here; one that
+            // was not has no deadline to keep, so it is not sent at all.
             (None, scope) => {
-                let d = Duration::from_secs(30);
-                (Instant::now() + d, scope, d)
+                return ResponseFuture {
+                    inner: None,
+                    sleep: tokio::time::sleep_until(Instant::now()),
+                    scope,
+                    label: Duration::ZERO,
+                };
             }
         };
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner: Some(self.inner.call(req)),
             sleep: tokio::time::sleep_until(until),
             scope,
             label,
@@ -115,8 +120,9 @@ pin_project! {
     /// Response future of [`Timeout`].
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
+        // `None` for a request that was never routed.
         #[pin]
-        inner: F,
+        inner: Option<F>,
         #[pin]
         sleep: Sleep,
         scope: Scope,
@@ -132,7 +138,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(out) = this.inner.poll(cx) {
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Err(
+                "internal: a request reached the timeout layer unrouted".into(),
+            ));
+        };
+        if let Poll::Ready(out) = inner.poll(cx) {
             return Poll::Ready(out);
         }
         match this.sleep.poll(cx) {

@@ -384,6 +384,7 @@ async fn corrupt_store_refuses_to_start_unless_quarantined() {
 
     let opts = datalayer_sidecar::sidecar::Options {
         quarantine_corrupt_spool: true,
+        ..Default::default()
     };
     let sc = Sidecar::start_opts(cfg, tempfile::tempdir().unwrap(), opts).await;
     let a = write(sc.addr, "q1", "fresh store").await;

@@ -10,7 +10,12 @@
 //! - `GET /metrics` — Prometheus text exposition.
 //! - `GET /breaker` — the circuit breaker's state as JSON.
 //! - `GET /spool`   — the spool's depth, age and counters as JSON.
-//! - `GET /config`  — the effective configuration (secrets redacted), TOML.
+//! - `GET /config`  — the effective configuration (secrets redacted), TOML,
+//!   headed by the generation in force.
+//! - `GET /`        — the status page ([`status`]).
+//! - `POST /reload` — read the config file and environment again and apply
+//!   them; answers the [`ReloadReport`] as JSON (200 applied, 422 invalid,
+//!   503 while starting or when the sidecar has no file to reload).
 //!
 //! It is served by hyper directly, not through the proxy stack: it must
 //! answer even when the stack is saturated or the upstream is down.
@@ -31,8 +36,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub mod status;
+
 use crate::breaker::Breaker;
-use crate::metrics::Metrics;
+use crate::generation::{ReloadReport, ReloadRequest, ReloadSender, Trigger};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::server::shutdown_requested;
 use crate::retry::RetryBudget;
 use crate::spool::Spool;
@@ -77,22 +85,47 @@ impl Phase {
 pub struct AdminState {
     /// All metrics.
     pub metrics: Arc<Metrics>,
-    /// The breaker.
-    pub breaker: Breaker,
-    /// The retry budget (its balance is exported at scrape time).
-    pub budget: Arc<RetryBudget>,
     /// The spool, once open (when a route spools).
     pub spool: OnceLock<Spool>,
     /// The current [`Phase`].
     pub phase: AtomicU8,
+    /// The generation in force, once the first one is built.
+    pub view: arc_swap::ArcSwapOption<AdminView>,
+    /// Outcomes and recent errors for the status page.
+    pub board: Arc<status::StatusBoard>,
+    /// Where `POST /reload` queues its request.
+    pub reload: Option<ReloadSender>,
+}
+
+/// One config generation as the admin endpoints show it.
+#[derive(Debug)]
+pub struct AdminView {
+    /// The generation's number.
+    pub generation: u64,
     /// The effective config as TOML, secrets redacted.
     pub config_toml: String,
+    /// The breaker in force.
+    pub breaker: Breaker,
+    /// The retry budget in force (its balance is exported at scrape time).
+    pub budget: Arc<RetryBudget>,
+    /// The routes' metric handles.
+    pub routes: Arc<[Arc<RouteMetrics>]>,
+    /// The upstream's origin.
+    pub upstream: String,
+    /// How the last reload ended.
+    pub last_reload: Option<ReloadReport>,
 }
 
 impl AdminState {
     /// Move to `phase`.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// Move to `phase` unless already past it (a reload that opens the
+    /// spool must not take readiness back).
+    pub fn advance_phase(&self, phase: Phase) {
+        self.phase.fetch_max(phase as u8, Ordering::AcqRel);
     }
 
     /// The current phase.
@@ -109,13 +142,69 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     r
 }
 
+fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn starting(state: &AdminState) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": "starting", "phase": state.phase().as_str()}),
+    )
+}
+
+async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
+    let Some(tx) = &state.reload else {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"result": "unavailable", "error": "this sidecar was started without a config source to reload"}),
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued = tx.send(ReloadRequest {
+        trigger: Trigger::Http,
+        reply: Some(reply),
+    });
+    let report = match queued {
+        Ok(()) => answer.await.ok(),
+        Err(_) => None,
+    };
+    match report {
+        Some(r) => {
+            let status = if r.result == "applied" {
+                StatusCode::OK
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            json(status, &serde_json::to_value(&r).unwrap_or_default())
+        }
+        None => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"result": "unavailable", "error": "the sidecar is shutting down"}),
+        ),
+    }
+}
+
 async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            return json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &serde_json::json!({"error": "use POST /reload"}),
+            );
+        }
+        return reload(&state).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({"error": "only GET is supported"}),
+            &serde_json::json!({"error": "only GET is supported (and POST /reload)"}),
         );
     }
+    let view = state.view.load_full();
     match req.uri().path() {
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => {
@@ -131,23 +220,24 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
             )
         }
         "/metrics" => {
-            state.metrics.budget_balance.set(state.budget.balance());
+            if let Some(v) = &view {
+                state.metrics.budget_balance.set(v.budget.balance());
+            }
             if let Some(spool) = state.spool.get() {
                 spool.refresh_metrics().await;
             }
-            let mut r = Response::new(Full::new(Bytes::from(state.metrics.encode())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            r
+            text(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.encode(),
+            )
         }
-        "/breaker" => json(
-            StatusCode::OK,
-            &serde_json::to_value(state.breaker.snapshot()).unwrap_or_default(),
-        ),
+        "/breaker" => match &view {
+            Some(v) => json(
+                StatusCode::OK,
+                &serde_json::to_value(v.breaker.snapshot()).unwrap_or_default(),
+            ),
+            None => starting(&state),
+        },
         "/spool" => match state.spool.get() {
             Some(spool) => match spool.stats().await {
                 Ok(stats) => json(
@@ -159,28 +249,49 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
                     &serde_json::json!({"error": e.to_string()}),
                 ),
             },
-            None if state.phase() < Phase::Serving => json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "starting", "phase": state.phase().as_str()}),
-            ),
+            None if state.phase() < Phase::Serving => starting(&state),
             None => json(
                 StatusCode::NOT_FOUND,
                 &serde_json::json!({"error": "no route spools; the spool is not open"}),
             ),
         },
-        "/config" => {
-            let mut r = Response::new(Full::new(Bytes::from(state.config_toml.clone())));
-            r.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("application/toml; charset=utf-8"),
-            );
-            r
-        }
+        "/config" => match &view {
+            Some(v) => text(
+                "application/toml; charset=utf-8",
+                format!("# generation {}\n{}", v.generation, v.config_toml),
+            ),
+            None => starting(&state),
+        },
+        "/" => match &view {
+            Some(v) => {
+                let spool = match state.spool.get() {
+                    Some(s) => Some(s.stats().await.map_err(|e| e.to_string())),
+                    None => None,
+                };
+                let page = status::render(&status::PageInput {
+                    board: &state.board,
+                    breaker: v.breaker.snapshot(),
+                    spool,
+                    routes: &v.routes,
+                    generation: v.generation,
+                    last_reload: v.last_reload.clone(),
+                    upstream: v.upstream.clone(),
+                    phase: state.phase().as_str(),
+                });
+                let mut r = text("text/html; charset=utf-8", page);
+                r.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                );
+                r
+            }
+            None => starting(&state),
+        },
         _ => json(
             StatusCode::NOT_FOUND,
             &serde_json::json!({
                 "error": "not found",
-                "endpoints": ["/healthz", "/readyz", "/metrics", "/breaker", "/spool", "/config"],
+                "endpoints": ["/", "/healthz", "/readyz", "/metrics", "/breaker", "/spool", "/config", "POST /reload"],
             }),
         ),
     }

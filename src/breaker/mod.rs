@@ -32,7 +32,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::classify::Class;
-use crate::config::BreakerFile;
 
 pub use gate::{BreakerGate, BreakerGateLayer};
 
@@ -84,6 +83,27 @@ pub enum Admission {
     Rejected(Duration),
 }
 
+/// The breaker's settings, checked by the config (`[breaker]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerParams {
+    /// Whether the breaker is on at all.
+    pub enabled: bool,
+    /// Sliding window over which the failure rate is computed.
+    pub window: Duration,
+    /// Calls in the window before the failure rate can trip the breaker.
+    pub min_calls: u32,
+    /// Failure rate (0..=1] in the window that trips the breaker.
+    pub failure_rate: f64,
+    /// Consecutive transient failures that trip the breaker (0 = off).
+    pub consecutive_failures: u32,
+    /// How long the breaker stays open before letting probes through.
+    pub open_for: Duration,
+    /// Longest open time, also the cap on an upstream's `Retry-After`.
+    pub max_open_for: Duration,
+    /// Requests let through at once while probing.
+    pub probes: u32,
+}
+
 /// Breaker metrics handles.
 #[derive(Debug, Clone, Default)]
 pub struct BreakerMetrics {
@@ -116,11 +136,13 @@ struct Machine {
     probes_in_flight: u32,
     probe_successes: u32,
     last_reason: &'static str,
+    /// When the current state began, ms since the Unix epoch.
+    since_ms: i64,
 }
 
 #[derive(Debug)]
 struct Shared {
-    cfg: BreakerFile,
+    cfg: BreakerParams,
     bucket_len: Duration,
     state: AtomicU8,
     machine: Mutex<Machine>,
@@ -154,11 +176,15 @@ pub struct Snapshot {
     pub probe_successes: u32,
     /// Why the breaker last opened.
     pub last_trip_reason: &'static str,
+    /// When the current state began, ms since the Unix epoch (the start of
+    /// this breaker's settings, if it never changed state).
+    pub since_ms: i64,
 }
 
 impl Breaker {
     /// A shut breaker with these settings.
-    pub fn new(cfg: BreakerFile, metrics: BreakerMetrics) -> Self {
+    pub fn new(cfg: BreakerParams, metrics: BreakerMetrics) -> Self {
+        metrics.state.set(State::Shut as i64);
         let bucket_len = (cfg.window / BUCKETS as u32).max(Duration::from_millis(1));
         let now = Instant::now();
         Breaker {
@@ -175,6 +201,7 @@ impl Breaker {
                     probes_in_flight: 0,
                     probe_successes: 0,
                     last_reason: "",
+                    since_ms: crate::spool::store::now_ms(),
                 }),
                 metrics,
             }),
@@ -184,6 +211,11 @@ impl Breaker {
     /// The current state (one atomic load).
     pub fn state(&self) -> State {
         State::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    /// The settings it was built with.
+    pub fn params(&self) -> &BreakerParams {
+        &self.shared.cfg
     }
 
     /// Whether the breaker is on.
@@ -298,6 +330,7 @@ impl Breaker {
                 probes_in_flight: 0,
                 probe_successes: 0,
                 last_trip_reason: "",
+                since_ms: 0,
             };
         };
         let now = Instant::now();
@@ -316,6 +349,7 @@ impl Breaker {
             probes_in_flight: m.probes_in_flight,
             probe_successes: m.probe_successes,
             last_trip_reason: m.last_reason,
+            since_ms: m.since_ms,
         }
     }
 
@@ -354,6 +388,7 @@ impl Breaker {
             return;
         }
         m.state = to;
+        m.since_ms = crate::spool::store::now_ms();
         m.probes_in_flight = 0;
         m.probe_successes = 0;
         if to == State::Shut {

@@ -3,8 +3,8 @@ use std::time::Duration;
 use super::*;
 use crate::classify::{Kind, Verdict};
 
-fn cfg() -> BreakerFile {
-    BreakerFile {
+fn cfg() -> BreakerParams {
+    BreakerParams {
         enabled: true,
         window: Duration::from_secs(10),
         min_calls: 10,

@@ -17,7 +17,6 @@ use crate::body::ResponseBody;
 use crate::breaker::Breaker;
 use crate::error::Error;
 use crate::exchange::{self, Exchange};
-use crate::metrics::Metrics;
 
 /// Adds [`Classify`] to a stack.
 #[derive(Debug, Clone)]
@@ -31,17 +30,16 @@ pub struct ClassifyLayer {
 struct ClassifyShared {
     classifier: Arc<Classifier>,
     breaker: Breaker,
-    metrics: Arc<Metrics>,
 }
 
 impl ClassifyLayer {
-    /// Classify with `classifier`, reporting to `breaker` and `metrics`.
-    pub fn new(classifier: Arc<Classifier>, breaker: Breaker, metrics: Arc<Metrics>) -> Self {
+    /// Classify with `classifier`, reporting to `breaker` and the route's
+    /// metrics.
+    pub fn new(classifier: Arc<Classifier>, breaker: Breaker) -> Self {
         ClassifyLayer {
             shared: Arc::new(ClassifyShared {
                 classifier,
                 breaker,
-                metrics,
             }),
         }
     }
@@ -157,7 +155,7 @@ where
             if routed.route.breaker && class.kind != Kind::CircuitOpen {
                 layer.breaker.record(&class);
             }
-            layer.metrics.route(&routed.route).attempt(&class);
+            routed.metrics.attempt(&class);
         }
         if class.verdict != Verdict::Success {
             tracing::debug!(

@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::config::ClassifyFile;
 use crate::error::{self, Error};
 
 /// What the outcome means for the request.
@@ -321,6 +320,46 @@ impl std::error::Error for Classified {
     }
 }
 
+/// What is transient, checked by the config (`[classify]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassifyParams {
+    /// HTTP statuses (100..=599) that are transient failures.
+    pub transient_statuses: Vec<u16>,
+    /// GraphQL `errors[].extensions.code` values that are transient.
+    pub transient_graphql_codes: Vec<String>,
+    /// Words that make an item's `ok: false` permanent (lowercase).
+    pub permanent_item_messages: Vec<String>,
+    /// Largest GraphQL response body read to classify it.
+    pub max_graphql_response: u64,
+}
+
+impl Default for ClassifyParams {
+    /// The shipped `[classify]` defaults.
+    fn default() -> Self {
+        ClassifyParams {
+            transient_statuses: vec![429, 502, 503, 504],
+            transient_graphql_codes: [
+                "INTERNAL_SERVER_ERROR",
+                "SERVICE_UNAVAILABLE",
+                "TIMEOUT",
+                "TOO_MANY_REQUESTS",
+            ]
+            .map(String::from)
+            .to_vec(),
+            permanent_item_messages: [
+                "invalid",
+                "validation",
+                "unauthorized",
+                "forbidden",
+                "not allowed",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_graphql_response: 1024 * 1024,
+        }
+    }
+}
+
 /// Classifies responses by status and, for GraphQL exchanges, by body.
 #[derive(Debug, Clone)]
 pub struct Classifier {
@@ -330,8 +369,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Build from the `[classify]` section.
-    pub fn new(cfg: &ClassifyFile) -> Self {
+    /// Build from the `[classify]` settings.
+    pub fn new(cfg: &ClassifyParams) -> Self {
         let mut transient_status = Box::new([false; 600]);
         for &s in &cfg.transient_statuses {
             if let Some(slot) = transient_status.get_mut(s as usize) {
@@ -713,7 +752,7 @@ mod tests {
     use super::*;
 
     fn classifier() -> Classifier {
-        Classifier::new(&ClassifyFile::default())
+        Classifier::new(&ClassifyParams::default())
     }
 
     #[test]

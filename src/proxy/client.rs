@@ -7,9 +7,11 @@
 //! resolver so [`crate::classify`] can tell them from TCP failures.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{self, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper_rustls::HttpsConnector;
@@ -21,11 +23,43 @@ use tower::Service;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::DnsError;
-use crate::config::{TlsRoots, UpstreamFile, UpstreamTarget};
 use crate::error::Error;
 use crate::exchange;
+use crate::proxy::UpstreamTarget;
 use crate::proxy::forward::strip_hop_by_hop;
 use crate::proxy::pool::{Pool, PoolConfig};
+
+/// Which root certificates verify the upstream's TLS certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsRoots {
+    /// Mozilla's roots compiled into the binary (works in a scratch image).
+    Webpki,
+    /// The operating system's trust store.
+    Platform,
+}
+
+/// The upstream's settings, checked by the config (`[upstream]`). Equal
+/// settings across a reload keep the pool and its connections.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamParams {
+    /// The one origin.
+    pub target: UpstreamTarget,
+    /// TCP connect (and TLS handshake) must finish within this time.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections are closed after this time.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept in the pool.
+    pub pool_max_idle: usize,
+    /// Requests in flight to the upstream at once.
+    pub max_concurrent_requests: usize,
+    /// Offer HTTP/2 through ALPN on TLS connections.
+    pub http2: bool,
+    /// Root certificates trusted for the upstream.
+    pub tls_roots: TlsRoots,
+    /// Extra PEM CA certificates.
+    pub ca_file: Option<PathBuf>,
+}
 
 /// Opens TCP (and TLS) connections to the upstream.
 pub type Connector = HttpsConnector<HttpConnector<Resolver>>;
@@ -84,7 +118,7 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
 }
 
-fn root_store(cfg: &UpstreamFile) -> Result<rustls::RootCertStore, ClientError> {
+fn root_store(cfg: &UpstreamParams) -> Result<rustls::RootCertStore, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     match cfg.tls_roots {
         TlsRoots::Webpki => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -118,8 +152,9 @@ fn root_store(cfg: &UpstreamFile) -> Result<rustls::RootCertStore, ClientError> 
     Ok(roots)
 }
 
-/// Build the pooled client for `target` from `[upstream]`.
-pub fn build(cfg: &UpstreamFile, target: &UpstreamTarget) -> Result<HttpClient, ClientError> {
+/// Build the pooled client for the upstream.
+pub fn build(cfg: &UpstreamParams) -> Result<HttpClient, ClientError> {
+    let target = &cfg.target;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -129,7 +164,7 @@ pub fn build(cfg: &UpstreamFile, target: &UpstreamTarget) -> Result<HttpClient, 
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
-    http.set_keepalive(Some(std::time::Duration::from_secs(60)));
+    http.set_keepalive(Some(Duration::from_secs(60)));
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -172,6 +207,12 @@ impl Upstream {
             client,
             max_graphql_response,
         }
+    }
+
+    /// The pool, so a reload that keeps the upstream's settings keeps its
+    /// connections.
+    pub fn client(&self) -> &HttpClient {
+        &self.client
     }
 }
 

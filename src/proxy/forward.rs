@@ -21,10 +21,11 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::config::{Config, UpstreamTarget};
 use crate::error::{BodyTooLarge, Error, InvalidGraphql, InvalidHost, MethodNotAllowed};
 use crate::exchange::{self, Routed};
 use crate::graphql;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::UpstreamTarget;
 use crate::route::{ErrorFormat, Route, Routes};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -124,7 +125,12 @@ impl Target {
         }
     }
 
-    /// The `Host` header value for the upstream.
+    /// `scheme://authority/base`, for display.
+    pub fn origin(&self) -> String {
+        format!("{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+
+    /// The `Host` header sent upstream.
     pub fn host(&self) -> &HeaderValue {
         &self.host
     }
@@ -180,6 +186,15 @@ impl Target {
     }
 }
 
+/// Request-size limits (`[limits]`), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body forwarded.
+    pub max_request_body: u64,
+    /// Largest GraphQL request body (read whole to parse).
+    pub max_graphql_body: u64,
+}
+
 /// Settings [`Prepare`] shares across connections.
 #[derive(Debug)]
 pub struct PrepareShared {
@@ -193,35 +208,55 @@ pub struct PrepareShared {
     pub max_graphql_body: u64,
     /// `spool.commit_margin`, kept off a spooling route's deadline.
     pub commit_margin: Duration,
+    /// Each route's metric handles, by route index.
+    pub route_metrics: Arc<[Arc<RouteMetrics>]>,
+}
+
+/// The client's address as an `X-Forwarded-For` value, put in the request's
+/// extensions by the connection that received it.
+#[derive(Debug, Clone)]
+pub struct ClientIp(pub HeaderValue);
+
+impl ClientIp {
+    /// For a connection from `peer`.
+    pub fn of(peer: SocketAddr) -> Option<Self> {
+        HeaderValue::from_str(&peer.ip().to_string())
+            .ok()
+            .map(ClientIp)
+    }
 }
 
 impl PrepareShared {
-    /// From the validated config.
-    pub fn new(cfg: &Config) -> Result<Self, Error> {
+    /// From one generation's route table, upstream, limits and
+    /// `spool.commit_margin`.
+    pub fn new(
+        routes: Routes,
+        target: &UpstreamTarget,
+        limits: Limits,
+        commit_margin: Duration,
+        metrics: &Metrics,
+    ) -> Result<Self, Error> {
         Ok(PrepareShared {
-            routes: Routes::new(cfg.routes.clone()),
-            target: Target::new(&cfg.upstream)?,
-            max_body: cfg.file.limits.max_request_body.as_u64(),
-            max_graphql_body: cfg.file.limits.max_graphql_body.as_u64(),
-            commit_margin: cfg.file.spool.commit_margin,
+            route_metrics: metrics.route_table(routes.all()),
+            routes,
+            target: Target::new(target)?,
+            max_body: limits.max_request_body,
+            max_graphql_body: limits.max_graphql_body,
+            commit_margin,
         })
     }
 }
 
-/// Adds [`Prepare`] to a stack for one client connection.
+/// Adds [`Prepare`] to a stack.
 #[derive(Debug, Clone)]
 pub struct PrepareLayer {
     shared: Arc<PrepareShared>,
-    client: Option<HeaderValue>,
 }
 
 impl PrepareLayer {
-    /// For a connection from `client`.
-    pub fn new(shared: Arc<PrepareShared>, client: Option<SocketAddr>) -> Self {
-        PrepareLayer {
-            shared,
-            client: client.and_then(|a| HeaderValue::from_str(&a.ip().to_string()).ok()),
-        }
+    /// With one generation's routes and limits.
+    pub fn new(shared: Arc<PrepareShared>) -> Self {
+        PrepareLayer { shared }
     }
 }
 
@@ -231,7 +266,6 @@ impl<S> Layer<S> for PrepareLayer {
         Prepare {
             inner,
             shared: self.shared.clone(),
-            client: self.client.clone(),
         }
     }
 }
@@ -241,7 +275,6 @@ impl<S> Layer<S> for PrepareLayer {
 pub struct Prepare<S> {
     inner: S,
     shared: Arc<PrepareShared>,
-    client: Option<HeaderValue>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
@@ -269,9 +302,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let client = self.client.clone();
         Box::pin(async move {
-            let req = prepare(&shared, client.as_ref(), req).await?;
+            let req = prepare(&shared, req).await?;
             inner.ready().await?.call(req).await
         })
     }
@@ -347,7 +379,6 @@ async fn read_graphql(
 
 async fn prepare(
     shared: &PrepareShared,
-    client: Option<&HeaderValue>,
     req: Request<Incoming>,
 ) -> Result<Request<RequestBody>, Error> {
     let (mut parts, incoming) = req.into_parts();
@@ -377,6 +408,7 @@ async fn prepare(
                 let route = routes.find(&parts.method, path, None).clone();
                 ex.set_routed(Routed {
                     deadline: ex.started + route.deadline,
+                    metrics: shared.route_metrics[route.index].clone(),
                     route,
                     operation: None,
                     idempotent: false,
@@ -390,7 +422,7 @@ async fn prepare(
         }
     } else {
         let route = routes.find(&parts.method, path, None).clone();
-        let keep = route.retry.max_replay_body.as_u64();
+        let keep = route.retry.max_replay_body;
         let body = RequestBody::read(incoming, content_length, keep, shared.max_body).await?;
         (body, None, route, Box::default())
     };
@@ -401,7 +433,7 @@ async fn prepare(
     let body_bytes = body.bytes().map(|b| b.len() as u64).or(content_length);
     let replayable = body
         .bytes()
-        .is_some_and(|b| b.len() as u64 <= route.retry.max_replay_body.as_u64());
+        .is_some_and(|b| b.len() as u64 <= route.retry.max_replay_body);
     let margin = if route.spools() {
         shared.commit_margin
     } else {
@@ -410,8 +442,12 @@ async fn prepare(
     let deadline = ex.started + route.deadline.saturating_sub(margin);
     let error_format = route.error_format_for(operation.as_deref());
     let idempotent = route.is_idempotent(&parts.method, operation.as_deref());
-    shared.target.rewrite(&mut parts, client)?;
+    let client = parts.extensions.remove::<ClientIp>();
+    shared
+        .target
+        .rewrite(&mut parts, client.as_ref().map(|c| &c.0))?;
     ex.set_routed(Routed {
+        metrics: shared.route_metrics[route.index].clone(),
         route,
         operation,
         idempotent,

@@ -4,3 +4,6 @@ pub mod client;
 pub mod forward;
 pub mod pool;
 pub mod server;
+pub mod target;
+
+pub use target::UpstreamTarget;

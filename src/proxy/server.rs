@@ -20,10 +20,26 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
-use crate::config::ListenFile;
 use crate::edge::AccessBody;
 use crate::error::Error;
 use crate::metrics::Metrics;
+
+/// The listener's settings, checked by the config (`[listen]`). They shape
+/// the listening socket and hyper's connection builders, so changing them
+/// needs a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenParams {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// Also accept HTTP/2 with prior knowledge (h2c).
+    pub http2: bool,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// A client must finish its request head within this time.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted, in bytes (at least 8 KiB).
+    pub max_header_bytes: usize,
+}
 
 /// Wait until `shutdown` turns true (or its sender is gone).
 pub async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
@@ -39,11 +55,11 @@ pub async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
 /// `make` builds the service for one connection from the peer's address.
 pub async fn serve<M, S>(
     listener: TcpListener,
-    cfg: &ListenFile,
+    cfg: &ListenParams,
     make: M,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
+    grace: impl Fn() -> Duration,
 ) where
     M: Fn(SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<AccessBody>, Error = Error>
@@ -54,7 +70,7 @@ pub async fn serve<M, S>(
 {
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let graceful = GracefulShutdown::new();
-    let max_header = cfg.max_header_bytes.as_u64() as usize;
+    let max_header = cfg.max_header_bytes;
     let mut h1 = hyper::server::conn::http1::Builder::new();
     h1.timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
@@ -114,6 +130,7 @@ pub async fn serve<M, S>(
         }
     }
     drop(listener);
+    let grace = grace();
     let open = graceful.count();
     tracing::info!(
         open_connections = open,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 /// Backoff settings, checked by [`Backoff::try_new`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
@@ -30,6 +30,21 @@ impl Backoff {
             return Err(InvalidBackoff("jitter must be within 0.0..=1.0"));
         }
         Ok(Backoff { base, max, jitter })
+    }
+
+    /// The first ceiling.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
+    /// The largest ceiling.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+
+    /// The random fraction of the ceiling.
+    pub fn jitter(&self) -> f64 {
+        self.jitter
     }
 
     /// The ceiling for retry number `n` (1 for the first retry).

@@ -12,6 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
+use super::BudgetParams;
+
 /// Slots the window is divided into.
 const SLOTS: usize = 10;
 
@@ -38,8 +40,9 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// `window` must be 1s..=60s and `ratio` non-negative (the config checks).
-    pub fn new(window: Duration, min_per_sec: u32, ratio: f32) -> Self {
+    /// A budget with these settings (checked by the config).
+    pub fn new(p: &BudgetParams) -> Self {
+        let (window, min_per_sec, ratio) = (p.window, p.min_per_sec, p.ratio);
         RetryBudget {
             ratio: f64::from(ratio),
             reserve: f64::from(min_per_sec) * window.as_secs_f64(),
@@ -107,7 +110,11 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn ratio_and_reserve_bound_retries() {
-        let b = RetryBudget::new(Duration::from_secs(10), 1, 0.2);
+        let b = RetryBudget::new(&BudgetParams {
+            window: Duration::from_secs(10),
+            min_per_sec: 1,
+            ratio: 0.2,
+        });
         // Reserve: 1/s over 10 s.
         let mut granted = 0;
         for _ in 0..100 {
@@ -126,7 +133,11 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn zero_ratio_only_reserve() {
-        let b = RetryBudget::new(Duration::from_secs(1), 0, 0.0);
+        let b = RetryBudget::new(&BudgetParams {
+            window: Duration::from_secs(1),
+            min_per_sec: 0,
+            ratio: 0.0,
+        });
         b.deposit();
         assert!(!b.withdraw());
     }

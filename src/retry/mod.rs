@@ -10,10 +10,12 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod params;
 pub mod policy;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub use params::{BudgetParams, RetryParams};
 pub use policy::RetryPolicy;
 
 #[cfg(test)]

@@ -7,13 +7,12 @@ use tokio::time::{Instant, Sleep};
 use tower::retry::Policy;
 use tower::retry::budget::Budget;
 
-use super::{Backoff, RetryBudget};
+use super::RetryBudget;
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::{Breaker, State};
 use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange::{self, Exchange, NotRetried, Routed};
-use crate::metrics::Metrics;
 
 /// Decides, after each failed attempt, whether and when to try again.
 ///
@@ -33,18 +32,13 @@ pub struct RetryPolicy {
 struct PolicyShared {
     budget: Arc<RetryBudget>,
     breaker: Breaker,
-    metrics: Arc<Metrics>,
 }
 
 impl RetryPolicy {
     /// A policy sharing `budget` and `breaker` with every other request.
-    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker, metrics: Arc<Metrics>) -> Self {
+    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker) -> Self {
         RetryPolicy {
-            shared: Arc::new(PolicyShared {
-                budget,
-                breaker,
-                metrics,
-            }),
+            shared: Arc::new(PolicyShared { budget, breaker }),
             retrying: false,
         }
     }
@@ -64,13 +58,7 @@ impl RetryPolicy {
         if route.breaker && self.shared.breaker.state() == State::Open {
             return Err(NotRetried::BreakerOpen);
         }
-        let backoff = Backoff::try_new(
-            route.retry.backoff_base,
-            route.retry.backoff_max,
-            route.retry.jitter,
-        )
-        .map_err(|_| NotRetried::Permanent)?;
-        let mut delay = backoff.delay(attempts);
+        let mut delay = route.retry.backoff.delay(attempts);
         if let Some(asked) = class.retry_after {
             if asked > route.retry.retry_after_max {
                 return Err(NotRetried::RetryAfterTooLong);
@@ -130,7 +118,7 @@ impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy
         match self.decide(ex, routed, &class) {
             Ok(delay) => {
                 self.retrying = true;
-                self.shared.metrics.route(&routed.route).retries.inc();
+                routed.metrics.retries.inc();
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     attempt = ex.attempts(),

@@ -28,6 +28,7 @@ struct Rig {
     svc: tower::util::BoxCloneService<Request<RequestBody>, Response<ResponseBody>, Error>,
     handle: Handle,
     routes: Routes,
+    route_metrics: Arc<[Arc<crate::metrics::RouteMetrics>]>,
 }
 
 fn rig(timeouts: &str, retry: &str) -> Rig {
@@ -37,22 +38,22 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
     let cfg = Config::from_toml_str(&text, std::path::Path::new("t"), &[], &Overrides::default())
         .unwrap();
     let routes = Routes::new(cfg.routes.clone());
-    let metrics = Metrics::new(routes.all());
-    let breaker = Breaker::new(cfg.file.breaker.clone(), metrics.breaker.clone());
-    let budget = Arc::new(RetryBudget::new(Duration::from_secs(10), 100, 1.0));
+    let metrics = Metrics::new();
+    let route_metrics = metrics.route_table(routes.all());
+    let breaker = Breaker::new(cfg.breaker.clone(), metrics.breaker.clone());
+    let budget = Arc::new(RetryBudget::new(&crate::retry::BudgetParams {
+        window: Duration::from_secs(10),
+        min_per_sec: 100,
+        ratio: 1.0,
+    }));
     let (mock, handle): (Mock, Handle) = tower_test::mock::pair();
     let svc = ServiceBuilder::new()
         .layer(TimeoutLayer::deadline())
         .layer(BreakerGateLayer::new(breaker.clone()))
-        .layer(RetryLayer::new(RetryPolicy::new(
-            budget,
-            breaker.clone(),
-            metrics.clone(),
-        )))
+        .layer(RetryLayer::new(RetryPolicy::new(budget, breaker.clone())))
         .layer(ClassifyLayer::new(
-            Arc::new(Classifier::new(&cfg.file.classify)),
+            Arc::new(Classifier::new(&cfg.classify)),
             breaker,
-            metrics,
         ))
         .layer(TimeoutLayer::per_try())
         .service(mock);
@@ -60,6 +61,7 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
         svc: tower::util::BoxCloneService::new(svc),
         handle,
         routes,
+        route_metrics,
     }
 }
 
@@ -68,6 +70,7 @@ fn request(rig: &Rig) -> (Request<RequestBody>, Arc<Exchange>) {
     let route = rig.routes.all()[0].clone();
     ex.set_routed(Routed {
         deadline: ex.started + route.deadline,
+        metrics: rig.route_metrics[route.index].clone(),
         idempotent: true,
         replayable: true,
         error_format: crate::route::ErrorFormat::Problem,

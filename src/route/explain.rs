@@ -6,12 +6,10 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::{Routes, literalai};
-use crate::config::Config;
 use crate::graphql;
 
-/// Explain a request with this method, path and body under `cfg`.
-pub fn explain(cfg: &Config, method: &Method, path: &str, body: &[u8]) -> Value {
-    let routes = Routes::new(cfg.routes.clone());
+/// Explain a request with this method, path and body under `routes`.
+pub fn explain(routes: &Routes, method: &Method, path: &str, body: &[u8]) -> Value {
     let path_only = path.split('?').next().unwrap_or("/");
     let request = if routes.needs_graphql(method, path_only) {
         Some(graphql::parse_request(body))

@@ -11,9 +11,8 @@
 
 use std::time::Duration;
 
-use crate::config::{RetryFile, TimeoutsFile};
 use crate::graphql::OperationType;
-use crate::route::{GraphqlMatchFile, OnFailure, RetryOverride, RouteFile, TimeoutsOverride};
+use crate::route::file::{GraphqlMatchFile, OnFailure, RetryOverride, RouteFile, TimeoutsOverride};
 
 /// What the sidecar may do with an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,8 +505,9 @@ const SPOOLED_PER_TRY: Duration = Duration::from_millis(2500);
 /// table builder). `spooled_writes` tightens the global policy rather than
 /// replacing it: attempts no longer than `min(timeouts.per_try, 2.5s)` and
 /// twice `retry.max_attempts` (at most 16), so an operator's global
-/// settings still bound it.
-pub fn routes(timeouts: &TimeoutsFile, retry: &RetryFile) -> Vec<RouteFile> {
+/// settings still bound it. `per_try` and `max_attempts` are the global
+/// `timeouts.per_try` and `retry.max_attempts`.
+pub fn routes(per_try: Duration, max_attempts: u32) -> Vec<RouteFile> {
     let spooled = fields(|o| o.handling == Spooled);
     let idempotent = fields(|o| matches!(o.handling, Spooled | Idempotent));
     vec![
@@ -518,11 +518,11 @@ pub fn routes(timeouts: &TimeoutsFile, retry: &RetryFile) -> Vec<RouteFile> {
             idempotent: Some(true),
             on_failure: OnFailure::Spool,
             timeouts: TimeoutsOverride {
-                per_try: Some(timeouts.per_try.min(SPOOLED_PER_TRY)),
+                per_try: Some(per_try.min(SPOOLED_PER_TRY)),
                 deadline: None,
             },
             retry: RetryOverride {
-                max_attempts: Some((retry.max_attempts * 2).min(16)),
+                max_attempts: Some((max_attempts * 2).min(16)),
                 ..RetryOverride::default()
             },
             ..graphql_route("spooled_writes", M, Some(spooled))

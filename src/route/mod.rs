@@ -10,38 +10,18 @@
 //! table.
 
 pub mod explain;
+pub mod file;
 pub mod literalai;
+
+pub use file::{ErrorFormat, OnFailure, Preset, SpoolMode};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytesize::ByteSize;
 use http::Method;
-use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, FileConfig, RetryFile, validate_retry, validate_timeouts};
 use crate::graphql::{Operation, OperationType};
-
-/// Which built-in route table follows the operator's routes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    /// The LiteralAI data-layer API (see [`literalai`]).
-    #[default]
-    Literalai,
-    /// No preset: the operator's routes and the catch-all only.
-    None,
-}
-
-impl Preset {
-    /// Stable label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preset::Literalai => "literalai",
-            Preset::None => "none",
-        }
-    }
-}
+use crate::retry::RetryParams;
 
 /// Where a route comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,137 +45,14 @@ impl Origin {
     }
 }
 
-/// How errors the sidecar generates are written for a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorFormat {
-    /// `{"errors":[{"message":...,"extensions":{"code":...}}]}`
-    Graphql,
-    /// RFC 9457 `application/problem+json`.
-    Problem,
-}
-
-/// What happens when a request cannot be delivered for a transient reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Answer with a structured error.
-    #[default]
-    Error,
-    /// Commit the write to the spool, answer success, deliver later.
-    Spool,
-}
-
-/// When a spooling route uses the spool.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SpoolMode {
-    /// Try the upstream first; spool only when that fails transiently.
-    #[default]
-    OnFailure,
-    /// Spool every write and acknowledge after the local commit; deliver in
-    /// the background.
-    WriteBehind,
-}
-
-/// `[routes.graphql]`: conditions on the parsed operation.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GraphqlMatchFile {
-    /// `query`, `mutation` or `subscription`.
-    pub operation_type: Option<OperationType>,
-    /// The operation's name must be exactly this.
-    pub operation_name: Option<String>,
-    /// Every root field of the operation must be one of these.
-    pub root_fields: Option<Vec<String>>,
-}
-
-/// `[routes.timeouts]`: overrides of `[timeouts]`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TimeoutsOverride {
-    /// Overrides `timeouts.per_try`.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub per_try: Option<Duration>,
-    /// Overrides `timeouts.deadline`.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<Duration>,
-}
-
-/// `[routes.retry]`: overrides of `[retry]` (the budget is shared and cannot
-/// be overridden).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RetryOverride {
-    /// Overrides `retry.max_attempts`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_attempts: Option<u32>,
-    /// Overrides `retry.backoff_base`.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub backoff_base: Option<Duration>,
-    /// Overrides `retry.backoff_max`.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub backoff_max: Option<Duration>,
-    /// Overrides `retry.max_replay_body`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_replay_body: Option<ByteSize>,
-    /// Overrides `retry.retry_after_max`.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    pub retry_after_max: Option<Duration>,
-}
-
-/// One `[[routes]]` entry as written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteFile {
-    /// Name used in logs, metrics and errors.
-    pub name: String,
-    /// Methods matched; empty matches any.
-    #[serde(default)]
-    pub methods: Vec<String>,
-    /// Exact path matched.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Path prefix matched (segment-wise: `/api` matches `/api/x`, not `/apix`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_prefix: Option<String>,
-    /// Conditions on the GraphQL operation; the request body is parsed only
-    /// for requests whose method and path match a route that has these.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graphql: Option<GraphqlMatchFile>,
-    /// Whether a request that may have reached the backend can be sent
-    /// again. Unset: GraphQL queries and GET/HEAD/OPTIONS/PUT/DELETE are.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idempotent: Option<bool>,
-    /// Format of the sidecar's own errors. Unset: `graphql` for GraphQL
-    /// requests, `problem` otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_format: Option<ErrorFormat>,
-    /// `error` or `spool`.
-    #[serde(default)]
-    pub on_failure: OnFailure,
-    /// `on_failure` or `write_behind` (needs `on_failure = "spool"`).
-    #[serde(default)]
-    pub mode: SpoolMode,
-    /// Whether the route goes through (and counts toward) the breaker.
-    #[serde(default = "yes")]
-    pub breaker: bool,
-    /// Timeout overrides.
-    #[serde(default)]
-    pub timeouts: TimeoutsOverride,
-    /// Retry overrides.
-    #[serde(default)]
-    pub retry: RetryOverride,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone)]
-enum PathMatch {
+/// What a route requires of the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Any path.
     Any,
+    /// Exactly this path.
     Exact(String),
+    /// This prefix, segment-wise.
     Prefix(String),
 }
 
@@ -214,11 +71,15 @@ impl PathMatch {
     }
 }
 
-#[derive(Debug, Clone)]
-struct GraphqlMatch {
-    operation_type: Option<OperationType>,
-    operation_name: Option<String>,
-    root_fields: Option<Vec<String>>,
+/// What a route requires of the parsed GraphQL operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphqlMatch {
+    /// The operation's type, if required.
+    pub operation_type: Option<OperationType>,
+    /// The operation's name, if required.
+    pub operation_name: Option<String>,
+    /// Every root field must be one of these, if set.
+    pub root_fields: Option<Vec<String>>,
 }
 
 impl GraphqlMatch {
@@ -253,9 +114,12 @@ pub struct Route {
     pub index: usize,
     /// Where the route comes from.
     pub origin: Origin,
-    methods: Box<[Method]>,
-    path: PathMatch,
-    graphql: Option<GraphqlMatch>,
+    /// Methods matched; empty matches any.
+    pub methods: Box<[Method]>,
+    /// The path condition.
+    pub path: PathMatch,
+    /// Conditions on the GraphQL operation.
+    pub graphql: Option<GraphqlMatch>,
     /// Explicit idempotency, if configured.
     pub idempotent: Option<bool>,
     /// Explicit error format, if configured.
@@ -270,8 +134,8 @@ pub struct Route {
     pub per_try: Duration,
     /// Overall deadline.
     pub deadline: Duration,
-    /// Retry policy (global settings with this route's overrides).
-    pub retry: RetryFile,
+    /// Retry policy (global settings with this route's overrides), built.
+    pub retry: RetryParams,
 }
 
 impl Route {
@@ -325,7 +189,7 @@ impl Route {
     }
 
     /// Whether the route matches every request.
-    fn is_catch_all(&self) -> bool {
+    pub fn is_catch_all(&self) -> bool {
         self.methods.is_empty() && matches!(self.path, PathMatch::Any) && self.graphql.is_none()
     }
 
@@ -390,219 +254,6 @@ impl Route {
             ErrorFormat::Problem
         })
     }
-
-    /// Validate every `[[routes]]` entry, in order, then add the preset's
-    /// routes (those the operator did not replace by name) and a catch-all
-    /// `default` route unless one matches everything already. Returns the
-    /// table and warnings for the operator.
-    pub fn build_all(file: &FileConfig) -> Result<(Vec<Route>, Vec<String>), ConfigError> {
-        let preset = match file.preset {
-            Preset::Literalai => literalai::routes(&file.timeouts, &file.retry),
-            Preset::None => Vec::new(),
-        };
-        let mut routes: Vec<Route> = Vec::with_capacity(file.routes.len() + preset.len() + 1);
-        let mut warnings = Vec::new();
-        for (i, r) in file.routes.iter().enumerate() {
-            let route = Self::build(
-                file,
-                r,
-                &format!("routes[{i}]"),
-                routes.len(),
-                Origin::Operator,
-            )?;
-            if routes.iter().any(|x| x.name == route.name) {
-                return Err(ConfigError::key(
-                    format!("routes[{i}].name"),
-                    format!("`{}` is used by an earlier route", route.name),
-                ));
-            }
-            routes.push(route);
-        }
-        let shadowing = routes.iter().position(Route::is_catch_all);
-        for r in &preset {
-            if routes.iter().any(|x| *x.name == *r.name) {
-                continue;
-            }
-            let key = format!("preset {} route `{}`", file.preset.as_str(), r.name);
-            let route = Self::build(file, r, &key, routes.len(), Origin::Preset(file.preset))?;
-            if let Some(at) = shadowing {
-                warnings.push(format!(
-                    "routes[{at}] `{}` matches every request, so the {} preset's route `{}` after it is never used",
-                    routes[at].name,
-                    file.preset.as_str(),
-                    route.name
-                ));
-            }
-            routes.push(route);
-        }
-        if !routes.iter().any(Route::is_catch_all) {
-            let fallback = RouteFile {
-                name: if routes.iter().any(|r| &*r.name == "default") {
-                    "default_fallback".into()
-                } else {
-                    "default".into()
-                },
-                methods: Vec::new(),
-                path: None,
-                path_prefix: None,
-                graphql: None,
-                idempotent: None,
-                error_format: None,
-                on_failure: OnFailure::Error,
-                mode: SpoolMode::OnFailure,
-                breaker: true,
-                timeouts: TimeoutsOverride::default(),
-                retry: RetryOverride::default(),
-            };
-            let n = routes.len();
-            routes.push(Self::build(
-                file,
-                &fallback,
-                "the catch-all route",
-                n,
-                Origin::Default,
-            )?);
-        }
-        Ok((routes, warnings))
-    }
-
-    fn build(
-        file: &FileConfig,
-        r: &RouteFile,
-        at: &str,
-        i: usize,
-        origin: Origin,
-    ) -> Result<Route, ConfigError> {
-        let key = |k: &str| format!("{at}.{k}");
-        if r.name.trim().is_empty() || r.name.len() > 64 {
-            return Err(ConfigError::key(key("name"), "must be 1..=64 characters"));
-        }
-        if !r
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            return Err(ConfigError::key(
-                key("name"),
-                "may contain only letters, digits, `_` and `-` (it becomes a metric label)",
-            ));
-        }
-        let mut methods = Vec::with_capacity(r.methods.len());
-        for m in &r.methods {
-            let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                .map_err(|_| ConfigError::key(key("methods"), format!("`{m}` is not a method")))?;
-            methods.push(method);
-        }
-        let path = match (&r.path, &r.path_prefix) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::key(
-                    key("path"),
-                    "set either path or path_prefix, not both",
-                ));
-            }
-            (Some(p), None) => PathMatch::Exact(check_path(p, &key("path"))?),
-            (None, Some(p)) => {
-                let p = check_path(p, &key("path_prefix"))?;
-                if p == "/" {
-                    PathMatch::Any
-                } else {
-                    PathMatch::Prefix(p)
-                }
-            }
-            (None, None) => PathMatch::Any,
-        };
-        let graphql = match &r.graphql {
-            None => None,
-            Some(g) => {
-                if let Some(fields) = &g.root_fields
-                    && fields.is_empty()
-                {
-                    return Err(ConfigError::key(
-                        key("graphql.root_fields"),
-                        "must name at least one field (leave it out to match any)",
-                    ));
-                }
-                Some(GraphqlMatch {
-                    operation_type: g.operation_type,
-                    operation_name: g.operation_name.clone(),
-                    root_fields: g.root_fields.clone(),
-                })
-            }
-        };
-        let per_try = r.timeouts.per_try.unwrap_or(file.timeouts.per_try);
-        let deadline = r.timeouts.deadline.unwrap_or(file.timeouts.deadline);
-        validate_timeouts(&key("timeouts"), per_try, deadline)?;
-        let mut retry = file.retry.clone();
-        let o = &r.retry;
-        if let Some(v) = o.max_attempts {
-            retry.max_attempts = v;
-        }
-        if let Some(v) = o.backoff_base {
-            retry.backoff_base = v;
-        }
-        if let Some(v) = o.backoff_max {
-            retry.backoff_max = v;
-        }
-        if let Some(v) = o.max_replay_body {
-            retry.max_replay_body = v;
-        }
-        if let Some(v) = o.retry_after_max {
-            retry.retry_after_max = v;
-        }
-        validate_retry(&key("retry"), &retry)?;
-        if r.on_failure == OnFailure::Spool {
-            let mutation = r
-                .graphql
-                .as_ref()
-                .is_some_and(|g| g.operation_type == Some(OperationType::Mutation));
-            if !mutation {
-                return Err(ConfigError::key(
-                    key("on_failure"),
-                    "`spool` needs `graphql = { operation_type = \"mutation\", ... }`: the sidecar answers a spooled write with the GraphQL success the client expects",
-                ));
-            }
-            if !file.spool.store_credentials && file.spool.api_key.is_none() {
-                return Err(ConfigError::key(
-                    "spool.api_key",
-                    "is required when spool.store_credentials = false (set it, or DATALAYER_SIDECAR_SPOOL_API_KEY): replays need a key",
-                ));
-            }
-            if r.idempotent != Some(true) {
-                return Err(ConfigError::key(
-                    key("on_failure"),
-                    "`spool` delivers at least once, so the route must set `idempotent = true`",
-                ));
-            }
-            if deadline <= file.spool.commit_margin {
-                return Err(ConfigError::key(
-                    key("timeouts.deadline"),
-                    "must be longer than spool.commit_margin on a spooling route",
-                ));
-            }
-        }
-        if r.mode == SpoolMode::WriteBehind && r.on_failure != OnFailure::Spool {
-            return Err(ConfigError::key(
-                key("mode"),
-                "`write_behind` needs `on_failure = \"spool\"`",
-            ));
-        }
-        Ok(Route {
-            name: r.name.as_str().into(),
-            index: i,
-            origin,
-            methods: methods.into_boxed_slice(),
-            path,
-            graphql,
-            idempotent: r.idempotent,
-            error_format: r.error_format,
-            on_failure: r.on_failure,
-            mode: r.mode,
-            breaker: r.breaker,
-            per_try,
-            deadline,
-            retry,
-        })
-    }
 }
 
 /// `2500ms`, `8500ms`, `3s`: as an operator would write it.
@@ -617,16 +268,6 @@ fn short(d: Duration) -> String {
 
 /// The ordering key that orders a write against every other write.
 pub const BARRIER_KEY: &str = "*";
-
-fn check_path(p: &str, key: &str) -> Result<String, ConfigError> {
-    if !p.starts_with('/') {
-        return Err(ConfigError::key(key, format!("`{p}` must start with `/`")));
-    }
-    if p.contains('?') || p.contains('#') {
-        return Err(ConfigError::key(key, "a path has no query or fragment"));
-    }
-    Ok(p.to_string())
-}
 
 /// The route table used at run time.
 #[derive(Debug, Clone)]

@@ -9,7 +9,6 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::store::{self, StoreError};
-use crate::config::Config;
 
 /// The spool subcommands.
 #[derive(Debug, Subcommand)]
@@ -77,12 +76,11 @@ fn age(ms: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-/// Run a spool subcommand against the store named by `spool.path`.
-pub fn run(cmd: SpoolCommand, cfg: &Config) -> Result<(), StoreError> {
-    let path = &cfg.file.spool.path;
+/// Run a spool subcommand against the store at `path` (`spool.path`).
+pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> {
     if !path.exists() {
         return Err(StoreError::Open {
-            path: path.clone(),
+            path: path.to_path_buf(),
             detail: "no spool store here (it is created when a spooling route first starts)".into(),
         });
     }

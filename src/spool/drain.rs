@@ -34,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Request, Response};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -43,7 +44,7 @@ use tower::{Service, ServiceExt};
 
 use super::record::decode_headers;
 use super::store::{DeadInfo, Entry, Totals, now_ms};
-use super::{Paused, Spool};
+use super::{Paused, ReplayParams, Spool};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
 use crate::classify::{Class, Kind, Verdict};
@@ -51,9 +52,9 @@ use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql;
 use crate::metrics::PauseLabels;
-use crate::proxy::forward::Target;
+use crate::proxy::forward::PrepareShared;
 use crate::proxy::server::shutdown_requested;
-use crate::route::{ErrorFormat, Routes};
+use crate::route::ErrorFormat;
 
 /// How often the worker re-reads the ledger when idle (it is also woken on
 /// every commit); this catches changes made by the operator CLI.
@@ -70,23 +71,26 @@ pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<Resp
 pub struct Drain {
     /// The spool.
     pub spool: Spool,
+    /// What it delivers with: swapped by a reload, read per delivery, so
+    /// the worker keeps running across reloads and each delivery uses the
+    /// generation in force when it starts.
+    pub view: Arc<ArcSwap<ReplayView>>,
+}
+
+/// One config generation's view for the replay worker.
+#[derive(Debug)]
+pub struct ReplayView {
     /// The layers below the spool, over the upstream client.
     pub service: ReplayService,
-    /// The route table (entries are re-routed by name).
-    pub routes: Routes,
-    /// The upstream.
-    pub target: Arc<Target>,
+    /// The route table (entries are re-routed by name), the upstream and
+    /// the routes' metric handles.
+    pub prepare: Arc<PrepareShared>,
     /// The breaker, to wait out an open state.
     pub breaker: Breaker,
     /// Credential sent on replay when credentials are not stored.
     pub api_key: Option<(HeaderName, HeaderValue)>,
-    /// First and largest backoff between failed deliveries.
-    pub backoff: (Duration, Duration),
-    /// Deliveries in flight at once (entries touching disjoint keys).
-    pub concurrency: usize,
-    /// HTTP statuses that refuse a write for its content (dead letter);
-    /// any other refusal pauses the queue.
-    pub dead_letter_statuses: Vec<u16>,
+    /// Backoff, concurrency and dead-letter statuses.
+    pub replay: ReplayParams,
 }
 
 /// What the backend said about one entry.
@@ -127,6 +131,11 @@ struct Pacing {
 }
 
 impl Drain {
+    /// The generation in force.
+    fn view(&self) -> arc_swap::Guard<Arc<ReplayView>> {
+        self.view.load()
+    }
+
     /// Run until `shutdown` turns true.
     ///
     /// A sliding window, not rounds: up to `concurrency` deliveries are in
@@ -137,7 +146,7 @@ impl Drain {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut pacing = Pacing {
-            backoff: this.backoff.0,
+            backoff: this.view().replay.backoff_base,
             until: None,
             paused: None,
         };
@@ -166,17 +175,19 @@ impl Drain {
             let window = if pacing.paused.is_some() {
                 1
             } else {
-                this.concurrency
+                this.view().replay.concurrency
             };
             if !waiting && in_flight.len() < window {
                 let candidates = cache.len().saturating_sub(in_flight.len());
                 let stored = Totals::get(&this.spool.store().totals.entries);
-                if reload || (candidates < this.concurrency && stored > cache.len() as u64) {
+                if reload
+                    || (candidates < this.view().replay.concurrency && stored > cache.len() as u64)
+                {
                     this.spool.head_read_starts();
                     match this
                         .spool
                         .store()
-                        .head(this.concurrency * 16, HEAD_MAX_BYTES)
+                        .head(this.view().replay.concurrency * 16, HEAD_MAX_BYTES)
                         .await
                     {
                         Ok(batch) => {
@@ -192,7 +203,7 @@ impl Drain {
                 let cache_end = cache.last().map_or(-1, |e| e.id);
                 // While the breaker is open, wait out its open time; once it
                 // is over, the next delivery is the probe.
-                if let Some(wait) = this.breaker.retry_after().filter(|w| !w.is_zero()) {
+                if let Some(wait) = this.view().breaker.retry_after().filter(|w| !w.is_zero()) {
                     pacing.until = Some(Instant::now() + wait);
                 } else if pacing.until.is_none_or(|t| t <= Instant::now()) {
                     let free = window.saturating_sub(in_flight.len());
@@ -262,7 +273,7 @@ impl Drain {
         let now = Instant::now();
         match done {
             Done::Gone => {
-                pacing.backoff = self.backoff.0;
+                pacing.backoff = self.view().replay.backoff_base;
                 if let Some(p) = pacing.paused.take() {
                     tracing::warn!(
                         target: "spool",
@@ -278,13 +289,13 @@ impl Drain {
                 // Failures of deliveries that ran side by side are one
                 // event: back off further once per pause.
                 if pacing.until.is_none_or(|t| t <= now) {
-                    pacing.backoff = (pacing.backoff * 2).min(self.backoff.1);
+                    pacing.backoff = (pacing.backoff * 2).min(self.view().replay.backoff_max);
                 }
                 pacing.until = Some(pacing.until.map_or(until, |t| t.max(until)));
             }
             Done::Pause { reason, detail } => {
                 let wait = pacing.backoff;
-                pacing.backoff = (pacing.backoff * 2).min(self.backoff.1);
+                pacing.backoff = (pacing.backoff * 2).min(self.view().replay.backoff_max);
                 pacing.until = Some(now + wait);
                 let next_probe_ms = now_ms() + wait.as_millis() as i64;
                 let paused = match pacing.paused.take() {
@@ -388,7 +399,7 @@ impl Drain {
     fn refusal(&self, class: &Class, info: DeadInfo) -> Outcome {
         let content = match class.kind {
             Kind::GraphqlError | Kind::ItemNotOk | Kind::BodyTooLarge => true,
-            Kind::Status(s) => self.dead_letter_statuses.contains(&s),
+            Kind::Status(s) => self.view().replay.dead_letter_statuses.contains(&s),
             _ => false,
         };
         if content {
@@ -404,22 +415,25 @@ impl Drain {
         }
     }
 
-    fn request(&self, entry: &Entry) -> Result<(Request<RequestBody>, Arc<Exchange>), String> {
+    fn request(
+        view: &ReplayView,
+        entry: &Entry,
+    ) -> Result<(Request<RequestBody>, Arc<Exchange>), String> {
         let body = entry.body.clone();
         let op = graphql::operation_of(&body).ok();
         let method =
             http::Method::from_bytes(entry.method.as_bytes()).map_err(|e| e.to_string())?;
         let path = entry.path.split('?').next().unwrap_or("/");
-        let route = self
-            .routes
+        let routes = &view.prepare.routes;
+        let route = routes
             .all()
             .iter()
             .find(|r| *r.name == *entry.route)
             .cloned()
-            .unwrap_or_else(|| self.routes.find(&method, path, op.as_deref()).clone());
+            .unwrap_or_else(|| routes.find(&method, path, op.as_deref()).clone());
         let mut headers = decode_headers(&entry.headers);
-        headers.insert(http::header::HOST, self.target.host().clone());
-        if let Some((name, value)) = &self.api_key {
+        headers.insert(http::header::HOST, view.prepare.target.host().clone());
+        if let Some((name, value)) = &view.api_key {
             headers.insert(name.clone(), value.clone());
         }
         let request_id = HeaderValue::from_str(&entry.request_id)
@@ -427,6 +441,7 @@ impl Drain {
         let ex = Exchange::new(request_id);
         ex.set_routed(Routed {
             deadline: ex.started + route.deadline,
+            metrics: view.prepare.route_metrics[route.index].clone(),
             route,
             operation: op,
             idempotent: true,
@@ -437,7 +452,8 @@ impl Drain {
         });
         let mut req = Request::new(RequestBody::full(body));
         *req.method_mut() = method;
-        *req.uri_mut() = self
+        *req.uri_mut() = view
+            .prepare
             .target
             .uri_for(&entry.path)
             .map_err(|e| e.to_string())?;
@@ -447,7 +463,8 @@ impl Drain {
     }
 
     async fn deliver(&self, entry: &Entry) -> Outcome {
-        let (req, ex) = match self.request(entry) {
+        let view = self.view.load_full();
+        let (req, ex) = match Self::request(&view, entry) {
             Ok(r) => r,
             Err(reason) => {
                 // The stored write itself cannot be sent: its content's fault.
@@ -460,7 +477,7 @@ impl Drain {
                 });
             }
         };
-        let mut service = self.service.clone();
+        let mut service = view.service.clone();
         let result = match service.ready().await {
             Ok(svc) => svc.call(req).await,
             Err(e) => Err(e),
@@ -511,7 +528,7 @@ impl Drain {
                     self.refusal(&class, info)
                 } else {
                     let wait = if class.kind == Kind::CircuitOpen {
-                        self.breaker.retry_after()
+                        self.view().breaker.retry_after()
                     } else {
                         None
                     };

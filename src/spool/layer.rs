@@ -35,7 +35,7 @@ impl Spool {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            headers: record::encode_headers(&head.headers, &self.inner.skip),
+            headers: record::encode_headers(&head.headers, &self.inner.live.load().skip),
             body,
             keys: keys.to_vec(),
         }

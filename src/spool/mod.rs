@@ -40,7 +40,6 @@ use http::HeaderName;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::config::SpoolFile;
 use crate::error::{Error, SpoolFull, SpoolUnavailable};
 use crate::metrics::SpoolMetrics;
 use admission::OrderState;
@@ -50,12 +49,76 @@ use store::{Appended, NewEntry, Store, StoreError, Totals};
 /// entries, page slack), for the capacity check.
 const ENTRY_OVERHEAD: u64 = 512;
 
+/// The spool's settings, checked by the config (`[spool]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSettings {
+    /// The SQLite store file (a restart is needed to change it).
+    pub path: std::path::PathBuf,
+    /// Most writes in one transaction (a restart is needed to change it).
+    pub max_batch: usize,
+    /// Capacity (live).
+    pub limits: SpoolLimits,
+    /// Store the client's credentials with each entry (live: applies to
+    /// writes stored from then on).
+    pub store_credentials: bool,
+    /// The header that carries the client's credential.
+    pub api_key_header: HeaderName,
+    /// The credential replays send when credentials are not stored
+    /// (marked sensitive: it never prints).
+    pub replay_key: Option<(HeaderName, http::HeaderValue)>,
+    /// How the replay worker paces itself (live).
+    pub replay: ReplayParams,
+    /// Margin kept before a spooling route's deadline for the local commit.
+    pub commit_margin: std::time::Duration,
+}
+
+/// How much the spool may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolLimits {
+    /// Waiting entries.
+    pub max_entries: u64,
+    /// Bytes of database pages in use.
+    pub max_bytes: u64,
+}
+
+/// The replay worker's pace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayParams {
+    /// First delay after a failed replay.
+    pub backoff_base: std::time::Duration,
+    /// Largest delay between failed replays.
+    pub backoff_max: std::time::Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Statuses that refuse a write for its content (dead letter).
+    pub dead_letter_statuses: Vec<u16>,
+}
+
+/// What the spool does with writes, changed by a reload.
+#[derive(Debug)]
+struct Live {
+    limits: SpoolLimits,
+    /// Headers not written to disk (credentials, when not stored).
+    skip: Vec<HeaderName>,
+}
+
+impl Live {
+    fn of(cfg: &SpoolSettings, sensitive: &[HeaderName]) -> Live {
+        let mut skip = vec![http::header::HOST];
+        if !cfg.store_credentials {
+            skip.extend(sensitive.iter().cloned());
+        }
+        Live {
+            limits: cfg.limits,
+            skip,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    cfg: SpoolFile,
-    /// Headers not written to disk (credentials, when not stored).
-    skip: Vec<HeaderName>,
+    live: arc_swap::ArcSwap<Live>,
     order: Mutex<OrderState>,
     /// Wakes the worker: something was stored, or a live write finished.
     wake: Notify,
@@ -144,22 +207,17 @@ pub struct Write {
 impl Spool {
     /// Open the store at `spool.path` (see [`Store::open`]).
     pub fn open(
-        cfg: &SpoolFile,
+        cfg: &SpoolSettings,
         sensitive: &[HeaderName],
         metrics: SpoolMetrics,
         quarantine_corrupt: bool,
     ) -> Result<Spool, StoreError> {
         let store = Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch)?;
         let next_ticket = store.totals.max_ticket.load(Ordering::Relaxed).max(0) as u64 + 1;
-        let mut skip = vec![http::header::HOST];
-        if !cfg.store_credentials {
-            skip.extend(sensitive.iter().cloned());
-        }
         let spool = Spool {
             inner: Arc::new(Inner {
                 store,
-                cfg: cfg.clone(),
-                skip,
+                live: arc_swap::ArcSwap::from_pointee(Live::of(cfg, sensitive)),
                 order: Mutex::new(OrderState::new(next_ticket)),
                 wake: Notify::new(),
                 metrics,
@@ -170,6 +228,12 @@ impl Spool {
         Ok(spool)
     }
 
+    /// Take up reloaded settings: capacity and which headers are stored
+    /// apply to the next write (the path and batch size need a restart).
+    pub fn apply(&self, cfg: &SpoolSettings, sensitive: &[HeaderName]) {
+        self.inner.live.store(Arc::new(Live::of(cfg, sensitive)));
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
@@ -178,7 +242,7 @@ impl Spool {
     /// Why a write of `bytes` cannot be stored now, if it cannot.
     fn over_capacity(&self, bytes: u64) -> Option<String> {
         let t = &self.inner.store.totals;
-        let cfg = &self.inner.cfg;
+        let cfg = self.inner.live.load().limits;
         let (pending, pending_bytes) = self
             .inner
             .order
@@ -193,12 +257,10 @@ impl Spool {
             ));
         }
         let used = Totals::get(&t.db_used_bytes);
-        if used + pending_bytes.max(bytes) + ENTRY_OVERHEAD * pending.max(1)
-            > cfg.max_bytes.as_u64()
-        {
+        if used + pending_bytes.max(bytes) + ENTRY_OVERHEAD * pending.max(1) > cfg.max_bytes {
             return Some(format!(
                 "{used} bytes of database in use, spool.max_bytes is {}",
-                cfg.max_bytes.as_u64()
+                cfg.max_bytes
             ));
         }
         let wal = Totals::get(&t.wal_bytes);
@@ -320,8 +382,8 @@ impl Spool {
             deduplicated: Totals::get(&t.deduplicated),
             commit_batches: Totals::get(&t.batches),
             refused_full: m.full.get(),
-            max_entries: self.inner.cfg.max_entries,
-            max_bytes: self.inner.cfg.max_bytes.as_u64(),
+            max_entries: self.inner.live.load().limits.max_entries,
+            max_bytes: self.inner.live.load().limits.max_bytes,
             paused: self.paused(),
         })
     }

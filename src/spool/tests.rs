@@ -12,6 +12,23 @@ fn write(route: &Arc<str>, n: u64) -> Write {
     }
 }
 
+/// The default `[spool]` settings with the store at `path`, validated as
+/// the sidecar does.
+fn settings(path: &std::path::Path) -> SpoolSettings {
+    let text = format!(
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[spool]\npath = {:?}\n",
+        path.display().to_string()
+    );
+    crate::config::Config::from_toml_str(
+        &text,
+        std::path::Path::new("t"),
+        &[],
+        &crate::config::Overrides::default(),
+    )
+    .unwrap()
+    .spool
+}
+
 fn waiting(spool: &Spool) -> u64 {
     spool.store().totals.entries.load(Ordering::Relaxed)
 }
@@ -23,10 +40,7 @@ fn waiting(spool: &Spool) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resync_never_undercounts_waiting_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SpoolFile {
-        path: dir.path().join("spool.sqlite3"),
-        ..SpoolFile::default()
-    };
+    let cfg = settings(&dir.path().join("spool.sqlite3"));
     let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
     let route: Arc<str> = "spooled_writes".into();
     let mut n = 0;
@@ -68,10 +82,7 @@ fn body_write(route: &Arc<str>, body: &str, key: &str) -> Write {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repeat_is_not_folded_over_a_write_still_being_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SpoolFile {
-        path: dir.path().join("spool.sqlite3"),
-        ..SpoolFile::default()
-    };
+    let cfg = settings(&dir.path().join("spool.sqlite3"));
     let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
     let route: Arc<str> = "spooled_writes".into();
     // F goes live; L (same step) goes behind it and is pending.

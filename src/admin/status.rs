@@ -1,0 +1,480 @@
+//! The status page, `GET /` on the admin port: "is my data getting
+//! through?" at a glance.
+//!
+//! One self-contained HTML document — no script, no external asset, an
+//! inline SVG chart — that refreshes itself every few seconds and reads as
+//! plain tables in a terminal browser. Written by hand with `format!`: the
+//! page is one small template, and a template engine would add more code
+//! and binary than the page itself.
+//!
+//! The figures come from the same counters as `/metrics` (the board below
+//! counts outcomes as the edge writes the access line) and from samples
+//! taken every [`SAMPLE_EVERY`], so "the last minute" is the difference
+//! between now and the sample a minute old.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::breaker::Snapshot;
+use crate::exchange::NotRetried;
+use crate::generation::ReloadReport;
+use crate::metrics::RouteMetrics;
+use crate::spool::SpoolStatus;
+use crate::spool::store::now_ms;
+
+/// How often the board takes a sample.
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// Samples kept: ten minutes.
+const SAMPLES: usize = 120;
+/// Structured errors kept.
+const ERRORS: usize = 20;
+
+/// One structured error the sidecar answered (never a header or a body).
+#[derive(Debug, Clone)]
+pub struct ErrorEntry {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// The stable error code (`upstream_timeout`, `circuit_open`, ...).
+    pub code: &'static str,
+    /// The route's name.
+    pub route: String,
+    /// The status answered.
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    at_ms: i64,
+    answered: u64,
+    spooled: u64,
+    failed: u64,
+    depth: u64,
+}
+
+/// Outcome counters and recent errors, kept across config generations.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    answered: AtomicU64,
+    spooled: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<VecDeque<ErrorEntry>>,
+    samples: Mutex<VecDeque<Sample>>,
+}
+
+/// The figures of the last minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastMinute {
+    /// Requests the upstream answered and the client got.
+    pub answered: u64,
+    /// Writes acknowledged from the spool.
+    pub spooled: u64,
+    /// Requests that ended in a failure for the client.
+    pub failed: u64,
+    /// Seconds the figures cover (less than 60 just after start).
+    pub seconds: u64,
+}
+
+impl StatusBoard {
+    /// Count a request the upstream answered.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a write acknowledged from the spool.
+    pub fn spooled(&self) {
+        self.spooled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a request that failed for the client; `error` when the sidecar
+    /// answered it with a structured error.
+    pub fn failed(&self, error: Option<ErrorEntry>) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = error
+            && let Ok(mut q) = self.errors.lock()
+        {
+            if q.len() == ERRORS {
+                q.pop_front();
+            }
+            q.push_back(e);
+        }
+    }
+
+    fn now(&self, depth: u64) -> Sample {
+        Sample {
+            at_ms: now_ms(),
+            answered: self.answered.load(Ordering::Relaxed),
+            spooled: self.spooled.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            depth,
+        }
+    }
+
+    /// Take a sample (the sampler calls this every [`SAMPLE_EVERY`]).
+    pub fn sample(&self, depth: u64) {
+        let s = self.now(depth);
+        if let Ok(mut q) = self.samples.lock() {
+            if q.len() == SAMPLES {
+                q.pop_front();
+            }
+            q.push_back(s);
+        }
+    }
+
+    /// Totals since start: (answered, spooled, failed).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let s = self.now(0);
+        (s.answered, s.spooled, s.failed)
+    }
+
+    /// The last minute's figures (since the oldest sample, if younger).
+    pub fn last_minute(&self) -> LastMinute {
+        let now = self.now(0);
+        let base = self.samples.lock().ok().and_then(|q| {
+            q.iter()
+                .rev()
+                .find(|s| now.at_ms - s.at_ms >= 60_000)
+                .or_else(|| q.front())
+                .copied()
+        });
+        let base = base.unwrap_or_default();
+        LastMinute {
+            answered: now.answered.saturating_sub(base.answered),
+            spooled: now.spooled.saturating_sub(base.spooled),
+            failed: now.failed.saturating_sub(base.failed),
+            seconds: if base.at_ms == 0 {
+                0
+            } else {
+                ((now.at_ms - base.at_ms).max(0) / 1000) as u64
+            },
+        }
+    }
+
+    /// The most recent structured errors, newest first.
+    pub fn recent_errors(&self, n: usize) -> Vec<ErrorEntry> {
+        self.errors
+            .lock()
+            .map(|q| q.iter().rev().take(n).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn depths(&self) -> Vec<(i64, u64)> {
+        self.samples
+            .lock()
+            .map(|q| q.iter().map(|s| (s.at_ms, s.depth)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// What the page shows besides the board.
+#[derive(Debug)]
+pub struct PageInput<'a> {
+    /// The board.
+    pub board: &'a StatusBoard,
+    /// The breaker.
+    pub breaker: Snapshot,
+    /// The spool, when one is open (`Err` when it cannot be read).
+    pub spool: Option<Result<SpoolStatus, String>>,
+    /// The current generation's routes.
+    pub routes: &'a [std::sync::Arc<RouteMetrics>],
+    /// The generation in force.
+    pub generation: u64,
+    /// The last reload, if any.
+    pub last_reload: Option<ReloadReport>,
+    /// The upstream's origin (no credentials: the config refuses them).
+    pub upstream: String,
+    /// The phase (`serving`, `draining`, ...).
+    pub phase: &'static str,
+}
+
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn ago(at_ms: i64) -> String {
+    if at_ms <= 0 {
+        return "-".to_string();
+    }
+    let secs = ((now_ms() - at_ms).max(0) / 1000) as u64;
+    format!(
+        "{} ago",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
+fn utc(at_ms: i64) -> String {
+    if at_ms <= 0 {
+        return "-".to_string();
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(at_ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The spool depth over the sampled minutes, as an inline SVG polyline.
+fn chart(points: &[(i64, u64)]) -> String {
+    let (w, h) = (480.0_f64, 100.0_f64);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" role=\"img\" aria-label=\"spool depth over time\">\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"#fafafa\" stroke=\"#ccc\"/>",
+        h + 16.0
+    );
+    if points.len() < 2 {
+        svg.push_str("<text x=\"8\" y=\"54\" font-size=\"12\" fill=\"#666\">collecting samples…</text></svg>");
+        return svg;
+    }
+    let (t0, t1) = (points[0].0, points[points.len() - 1].0);
+    let span = (t1 - t0).max(1) as f64;
+    let top = points.iter().map(|p| p.1).max().unwrap_or(0).max(1) as f64;
+    let mut line = String::new();
+    for (t, d) in points {
+        let x = (*t - t0) as f64 / span * (w - 2.0) + 1.0;
+        let y = h - 1.0 - (*d as f64 / top) * (h - 2.0);
+        let _ = write!(line, "{x:.1},{y:.1} ");
+    }
+    let _ = write!(
+        svg,
+        "<polyline fill=\"none\" stroke=\"#e65100\" stroke-width=\"2\" points=\"{}\"/>\
+         <text x=\"4\" y=\"12\" font-size=\"11\" fill=\"#333\">{}</text>\
+         <text x=\"4\" y=\"{}\" font-size=\"11\" fill=\"#333\">last {} min · max {}</text></svg>",
+        line.trim_end(),
+        top as u64,
+        h + 13.0,
+        (span / 60_000.0).ceil() as u64,
+        top as u64
+    );
+    svg
+}
+
+/// Render the page.
+pub fn render(p: &PageInput<'_>) -> String {
+    let lm = p.board.last_minute();
+    let (answered_total, spooled_total, failed_total) = p.board.totals();
+    let verdict = if lm.failed == 0 {
+        ("ok", "#2e7d32", "data is getting through")
+    } else if lm.answered + lm.spooled > 0 {
+        (
+            "degraded",
+            "#ef6c00",
+            "some requests failed in the last minute",
+        )
+    } else {
+        ("failing", "#c62828", "requests are failing")
+    };
+    let mut o = String::with_capacity(8 * 1024);
+    let _ = write!(
+        o,
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"5\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>datalayer-sidecar · {}</title>\
+         <style>body{{font-family:system-ui,sans-serif;margin:1.5em;max-width:60em;color:#222}}\
+         table{{border-collapse:collapse;margin:.4em 0 1.2em}}td,th{{border:1px solid #ddd;padding:.25em .6em;text-align:left}}\
+         th{{background:#f3f3f3}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
+         .badge{{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff}}</style></head><body>",
+        verdict.0
+    );
+    let _ = write!(
+        o,
+        "<h1>datalayer-sidecar</h1><p><span class=\"badge\" id=\"verdict\" style=\"background:{}\">{}</span> {} · upstream <code>{}</code> · phase <b id=\"phase\">{}</b></p>",
+        verdict.1,
+        verdict.0,
+        verdict.2,
+        esc(&p.upstream),
+        p.phase
+    );
+    let _ = write!(
+        o,
+        "<h2>Last minute</h2><table id=\"last-minute\"><tr><th></th><th>last {}s</th><th>since start</th></tr>\
+         <tr><td>answered by the upstream</td><td class=\"n\" id=\"answered\">{}</td><td class=\"n\" id=\"answered-total\">{}</td></tr>\
+         <tr><td>acknowledged from the spool</td><td class=\"n\" id=\"spooled\">{}</td><td class=\"n\" id=\"spooled-total\">{}</td></tr>\
+         <tr><td>failed</td><td class=\"n\" id=\"failed\">{}</td><td class=\"n\" id=\"failed-total\">{}</td></tr></table>",
+        lm.seconds, lm.answered, answered_total, lm.spooled, spooled_total, lm.failed, failed_total
+    );
+    let b = &p.breaker;
+    let _ = write!(
+        o,
+        "<h2>Circuit breaker</h2><table id=\"breaker\"><tr><td>state</td><td id=\"breaker-state\">{}{}</td></tr>\
+         <tr><td>since</td><td>{} ({})</td></tr><tr><td>window</td><td>{} calls, {} transient failures</td></tr>\
+         <tr><td>last trip reason</td><td>{}</td></tr></table>",
+        b.state,
+        if b.enabled { "" } else { " (disabled)" },
+        utc(b.since_ms),
+        ago(b.since_ms),
+        b.window_calls,
+        b.window_failures,
+        if b.last_trip_reason.is_empty() {
+            "-"
+        } else {
+            b.last_trip_reason
+        }
+    );
+    o.push_str("<h2>Spool</h2>");
+    match &p.spool {
+        None => o.push_str("<p id=\"spool\">No route spools; the spool is not open.</p>"),
+        Some(Err(e)) => {
+            let _ = write!(o, "<p id=\"spool\">cannot read the spool: {}</p>", esc(e));
+        }
+        Some(Ok(s)) => {
+            let paused = match &s.paused {
+                Some(x) => format!(
+                    "paused: {} ({}) since {}",
+                    esc(&x.reason),
+                    esc(&x.detail),
+                    ago(x.since_ms)
+                ),
+                None => "delivering".to_string(),
+            };
+            let _ = write!(
+                o,
+                "<table id=\"spool\"><tr><td>waiting writes</td><td class=\"n\" id=\"spool-depth\">{}</td></tr>\
+                 <tr><td>bytes</td><td class=\"n\" id=\"spool-bytes\">{}</td></tr>\
+                 <tr><td>oldest entry</td><td class=\"n\" id=\"spool-oldest\">{}</td></tr>\
+                 <tr><td>dead letters</td><td class=\"n\" id=\"spool-dead-letters\">{}</td></tr>\
+                 <tr><td>worker</td><td id=\"spool-worker\">{}</td></tr>\
+                 <tr><td>disk</td><td class=\"n\">{} of {} max</td></tr></table>",
+                s.stats.depth,
+                s.stats.bytes,
+                s.stats
+                    .oldest_age_seconds
+                    .map_or("-".to_string(), |a| format!("{a:.0} s")),
+                s.stats.dead_letters,
+                paused,
+                bytesize::ByteSize(s.disk.disk_bytes),
+                bytesize::ByteSize(s.max_bytes),
+            );
+        }
+    }
+    let _ = write!(
+        o,
+        "<p>Waiting writes, sampled every {} s:</p>{}",
+        SAMPLE_EVERY.as_secs(),
+        chart(&p.board.depths())
+    );
+    o.push_str("<h2>Retries</h2><table id=\"retries\"><tr><th>route</th><th>retries</th>");
+    for r in NotRetried::ALL {
+        let _ = write!(o, "<th>not retried: {}</th>", r.as_str());
+    }
+    o.push_str("</tr>");
+    for r in p.routes {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td class=\"n\" data-route=\"{}\" data-reason=\"retries\">{}</td>",
+            esc(r.name()),
+            esc(r.name()),
+            r.retries.get()
+        );
+        for (reason, n) in r.not_retried_counts() {
+            let _ = write!(
+                o,
+                "<td class=\"n\" data-route=\"{}\" data-reason=\"{}\">{n}</td>",
+                esc(r.name()),
+                reason.as_str()
+            );
+        }
+        o.push_str("</tr>");
+    }
+    o.push_str("</table><h2>Last errors</h2>");
+    let errors = p.board.recent_errors(10);
+    if errors.is_empty() {
+        o.push_str("<p id=\"errors\">none</p>");
+    } else {
+        o.push_str(
+            "<table id=\"errors\"><tr><th>when</th><th>code</th><th>status</th><th>route</th></tr>",
+        );
+        for e in errors {
+            let _ = write!(
+                o,
+                "<tr><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                utc(e.at_ms),
+                ago(e.at_ms),
+                e.code,
+                e.status,
+                esc(&e.route)
+            );
+        }
+        o.push_str("</table>");
+    }
+    let reload = match &p.last_reload {
+        None => "none since start".to_string(),
+        Some(r) => {
+            let mut s = format!("{} ({:?}) {}", r.result, r.trigger, ago(r.at_ms));
+            if let Some(e) = &r.error {
+                let _ = write!(s, ": {}", esc(e));
+            }
+            if !r.restart_needed.is_empty() {
+                let _ = write!(s, "; restart needed for {}", r.restart_needed.join(", "));
+            }
+            s
+        }
+    };
+    let _ = write!(
+        o,
+        "<h2>Config</h2><table id=\"config\"><tr><td>generation</td><td class=\"n\" id=\"generation\">{}</td></tr>\
+         <tr><td>last reload</td><td id=\"last-reload\">{}</td></tr></table>\
+         <p>JSON and text: <a href=\"/metrics\">/metrics</a> · <a href=\"/spool\">/spool</a> · <a href=\"/breaker\">/breaker</a> · <a href=\"/config\">/config</a> · <a href=\"/readyz\">/readyz</a></p>\
+         <p><small>rendered {}</small></p></body></html>",
+        p.generation,
+        reload,
+        utc(now_ms())
+    );
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_minute_counts_only_what_happened_since_the_sample_a_minute_old() {
+        let b = StatusBoard::default();
+        for _ in 0..5 {
+            b.answered();
+        }
+        b.samples.lock().unwrap().push_back(Sample {
+            at_ms: now_ms() - 61_000,
+            answered: 3,
+            spooled: 0,
+            failed: 0,
+            depth: 0,
+        });
+        b.spooled();
+        b.failed(None);
+        let lm = b.last_minute();
+        assert_eq!((lm.answered, lm.spooled, lm.failed), (2, 1, 1));
+        assert!(lm.seconds >= 60);
+    }
+
+    #[test]
+    fn errors_are_bounded_and_newest_first() {
+        let b = StatusBoard::default();
+        for i in 0..(ERRORS + 5) {
+            b.failed(Some(ErrorEntry {
+                at_ms: i as i64,
+                code: "upstream_timeout",
+                route: format!("r{i}"),
+                status: 504,
+            }));
+        }
+        let e = b.recent_errors(100);
+        assert_eq!(e.len(), ERRORS);
+        assert_eq!(e[0].route, format!("r{}", ERRORS + 4));
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        assert_eq!(esc("<a href='x'>&"), "&lt;a href=&#39;x&#39;&gt;&amp;");
+    }
+}
