@@ -160,11 +160,15 @@ impl StatusBoard {
             .unwrap_or_default()
     }
 
-    fn depths(&self) -> Vec<(i64, u64)> {
-        self.samples
+    /// The sampled depths, then `now` (the depth at this moment).
+    fn depths(&self, now: u64) -> Vec<(i64, u64)> {
+        let mut v: Vec<(i64, u64)> = self
+            .samples
             .lock()
             .map(|q| q.iter().map(|s| (s.at_ms, s.depth)).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        v.push((now_ms(), now));
+        v
     }
 }
 
@@ -248,11 +252,11 @@ fn chart(points: &[(i64, u64)]) -> String {
         svg,
         "<polyline fill=\"none\" stroke=\"#e65100\" stroke-width=\"2\" points=\"{}\"/>\
          <text x=\"4\" y=\"12\" font-size=\"11\" fill=\"#333\">{}</text>\
-         <text x=\"4\" y=\"{}\" font-size=\"11\" fill=\"#333\">last {} min · max {}</text></svg>",
+         <text x=\"4\" y=\"{}\" font-size=\"11\" fill=\"#333\">over {} · max {}</text></svg>",
         line.trim_end(),
         top as u64,
         h + 13.0,
-        (span / 60_000.0).ceil() as u64,
+        humantime::format_duration(Duration::from_secs((span / 1000.0).round() as u64)),
         top as u64
     );
     svg
@@ -359,32 +363,41 @@ pub fn render(p: &PageInput<'_>) -> String {
     }
     let _ = write!(
         o,
-        "<p>Waiting writes, sampled every {} s:</p>{}",
+        "<p>Waiting writes over the last minutes (sampled every {} s):</p>{}",
         SAMPLE_EVERY.as_secs(),
-        chart(&p.board.depths())
+        chart(&p.board.depths(match &p.spool {
+            Some(Ok(s)) => s.stats.depth,
+            _ => 0,
+        }))
     );
-    o.push_str("<h2>Retries</h2><table id=\"retries\"><tr><th>route</th><th>retries</th>");
-    for r in NotRetried::ALL {
-        let _ = write!(o, "<th>not retried: {}</th>", r.as_str());
-    }
-    o.push_str("</tr>");
+    o.push_str(
+        "<h2>Retries</h2><table id=\"retries\"><tr><th>route</th><th>retries started</th><th>failed, not retried</th></tr>",
+    );
+    let mut by_reason = [0u64; NotRetried::ALL.len()];
     for r in p.routes {
+        let mut not_retried = 0;
+        for (i, (_, n)) in r.not_retried_counts().enumerate() {
+            not_retried += n;
+            if let Some(slot) = by_reason.get_mut(i) {
+                *slot += n;
+            }
+        }
         let _ = write!(
             o,
-            "<tr><td>{}</td><td class=\"n\" data-route=\"{}\" data-reason=\"retries\">{}</td>",
+            "<tr><td>{}</td><td class=\"n\" data-route=\"{}\" data-reason=\"retries\">{}</td><td class=\"n\">{not_retried}</td></tr>",
             esc(r.name()),
             esc(r.name()),
             r.retries.get()
         );
-        for (reason, n) in r.not_retried_counts() {
-            let _ = write!(
-                o,
-                "<td class=\"n\" data-route=\"{}\" data-reason=\"{}\">{n}</td>",
-                esc(r.name()),
-                reason.as_str()
-            );
-        }
-        o.push_str("</tr>");
+    }
+    o.push_str("</table><p>Not retried because…</p><table id=\"not-retried\"><tr><th>reason</th><th>requests</th></tr>");
+    for (reason, n) in NotRetried::ALL.iter().zip(by_reason) {
+        let _ = write!(
+            o,
+            "<tr><td>{}</td><td class=\"n\" data-reason=\"{}\">{n}</td></tr>",
+            reason.as_str(),
+            reason.as_str()
+        );
     }
     o.push_str("</table><h2>Last errors</h2>");
     let errors = p.board.recent_errors(10);
