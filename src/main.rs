@@ -38,8 +38,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => check_config(&cfg),
         Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
         Some(Command::Explain { method, path, body }) => explain(&cfg, &method, &path, body),
-        Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg.spool.path)
-        {
+        Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg.spool) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("datalayer-sidecar: {e}");

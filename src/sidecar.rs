@@ -420,6 +420,9 @@ where
     if let Some(w) = worker {
         let _ = w.await;
     }
+    if let Some(shared) = spool.as_ref().and_then(|s| s.store().postgres()) {
+        hand_off(shared).await;
+    }
     drop(current);
     drop(spool);
     let _ = admin_stop_tx.send(true);
@@ -518,6 +521,27 @@ fn finish<S>(core: &Core, cur: &Generation<S>, report: ReloadReport) -> ReloadRe
     );
     core.admin_view(cur, Some(report.clone()));
     report
+}
+
+/// With the shared store every acknowledged write is already in it; give
+/// back what this replica had claimed, so the others take it at once
+/// rather than when the lease runs out, and say how the queue stands.
+async fn hand_off(shared: &crate::spool::store::pg::PgStore) {
+    let released = shared.release_all().await;
+    let waiting = shared.stats().await.map(|s| s.depth);
+    match (released, waiting) {
+        (Ok(released), Ok(waiting)) => tracing::info!(
+            handed_over = released,
+            waiting_in_shared_store = waiting,
+            held_only_locally = 0,
+            "spool hand-off: every acknowledged write is in the shared store"
+        ),
+        (r, w) => tracing::warn!(
+            error = %r.err().or(w.err()).map_or_else(String::new, |e| e.to_string()),
+            held_only_locally = 0,
+            "spool hand-off: the shared store could not be reached; this replica's claims are released when their lease runs out"
+        ),
+    }
 }
 
 /// Queue a reload on every SIGHUP.

@@ -258,6 +258,9 @@ impl Config {
         if file.spool.api_key.is_some() {
             file.spool.api_key = Some("<redacted>".to_string());
         }
+        if let Some(url) = &file.spool.postgres_url {
+            file.spool.postgres_url = Some(crate::spool::store::pg::redact_url(url));
+        }
         let mut out = toml::to_string_pretty(&file)
             .unwrap_or_else(|e| format!("# cannot print config: {e}\n"));
         out.push_str(&format!(

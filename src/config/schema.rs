@@ -304,12 +304,41 @@ impl Default for ClassifyFile {
     }
 }
 
+/// Which store holds the spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolBackendKind {
+    /// A SQLite file at `spool.path`.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database at `spool.postgres_url`, shared by replicas.
+    Postgres,
+}
+
 /// `[spool]`: the durable store-and-forward spool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SpoolFile {
+    /// Where the spool lives: `sqlite` (a file on this machine, the
+    /// default) or `postgres` (a database shared by every replica).
+    pub backend: SpoolBackendKind,
     /// SQLite database file; its directory is created if missing.
     pub path: PathBuf,
+    /// `postgres://user[:password]@host[:port]/db[?sslmode=...]` for
+    /// `backend = "postgres"`. Never printed or logged with its password.
+    pub postgres_url: Option<String>,
+    /// A file holding the database password (first line), instead of one
+    /// in the URL; `PGPASSWORD` works too.
+    pub postgres_password_file: Option<PathBuf>,
+    /// Extra PEM CA certificates trusted for the database's TLS
+    /// certificate (besides the built-in roots).
+    pub postgres_ca_file: Option<PathBuf>,
+    /// Connections to the database at most.
+    pub postgres_pool: usize,
+    /// How long a replica may hold an entry it is delivering before
+    /// another replica may take it (longer than any route's deadline).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// Store the client's credentials with each entry so replay uses them.
     /// When false, replay sends `api_key` instead.
     pub store_credentials: bool,
@@ -345,6 +374,12 @@ pub struct SpoolFile {
 impl Default for SpoolFile {
     fn default() -> Self {
         SpoolFile {
+            backend: SpoolBackendKind::Sqlite,
+            postgres_url: None,
+            postgres_password_file: None,
+            postgres_ca_file: None,
+            postgres_pool: 8,
+            lease: Duration::from_secs(30),
             path: PathBuf::from("data/spool.sqlite3"),
             store_credentials: true,
             api_key: None,

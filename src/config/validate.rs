@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use http::{HeaderName, HeaderValue, Method};
 
-use super::schema::{BreakerFile, FileConfig, RetryFile};
+use super::schema::{BreakerFile, FileConfig, RetryFile, SpoolBackendKind, SpoolFile};
 use super::{Config, ConfigError};
 use crate::breaker::BreakerParams;
 use crate::classify::ClassifyParams;
@@ -27,7 +27,8 @@ use crate::route::file::{
     OnFailure, Preset, RetryOverride, RouteFile, SpoolMode, TimeoutsOverride,
 };
 use crate::route::{GraphqlMatch, Origin, PathMatch, Route, literalai};
-use crate::spool::{ReplayParams, SpoolLimits, SpoolSettings};
+use crate::spool::store::pg::{PgParams, redact_url};
+use crate::spool::{ReplayParams, SpoolBackend, SpoolLimits, SpoolSettings};
 use crate::telemetry::LogParams;
 
 /// Smallest header limit hyper accepts for its read buffer.
@@ -69,6 +70,21 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         .map_err(|e| ConfigError::key("log.level", e.to_string()))?;
     nonzero(file.shutdown.grace_period, "shutdown.grace_period")?;
     let (routes, warnings) = routes(&file)?;
+    if file.spool.backend == SpoolBackendKind::Postgres
+        && let Some(r) = routes
+            .iter()
+            .filter(|r| r.spools())
+            .find(|r| r.deadline >= file.spool.lease)
+    {
+        return Err(ConfigError::key(
+            "spool.lease",
+            format!(
+                "must be longer than the deadline of every spooling route (`{}` has {}): a delivery must be over before another replica may take the entry",
+                r.name,
+                humantime::format_duration(r.deadline)
+            ),
+        ));
+    }
     Ok(Config {
         listen,
         admin_address: file.admin.address,
@@ -219,6 +235,7 @@ fn spool(file: &FileConfig) -> Result<SpoolSettings, ConfigError> {
         ));
     }
     Ok(SpoolSettings {
+        backend: backend(s)?,
         path: s.path.clone(),
         max_batch: s.max_batch,
         limits: SpoolLimits {
@@ -242,6 +259,73 @@ fn spool(file: &FileConfig) -> Result<SpoolSettings, ConfigError> {
         },
         commit_margin: s.commit_margin,
     })
+}
+
+/// The spool's store, and with PostgreSQL its connection settings. The
+/// password comes from the URL, `spool.postgres_password_file` or
+/// `PGPASSWORD`; no message here ever contains it.
+fn backend(s: &SpoolFile) -> Result<SpoolBackend, ConfigError> {
+    let url = match (s.backend, &s.postgres_url) {
+        (SpoolBackendKind::Sqlite, _) => return Ok(SpoolBackend::Sqlite),
+        (SpoolBackendKind::Postgres, None) => {
+            return Err(ConfigError::key(
+                "spool.postgres_url",
+                "is required with spool.backend = \"postgres\" (or set DATALAYER_SIDECAR_SPOOL_POSTGRES_URL)",
+            ));
+        }
+        (SpoolBackendKind::Postgres, Some(u)) => u,
+    };
+    let display = redact_url(url);
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(ConfigError::key(
+            "spool.postgres_url",
+            format!("`{display}` is not a postgres:// URL"),
+        ));
+    }
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        // The parser's message names the option, never its value.
+        ConfigError::key("spool.postgres_url", format!("`{display}`: {e}"))
+    })?;
+    if config.get_hosts().is_empty() {
+        return Err(ConfigError::key(
+            "spool.postgres_url",
+            format!("`{display}` names no host"),
+        ));
+    }
+    if config.get_password().is_none() {
+        if let Some(file) = &s.postgres_password_file {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::key(
+                    "spool.postgres_password_file",
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
+            config.password(text.lines().next().unwrap_or_default().trim_end());
+        } else if let Ok(pw) = std::env::var("PGPASSWORD") {
+            config.password(pw);
+        }
+    }
+    if s.postgres_pool == 0 || s.postgres_pool > 256 {
+        return Err(ConfigError::key("spool.postgres_pool", "must be 1..=256"));
+    }
+    if s.lease < Duration::from_secs(1) {
+        return Err(ConfigError::key("spool.lease", "must be at least 1s"));
+    }
+    if let Some(ca) = &s.postgres_ca_file
+        && !ca.is_file()
+    {
+        return Err(ConfigError::key(
+            "spool.postgres_ca_file",
+            format!("{} is not a readable file", ca.display()),
+        ));
+    }
+    Ok(SpoolBackend::Postgres(Box::new(PgParams {
+        config,
+        display,
+        ca_file: s.postgres_ca_file.clone(),
+        pool: s.postgres_pool,
+        lease: s.lease,
+    })))
 }
 
 fn nonzero(d: Duration, key: &str) -> Result<(), ConfigError> {
@@ -558,7 +642,15 @@ fn route(
         idempotent: r.idempotent,
         error_format: r.error_format,
         on_failure: r.on_failure,
-        mode: r.mode,
+        // With the shared store, the fleet's one order is the order of
+        // commits to it: every spooled write goes through it.
+        mode: if r.on_failure == OnFailure::Spool
+            && file.spool.backend == SpoolBackendKind::Postgres
+        {
+            SpoolMode::WriteBehind
+        } else {
+            r.mode
+        },
         breaker: r.breaker,
         per_try,
         deadline,
@@ -603,6 +695,24 @@ pub(super) fn restart_needed(old: &FileConfig, new: &FileConfig) -> Vec<&'static
     );
     check("admin.address", old.admin.address != new.admin.address);
     check("spool.path", old.spool.path != new.spool.path);
+    check("spool.backend", old.spool.backend != new.spool.backend);
+    check(
+        "spool.postgres_url",
+        old.spool.postgres_url != new.spool.postgres_url,
+    );
+    check(
+        "spool.postgres_password_file",
+        old.spool.postgres_password_file != new.spool.postgres_password_file,
+    );
+    check(
+        "spool.postgres_ca_file",
+        old.spool.postgres_ca_file != new.spool.postgres_ca_file,
+    );
+    check(
+        "spool.postgres_pool",
+        old.spool.postgres_pool != new.spool.postgres_pool,
+    );
+    check("spool.lease", old.spool.lease != new.spool.lease);
     check(
         "spool.max_batch",
         old.spool.max_batch != new.spool.max_batch,
@@ -621,6 +731,12 @@ pub(super) fn keep_restart_keys(old: &FileConfig, new: &mut FileConfig) {
     new.listen = old.listen.clone();
     new.admin.address = old.admin.address;
     new.spool.path = old.spool.path.clone();
+    new.spool.backend = old.spool.backend;
+    new.spool.postgres_url = old.spool.postgres_url.clone();
+    new.spool.postgres_password_file = old.spool.postgres_password_file.clone();
+    new.spool.postgres_ca_file = old.spool.postgres_ca_file.clone();
+    new.spool.postgres_pool = old.spool.postgres_pool;
+    new.spool.lease = old.spool.lease;
     new.spool.max_batch = old.spool.max_batch;
     new.runtime.worker_threads = old.runtime.worker_threads;
     new.log.format = old.log.format;

@@ -1,14 +1,17 @@
 //! `datalayer-sidecar spool stats|list|dead-letters|requeue|purge`: the
-//! operator's tools. They open the store file directly, so they work whether
-//! the sidecar runs or not (SQLite's WAL mode and locking make that safe; a
-//! running sidecar picks the changes up within seconds).
+//! operator's tools. They open the store directly — the SQLite file, or the
+//! shared PostgreSQL database — so they work whether the sidecar runs or
+//! not (SQLite's WAL mode and locking, and PostgreSQL's transactions, make
+//! that safe; a running sidecar picks the changes up within seconds).
 
 use std::io::Write as _;
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::store::{self, StoreError};
+use super::store::pg::PgStore;
+use super::store::{self, DeadLetter, Entry, Stats, StoreError};
+use super::{SpoolBackend, SpoolSettings};
 
 /// The spool subcommands.
 #[derive(Debug, Subcommand)]
@@ -76,29 +79,115 @@ fn age(ms: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-/// Run a spool subcommand against the store at `path` (`spool.path`).
-pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Open {
-            path: path.to_path_buf(),
-            detail: "no spool store here (it is created when a spooling route first starts)".into(),
-        });
+/// The store a command works on.
+enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres(tokio::runtime::Runtime, PgStore),
+}
+
+impl Db {
+    fn open(settings: &SpoolSettings) -> Result<Db, StoreError> {
+        match &settings.backend {
+            SpoolBackend::Sqlite => {
+                let path = &settings.path;
+                if !path.exists() {
+                    return Err(StoreError::Open {
+                        path: path.to_path_buf(),
+                        detail:
+                            "no spool store here (it is created when a spooling route first starts)"
+                                .into(),
+                    });
+                }
+                Ok(Db::Sqlite(store::open_checked(path)?))
+            }
+            SpoolBackend::Postgres(p) => {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let totals = std::sync::Arc::new(store::Totals::default());
+                let pg = rt.block_on(PgStore::open(p, totals, 1))?;
+                Ok(Db::Postgres(rt, pg))
+            }
+        }
     }
-    let mut conn = store::open_checked(path)?;
+
+    fn stats(&self) -> Result<Stats, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::stats(c),
+            Db::Postgres(rt, pg) => rt.block_on(pg.stats()),
+        }
+    }
+
+    fn list(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::list_entries(c, limit, 0),
+            Db::Postgres(rt, pg) => rt.block_on(pg.list(limit, 0)),
+        }
+    }
+
+    fn dead(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::list_dead(c, limit),
+            Db::Postgres(rt, pg) => rt.block_on(pg.dead_letters(limit)),
+        }
+    }
+
+    fn count(&self, table: &str) -> Result<u64, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::count(c, table),
+            Db::Postgres(rt, pg) => {
+                let s = rt.block_on(pg.stats())?;
+                Ok(if table == "entries" {
+                    s.depth
+                } else {
+                    s.dead_letters
+                })
+            }
+        }
+    }
+
+    fn requeue(&mut self, ids: &[i64], progress: impl FnMut(u64)) -> Result<u64, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::requeue(c, ids, progress),
+            Db::Postgres(rt, pg) => rt.block_on(pg.requeue(ids)),
+        }
+    }
+
+    fn purge(
+        &mut self,
+        pending: bool,
+        dead: bool,
+        progress: impl FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        match self {
+            Db::Sqlite(c) => store::purge(c, pending, dead, progress),
+            Db::Postgres(rt, pg) => rt.block_on(pg.purge(pending, dead)),
+        }
+    }
+}
+
+/// Run a spool subcommand against the spool's store (`spool.backend`).
+pub fn run(cmd: SpoolCommand, settings: &SpoolSettings) -> Result<(), StoreError> {
+    let path = match &settings.backend {
+        SpoolBackend::Sqlite => settings.path.display().to_string(),
+        SpoolBackend::Postgres(p) => p.display.clone(),
+    };
+    let mut conn = Db::open(settings)?;
     let mut out = std::io::stdout().lock();
     let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
         let _ = writeln!(out, "{s}");
     };
     match cmd {
         SpoolCommand::Stats { json } => {
-            let s = store::stats(&conn)?;
+            let s = conn.stats()?;
             if json {
                 print(
                     &mut out,
                     serde_json::to_string_pretty(&s).unwrap_or_default(),
                 );
             } else {
-                print(&mut out, format!("store         {}", path.display()));
+                print(&mut out, format!("store         {path}"));
                 print(&mut out, format!("waiting       {}", s.depth));
                 print(&mut out, format!("bytes         {}", s.bytes));
                 print(
@@ -118,7 +207,7 @@ pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> 
             }
         }
         SpoolCommand::List { limit, json } => {
-            let entries = store::list_entries(&conn, limit, 0)?;
+            let entries = conn.list(limit)?;
             if json {
                 print(
                     &mut out,
@@ -150,7 +239,7 @@ pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> 
             }
         }
         SpoolCommand::DeadLetters { limit, json } => {
-            let dead = store::list_dead(&conn, limit)?;
+            let dead = conn.dead(limit)?;
             if json {
                 print(
                     &mut out,
@@ -184,12 +273,12 @@ pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> 
                 ));
             }
             let total = if all {
-                store::count(&conn, "dead_letters")?
+                conn.count("dead_letters")?
             } else {
                 ids.len() as u64
             };
             let pb = bar(total, "requeue");
-            let moved = store::requeue(&mut conn, if all { &[] } else { &ids }, |n| pb.inc(n))?;
+            let moved = conn.requeue(if all { &[] } else { &ids }, |n| pb.inc(n))?;
             pb.finish_and_clear();
             print(&mut out, format!("requeued {moved} of {total}"));
         }
@@ -211,13 +300,13 @@ pub fn run(cmd: SpoolCommand, path: &std::path::Path) -> Result<(), StoreError> 
             }
             let mut total = 0;
             if pending {
-                total += store::count(&conn, "entries")?;
+                total += conn.count("entries")?;
             }
             if dead_letters {
-                total += store::count(&conn, "dead_letters")?;
+                total += conn.count("dead_letters")?;
             }
             let pb = bar(total, "purge");
-            let n = store::purge(&mut conn, pending, dead_letters, |n| pb.inc(n))?;
+            let n = conn.purge(pending, dead_letters, |n| pb.inc(n))?;
             pb.finish_and_clear();
             print(&mut out, format!("deleted {n}"));
         }

@@ -118,6 +118,8 @@ enum Done {
     Retry(Duration),
     /// Pause the queue.
     Pause { reason: String, detail: String },
+    /// Another replica holds the entry now (shared store): forget it.
+    Lost,
 }
 
 /// The worker's state between deliveries.
@@ -249,7 +251,7 @@ impl Drain {
                         };
                         if let Some(id) = task_entry.remove(&task) {
                             in_flight.remove(&id);
-                            if matches!(done, Done::Gone) {
+                            if matches!(done, Done::Gone | Done::Lost) {
                                 cache.retain(|e| e.id != id);
                             }
                         }
@@ -272,6 +274,7 @@ impl Drain {
     fn pace(&self, pacing: &mut Pacing, done: Done) {
         let now = Instant::now();
         match done {
+            Done::Lost => {}
             Done::Gone => {
                 pacing.backoff = self.view().replay.backoff_base;
                 if let Some(p) = pacing.paused.take() {
@@ -335,6 +338,14 @@ impl Drain {
 
     /// Deliver one entry and commit the result.
     async fn deliver_and_commit(&self, entry: Entry) -> Done {
+        match self.spool.store().renew(entry.id).await {
+            Ok(true) => {}
+            Ok(false) => return Done::Lost,
+            Err(e) => {
+                tracing::warn!(error = %e, entry = entry.id, "spool: cannot renew the claim; trying later");
+                return Done::Retry(Duration::from_secs(1));
+            }
+        }
         let outcome = self.deliver(&entry).await;
         let metrics = &self.spool.inner.metrics;
         let store = self.spool.store();

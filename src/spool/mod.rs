@@ -52,6 +52,8 @@ const ENTRY_OVERHEAD: u64 = 512;
 /// The spool's settings, checked by the config (`[spool]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpoolSettings {
+    /// Where entries are stored (a restart is needed to change it).
+    pub backend: SpoolBackend,
     /// The SQLite store file (a restart is needed to change it).
     pub path: std::path::PathBuf,
     /// Most writes in one transaction (a restart is needed to change it).
@@ -70,6 +72,15 @@ pub struct SpoolSettings {
     pub replay: ReplayParams,
     /// Margin kept before a spooling route's deadline for the local commit.
     pub commit_margin: std::time::Duration,
+}
+
+/// Which store the spool uses.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SpoolBackend {
+    /// A SQLite file at `path`, on this machine.
+    Sqlite,
+    /// A PostgreSQL database shared by every replica.
+    Postgres(Box<store::pg::PgParams>),
 }
 
 /// How much the spool may hold.
@@ -212,7 +223,14 @@ impl Spool {
         metrics: SpoolMetrics,
         quarantine_corrupt: bool,
     ) -> Result<Spool, StoreError> {
-        let store = Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch)?;
+        let store = match &cfg.backend {
+            SpoolBackend::Sqlite => Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch)?,
+            // Called off the async threads (see the sidecar's start-up):
+            // wait for the connection and migrations here.
+            SpoolBackend::Postgres(p) => tokio::runtime::Handle::try_current()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+                .block_on(Store::open_postgres(p, cfg.max_batch))?,
+        };
         let next_ticket = store.totals.max_ticket.load(Ordering::Relaxed).max(0) as u64 + 1;
         let spool = Spool {
             inner: Arc::new(Inner {
@@ -334,20 +352,7 @@ impl Spool {
     /// Refresh the gauges that need a query (oldest entry's age).
     pub async fn refresh_metrics(&self) {
         self.update_gauges();
-        let oldest = self
-            .inner
-            .store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT created_ms FROM entries ORDER BY id LIMIT 1",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .ok())
-            })
-            .await
-            .ok()
-            .flatten();
+        let oldest = self.inner.store.oldest_ms().await.ok().flatten();
         let age = oldest.map_or(0.0, |o| (store::now_ms() - o).max(0) as f64 / 1000.0);
         self.inner.metrics.oldest_age_seconds.set(age);
     }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod postgres;
 pub mod proxy;
 pub mod upstream;
 

@@ -21,6 +21,7 @@
 //! write-ahead log and [`crate::spool`] for admission.
 
 mod ops;
+pub mod pg;
 mod schema;
 mod writer;
 
@@ -38,7 +39,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 /// Largest backend answer kept with a dead letter.
-const MAX_DEAD_RESPONSE: usize = 64 * 1024;
+pub(super) const MAX_DEAD_RESPONSE: usize = 64 * 1024;
 
 /// Why the store could not be used.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,6 +72,10 @@ pub enum StoreError {
     /// The writer thread is gone.
     #[error("spool store is closed")]
     Closed,
+    /// The shared database cannot be reached (down, refusing
+    /// connections, out of connections): nothing was stored.
+    #[error("spool store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -260,13 +265,22 @@ impl std::fmt::Debug for Cmd {
 /// The open store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// Held for as long as the store is open: one sidecar per store file.
-    _lock: Arc<std::fs::File>,
-    tx: mpsc::Sender<Cmd>,
-    reader: Arc<Mutex<Connection>>,
-    /// The in-memory ledger and disk use.
+    backend: Backend,
+    /// The in-memory ledger and disk use (of the shared queue, with
+    /// PostgreSQL).
     pub totals: Arc<Totals>,
     path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+enum Backend {
+    Sqlite {
+        /// Held for as long as the store is open: one sidecar per store file.
+        _lock: Arc<std::fs::File>,
+        tx: mpsc::Sender<Cmd>,
+        reader: Arc<Mutex<Connection>>,
+    },
+    Postgres(pg::PgStore),
 }
 
 /// Milliseconds since the epoch, now.
@@ -498,61 +512,114 @@ impl Store {
             max_batch,
         )?;
         Ok(Store {
-            _lock: Arc::new(lock),
-            tx,
-            reader,
+            backend: Backend::Sqlite {
+                _lock: Arc::new(lock),
+                tx,
+                reader,
+            },
             totals,
             path: path.to_path_buf(),
         })
     }
 
-    /// The store file.
+    /// Open the shared store (see [`pg`]).
+    pub async fn open_postgres(p: &pg::PgParams, max_batch: usize) -> Result<Store, StoreError> {
+        let totals = Arc::new(Totals::default());
+        let store = pg::PgStore::open(p, totals.clone(), max_batch).await?;
+        tracing::info!(url = %p.display, replica = store.replica(), "spool: shared postgres store open");
+        Ok(Store {
+            path: PathBuf::from(p.display.clone()),
+            backend: Backend::Postgres(store),
+            totals,
+        })
+    }
+
+    /// The store file (with PostgreSQL: the redacted URL).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The shared store, when the spool lives in PostgreSQL.
+    pub fn postgres(&self) -> Option<&pg::PgStore> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     async fn call(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<Appended, StoreError>>) -> Cmd,
     ) -> Result<Appended, StoreError> {
+        let Backend::Sqlite { tx: sender, .. } = &self.backend else {
+            return Err(StoreError::Closed);
+        };
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| StoreError::Closed)?;
+        sender.send(make(tx)).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Store a write; returns once it is durably committed (or found to
     /// duplicate a waiting one, see [`Appended::Duplicate`]).
     pub async fn append(&self, entry: NewEntry) -> Result<Appended, StoreError> {
-        self.call(|r| Cmd::Append(entry, r)).await
+        match &self.backend {
+            Backend::Postgres(p) => p.append(entry).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Append(entry, r)).await,
+        }
     }
 
     /// Remove a delivered entry.
     pub async fn delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.call(|r| Cmd::Delivered(id, r)).await.map(|_| ())
+        match &self.backend {
+            Backend::Postgres(p) => p.delivered(id, &self.totals).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Delivered(id, r)).await.map(|_| ()),
+        }
+    }
+
+    /// Whether this sidecar may deliver `id` now: always with SQLite (one
+    /// sidecar per file); with PostgreSQL, while its claim holds.
+    pub async fn renew(&self, id: i64) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Postgres(p) => p.renew(id).await,
+            Backend::Sqlite { .. } => Ok(true),
+        }
     }
 
     /// Count a failed delivery attempt.
     pub async fn failed(&self, id: i64, error: String) -> Result<(), StoreError> {
-        self.call(|r| Cmd::Failed(id, error, r)).await.map(|_| ())
+        match &self.backend {
+            Backend::Postgres(p) => p.failed(id, error).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Failed(id, error, r)).await.map(|_| ()),
+        }
     }
 
     /// Move an entry to the dead-letter table.
     pub async fn dead_letter(&self, id: i64, info: DeadInfo) -> Result<(), StoreError> {
-        self.call(|r| Cmd::Dead(id, info, r)).await.map(|_| ())
+        match &self.backend {
+            Backend::Postgres(p) => p.dead_letter(id, info, &self.totals).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Dead(id, info, r)).await.map(|_| ()),
+        }
     }
 
     /// Re-read the ledger from the file, in the writer's order (so no
-    /// commit can slip between the read and its use).
+    /// commit can slip between the read and its use); with PostgreSQL, the
+    /// shared queue's counts.
     pub async fn resync(&self) -> Result<(), StoreError> {
-        self.call(Cmd::Resync).await.map(|_| ())
+        match &self.backend {
+            Backend::Postgres(p) => p.load_totals(&self.totals).await,
+            Backend::Sqlite { .. } => self.call(Cmd::Resync).await.map(|_| ()),
+        }
     }
 
-    /// Run `f` on the read connection, off the async threads.
-    pub async fn read<T: Send + 'static>(
+    /// Run `f` on the read connection, off the async threads (SQLite).
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
+        let Backend::Sqlite { reader, .. } = &self.backend else {
+            return Err(StoreError::Closed);
+        };
+        let reader = reader.clone();
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().map_err(|_| StoreError::Closed)?;
             f(&conn)
@@ -564,13 +631,39 @@ impl Store {
     /// The next entries to deliver, in order: at most `limit`, and no more
     /// once their bodies reach `max_bytes` (always at least one), so a queue
     /// of large writes cannot make the worker hold gigabytes.
+    ///
+    /// With PostgreSQL the entries are claimed for this replica (see [`pg`]).
     pub async fn head(&self, limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
-        self.read(move |c| ops::head(c, limit, max_bytes)).await
+        match &self.backend {
+            Backend::Postgres(p) => p.head(limit, max_bytes).await,
+            Backend::Sqlite { .. } => self.read(move |c| ops::head(c, limit, max_bytes)).await,
+        }
+    }
+
+    /// When the oldest waiting entry was stored (ms since the epoch).
+    pub async fn oldest_ms(&self) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(p) => p.oldest_ms().await,
+            Backend::Sqlite { .. } => {
+                self.read(|c| {
+                    Ok(c.query_row(
+                        "SELECT created_ms FROM entries ORDER BY id LIMIT 1",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .ok())
+                })
+                .await
+            }
+        }
     }
 
     /// Counts for operators.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
-        self.read(ops::stats).await
+        match &self.backend {
+            Backend::Postgres(p) => p.stats().await,
+            Backend::Sqlite { .. } => self.read(ops::stats).await,
+        }
     }
 }
 

@@ -1,0 +1,907 @@
+//! The shared store: PostgreSQL, for fleets of replicas.
+//!
+//! Why tokio-postgres with deadpool rather than sqlx: the store needs a
+//! handful of fixed statements, no compile-time query checking against a
+//! live database (CI would need one to build), and no ORM; tokio-postgres
+//! is the async client sqlx and most Rust PostgreSQL code build on, and
+//! deadpool-postgres is a small, well-kept pool for it. TLS goes through
+//! rustls (`tokio-postgres-rustls`), the same verified stack as the
+//! upstream's, with the built-in roots plus `spool.postgres_ca_file`.
+//!
+//! Guarantees, across every replica that shares the database:
+//!
+//! - **Acknowledged means committed.** A write is acknowledged after its
+//!   transaction commits with `synchronous_commit = on`. Writes are group
+//!   committed: what queued while one transaction committed goes into the
+//!   next, all or nothing, and each caller is told what happened to its own.
+//! - **One order for the fleet.** Each transaction takes the single row of
+//!   `counter` `FOR UPDATE` and numbers its entries from it (`seq`), so
+//!   appending transactions are serialized and `seq` order is commit order:
+//!   the order in which writes were acknowledged, whichever replica took
+//!   them.
+//! - **Per-key order.** A replica claims an entry only if no entry with a
+//!   lower `seq` shares one of its keys (or is a barrier): version N+1 of a
+//!   step is never delivered before version N.
+//! - **Leases.** A claim sets `lease_owner` and `lease_until_ms`; a replica
+//!   that dies leaves leases that expire after `spool.lease`, and any other
+//!   replica then takes the entries over. `FOR UPDATE SKIP LOCKED` keeps two
+//!   replicas from claiming the same entry at once.
+//!
+//! Migrations run at start under a transaction-scoped advisory lock, so
+//! sidecars starting together apply each version once. No extension needed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, DeadInfo, DeadLetter, Entry, NewEntry, Stats, StoreError, Totals, now_ms};
+use crate::route::BARRIER_KEY;
+
+/// The settings the shared store is opened with.
+#[derive(Clone)]
+pub struct PgParams {
+    /// Parsed connection settings (password included).
+    pub config: tokio_postgres::Config,
+    /// The URL with the password replaced, for logs and `/config`.
+    pub display: String,
+    /// Extra CA certificates for the database's TLS certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Connections at most.
+    pub pool: usize,
+    /// How long a claim holds an entry.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for PgParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password: only the redacted URL.
+        f.debug_struct("PgParams")
+            .field("url", &self.display)
+            .field("pool", &self.pool)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl PartialEq for PgParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.display == other.display
+            && self.config.get_password() == other.config.get_password()
+            && self.ca_file == other.ca_file
+            && self.pool == other.pool
+            && self.lease == other.lease
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable postgres URL>".to_string();
+    };
+    let (auth, tail) = match rest.split_once('@') {
+        Some((a, t)) => (Some(a), t),
+        None => (None, rest),
+    };
+    let tail = tail
+        .split('&')
+        .map(|kv| {
+            if kv.to_ascii_lowercase().contains("password=") {
+                "password=<redacted>"
+            } else {
+                kv
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    match auth {
+        Some(a) => match a.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{tail}"),
+            None => format!("{scheme}://{a}@{tail}"),
+        },
+        None => format!("{scheme}://{tail}"),
+    }
+}
+
+const MIGRATION_LOCK: i64 = 0x6473_6c73_7031; // "dslsp1"
+
+/// Schema versions, applied in order; never edited once released.
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE datalayer_sidecar.counter (
+    one  boolean PRIMARY KEY DEFAULT true CHECK (one),
+    seq  bigint  NOT NULL
+);
+INSERT INTO datalayer_sidecar.counter (one, seq) VALUES (true, 0);
+CREATE TABLE datalayer_sidecar.entries (
+    seq            bigint PRIMARY KEY,
+    route          text   NOT NULL,
+    request_id     text   NOT NULL,
+    created_ms     bigint NOT NULL,
+    method         text   NOT NULL,
+    path           text   NOT NULL,
+    headers        bytea  NOT NULL,
+    body           bytea  NOT NULL,
+    keys           text[] NOT NULL,
+    barrier        boolean NOT NULL,
+    digest         bigint NOT NULL,
+    attempts       bigint NOT NULL DEFAULT 0,
+    last_error     text,
+    replica        text   NOT NULL,
+    lease_owner    text,
+    lease_until_ms bigint
+);
+CREATE INDEX entries_keys ON datalayer_sidecar.entries USING gin (keys);
+CREATE INDEX entries_barrier ON datalayer_sidecar.entries (seq) WHERE barrier;
+CREATE TABLE datalayer_sidecar.dead_letters (
+    seq         bigint PRIMARY KEY,
+    route       text   NOT NULL,
+    request_id  text   NOT NULL,
+    created_ms  bigint NOT NULL,
+    dead_ms     bigint NOT NULL,
+    method      text   NOT NULL,
+    path        text   NOT NULL,
+    headers     bytea  NOT NULL,
+    body        bytea  NOT NULL,
+    keys        text[] NOT NULL,
+    attempts    bigint NOT NULL,
+    class       text   NOT NULL,
+    kind        text   NOT NULL,
+    status      integer,
+    response    bytea,
+    reason      text   NOT NULL
+);
+"];
+
+/// Entries no longer claimable by anyone but their lease holder.
+const CLAIMABLE: &str = "(e.lease_owner IS NULL OR e.lease_until_ms < $1 OR e.lease_owner = $2)
+    AND NOT EXISTS (
+        SELECT 1 FROM datalayer_sidecar.entries o
+        WHERE o.seq < e.seq AND (o.keys && e.keys OR o.barrier OR e.barrier))";
+
+const ENTRY_COLUMNS: &str =
+    "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
+
+fn entry_of(r: &tokio_postgres::Row) -> Entry {
+    let body = Bytes::from(r.get::<_, Vec<u8>>(7));
+    Entry {
+        id: r.get(0),
+        route: r.get(1),
+        request_id: r.get(2),
+        created_ms: r.get(3),
+        method: r.get(4),
+        path: r.get(5),
+        headers: r.get(6),
+        body_bytes: body.len(),
+        body,
+        keys: r.get(8),
+        attempts: r.get(9),
+        last_error: r.get(10),
+    }
+}
+
+/// `e` and its sources: "error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer" says what to fix, the first part alone
+/// does not. (Connection errors carry no password.)
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !out.contains(&next) {
+            out.push_str(": ");
+            out.push_str(&next);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn sql<E: std::error::Error>(e: E) -> StoreError {
+    StoreError::Sql(format!("postgres: {}", chain(&e)))
+}
+
+fn unavailable<E: std::error::Error>(e: E) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {}", chain(&e)))
+}
+
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+/// The open shared store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: Pool,
+    appends: mpsc::UnboundedSender<(NewEntry, Reply)>,
+    replica: Arc<str>,
+    lease: Duration,
+    display: Arc<str>,
+}
+
+fn tls(p: &PgParams) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &p.ca_file {
+        use pki_types::CertificateDer;
+        use pki_types::pem::PemObject;
+        let fail = |detail: String| StoreError::Open {
+            path: path.clone(),
+            detail: format!("spool.postgres_ca_file: {detail}"),
+        };
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .map_err(|e| fail(e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.to_string()))?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| fail(e.to_string()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Unavailable(format!("postgres: TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PgStore {
+    /// Connect, apply migrations and load the shared totals into `totals`.
+    /// `max_batch` writes at most go into one transaction.
+    pub async fn open(
+        p: &PgParams,
+        totals: Arc<Totals>,
+        max_batch: usize,
+    ) -> Result<PgStore, StoreError> {
+        let mut config = p.config.clone();
+        // Acknowledged means committed and flushed, whatever the server's
+        // default says.
+        config.options("-c synchronous_commit=on");
+        config.application_name("datalayer-sidecar");
+        config.connect_timeout(Duration::from_secs(5));
+        let manager = Manager::from_config(
+            config,
+            tls(p)?,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(p.pool.max(2))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(unavailable)?;
+        migrate(&pool).await?;
+        let replica: Arc<str> = format!(
+            "{}-{}-{:08x}",
+            hostname(),
+            std::process::id(),
+            fastrand::u32(..)
+        )
+        .into();
+        let (appends, rx) = mpsc::unbounded_channel();
+        let store = PgStore {
+            pool,
+            appends,
+            replica,
+            lease: p.lease,
+            display: p.display.as_str().into(),
+        };
+        store.load_totals(&totals).await?;
+        tokio::spawn(writer(
+            store.pool.clone(),
+            rx,
+            totals,
+            max_batch,
+            store.replica.clone(),
+        ));
+        Ok(store)
+    }
+
+    /// The redacted URL.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// This replica's name in `lease_owner`.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    /// Store a write; returns once it is committed.
+    pub async fn append(&self, entry: NewEntry) -> Result<Appended, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.appends
+            .send((entry, tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Claim the next deliverable entries (see the module docs).
+    pub async fn head(&self, limit: usize, max_bytes: usize) -> Result<Vec<Entry>, StoreError> {
+        let c = self.client().await?;
+        let now = now_ms();
+        let q = format!(
+            "WITH c AS (
+                SELECT e.seq FROM datalayer_sidecar.entries e WHERE {CLAIMABLE}
+                ORDER BY e.seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+             UPDATE datalayer_sidecar.entries t
+                SET lease_owner = $2, lease_until_ms = $4
+               FROM c WHERE t.seq = c.seq
+             RETURNING {}",
+            ENTRY_COLUMNS
+                .split(", ")
+                .map(|col| format!("t.{col}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let rows = c
+            .query(
+                &q,
+                &[
+                    &now,
+                    &&*self.replica,
+                    &(limit as i64),
+                    &(now + self.lease.as_millis() as i64),
+                ],
+            )
+            .await
+            .map_err(sql)?;
+        let mut out: Vec<Entry> = rows.iter().map(entry_of).collect();
+        out.sort_by_key(|e| e.id);
+        // Within the byte budget (always at least one); give the rest back.
+        let mut bytes = 0usize;
+        let mut keep = out.len();
+        for (i, e) in out.iter().enumerate() {
+            bytes += e.body_bytes;
+            if bytes >= max_bytes {
+                keep = i + 1;
+                break;
+            }
+        }
+        if keep < out.len() {
+            let rest: Vec<i64> = out[keep..].iter().map(|e| e.id).collect();
+            out.truncate(keep);
+            c.execute(
+                "UPDATE datalayer_sidecar.entries SET lease_owner = NULL
+                  WHERE seq = ANY($1) AND lease_owner = $2",
+                &[&rest, &&*self.replica],
+            )
+            .await
+            .map_err(sql)?;
+        }
+        Ok(out)
+    }
+
+    /// Remove a delivered entry.
+    pub async fn delivered(&self, id: i64, totals: &Totals) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_opt(
+                "DELETE FROM datalayer_sidecar.entries WHERE seq = $1
+                 RETURNING octet_length(body)::bigint + octet_length(headers)::bigint",
+                &[&id],
+            )
+            .await
+            .map_err(sql)?;
+        if let Some(r) = row {
+            sub(totals, r.get::<_, i64>(0));
+        }
+        Ok(())
+    }
+
+    /// Before a delivery: extend this replica's claim on `id`. False when
+    /// the claim is gone (another replica took the entry after the lease
+    /// ran out, or it was delivered): the entry must then not be sent
+    /// from what this replica read earlier.
+    pub async fn renew(&self, id: i64) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE datalayer_sidecar.entries SET lease_until_ms = $3
+                  WHERE seq = $1 AND lease_owner = $2",
+                &[
+                    &id,
+                    &&*self.replica,
+                    &(now_ms() + self.lease.as_millis() as i64),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(n == 1)
+    }
+
+    /// Count a failed attempt. The claim stays with this replica (it tries
+    /// again) until its lease runs out.
+    pub async fn failed(&self, id: i64, error: String) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE datalayer_sidecar.entries
+                SET attempts = attempts + 1, last_error = $2
+              WHERE seq = $1 AND lease_owner = $3",
+            &[&id, &error, &&*self.replica],
+        )
+        .await
+        .map_err(sql)?;
+        Ok(())
+    }
+
+    /// Move an entry to the dead letters.
+    pub async fn dead_letter(
+        &self,
+        id: i64,
+        info: DeadInfo,
+        totals: &Totals,
+    ) -> Result<(), StoreError> {
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(sql)?;
+        let response = info.response.map(|mut r| {
+            r.truncate(super::MAX_DEAD_RESPONSE);
+            r
+        });
+        let moved = t
+            .query_opt(
+                "WITH gone AS (DELETE FROM datalayer_sidecar.entries WHERE seq = $1 RETURNING *)
+                 INSERT INTO datalayer_sidecar.dead_letters
+                   (seq, route, request_id, created_ms, dead_ms, method, path, headers, body, keys,
+                    attempts, class, kind, status, response, reason)
+                 SELECT seq, route, request_id, created_ms, $2, method, path, headers, body, keys,
+                        attempts + 1, $3, $4, $5, $6, $7 FROM gone
+                 RETURNING octet_length(body)::bigint + octet_length(headers)::bigint",
+                &[
+                    &id,
+                    &now_ms(),
+                    &info.class,
+                    &info.kind,
+                    &info.status.map(i32::from),
+                    &response,
+                    &info.reason,
+                ],
+            )
+            .await
+            .map_err(sql)?;
+        t.commit().await.map_err(sql)?;
+        if let Some(r) = moved {
+            sub(totals, r.get::<_, i64>(0));
+            totals.dead.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Re-read the shared totals (other replicas write and deliver too).
+    pub async fn load_totals(&self, totals: &Totals) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let r = c
+            .query_one(
+                "SELECT count(*)::bigint,
+                        coalesce(sum(octet_length(body) + octet_length(headers)), 0)::bigint,
+                        (SELECT count(*) FROM datalayer_sidecar.dead_letters)::bigint,
+                        (SELECT seq FROM datalayer_sidecar.counter)
+                   FROM datalayer_sidecar.entries",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        let (n, bytes, dead, seq): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+        totals.entries.store(n.max(0) as u64, Ordering::Relaxed);
+        totals.bytes.store(bytes.max(0) as u64, Ordering::Relaxed);
+        totals
+            .db_used_bytes
+            .store(bytes.max(0) as u64, Ordering::Relaxed);
+        totals
+            .disk_bytes
+            .store(bytes.max(0) as u64, Ordering::Relaxed);
+        totals.dead.store(dead.max(0) as u64, Ordering::Relaxed);
+        totals.max_ticket.fetch_max(seq, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// When the oldest waiting entry was stored.
+    pub async fn oldest_ms(&self) -> Result<Option<i64>, StoreError> {
+        let c = self.client().await?;
+        Ok(
+            c.query_one("SELECT min(created_ms) FROM datalayer_sidecar.entries", &[])
+                .await
+                .map_err(unavailable)?
+                .get(0),
+        )
+    }
+
+    /// Counts for operators (of the whole shared queue).
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT route, count(*)::bigint, coalesce(sum(octet_length(body)), 0)::bigint,
+                        min(created_ms)
+                   FROM datalayer_sidecar.entries GROUP BY route",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        let dead: i64 = c
+            .query_one(
+                "SELECT count(*)::bigint FROM datalayer_sidecar.dead_letters",
+                &[],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        let mut s = Stats {
+            dead_letters: dead.max(0) as u64,
+            ..Stats::default()
+        };
+        let mut oldest: Option<i64> = None;
+        for r in rows {
+            let (route, n, bytes, first): (String, i64, i64, Option<i64>) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            s.depth += n as u64;
+            s.bytes += bytes as u64;
+            oldest = match (oldest, first) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            s.per_route.insert(route, n as u64);
+        }
+        s.oldest_age_seconds = oldest.map(|ms| ((now_ms() - ms).max(0)) as f64 / 1000.0);
+        Ok(s)
+    }
+
+    /// Waiting entries in delivery order, from `offset`.
+    pub async fn list(&self, limit: usize, offset: usize) -> Result<Vec<Entry>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM datalayer_sidecar.entries ORDER BY seq LIMIT $1 OFFSET $2"
+                ),
+                &[&(limit as i64), &(offset as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(entry_of).collect())
+    }
+
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT seq, route, request_id, created_ms, dead_ms, keys, attempts, class, kind,
+                        status, response, reason
+                   FROM datalayer_sidecar.dead_letters ORDER BY seq LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                id: r.get(0),
+                route: r.get(1),
+                request_id: r.get(2),
+                created_ms: r.get(3),
+                dead_ms: r.get(4),
+                keys: r.get(5),
+                attempts: r.get(6),
+                class: r.get(7),
+                kind: r.get(8),
+                status: r.get::<_, Option<i32>>(9).map(i64::from),
+                response: r
+                    .get::<_, Option<Vec<u8>>>(10)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned()),
+                reason: r.get(11),
+            })
+            .collect())
+    }
+
+    /// Send dead letters again, at the end of the queue (all when `ids` is
+    /// empty); returns how many moved.
+    pub async fn requeue(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let mut c = self.client().await?;
+        let t = c.transaction().await.map_err(sql)?;
+        let base: i64 = t
+            .query_one("SELECT seq FROM datalayer_sidecar.counter FOR UPDATE", &[])
+            .await
+            .map_err(sql)?
+            .get(0);
+        let all = ids.is_empty();
+        let moved = t
+            .query(
+                "WITH gone AS (
+                    DELETE FROM datalayer_sidecar.dead_letters WHERE $1 OR seq = ANY($2) RETURNING *),
+                 numbered AS (SELECT gone.*, row_number() OVER (ORDER BY seq) AS n FROM gone)
+                 INSERT INTO datalayer_sidecar.entries
+                   (seq, route, request_id, created_ms, method, path, headers, body, keys, barrier,
+                    digest, attempts, replica)
+                 SELECT $3 + n, route, request_id, created_ms, method, path, headers, body, keys,
+                        $4 = ANY(keys), 0, 0, 'requeue' FROM numbered
+                 RETURNING seq",
+                &[&all, &ids, &base, &BARRIER_KEY],
+            )
+            .await
+            .map_err(sql)?;
+        let n = moved.len() as i64;
+        t.execute("UPDATE datalayer_sidecar.counter SET seq = seq + $1", &[&n])
+            .await
+            .map_err(sql)?;
+        t.commit().await.map_err(sql)?;
+        Ok(n as u64)
+    }
+
+    /// Delete waiting entries and/or dead letters; returns how many.
+    pub async fn purge(&self, entries: bool, dead: bool) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let mut n = 0;
+        if entries {
+            n += c
+                .execute("DELETE FROM datalayer_sidecar.entries", &[])
+                .await
+                .map_err(sql)?;
+        }
+        if dead {
+            n += c
+                .execute("DELETE FROM datalayer_sidecar.dead_letters", &[])
+                .await
+                .map_err(sql)?;
+        }
+        Ok(n)
+    }
+
+    /// Give back every entry this replica holds (at shutdown), so the
+    /// fleet takes them at once instead of after the lease.
+    pub async fn release_all(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        c.execute(
+            "UPDATE datalayer_sidecar.entries SET lease_owner = NULL WHERE lease_owner = $1",
+            &[&&*self.replica],
+        )
+        .await
+        .map_err(sql)
+    }
+}
+
+fn sub(totals: &Totals, bytes: i64) {
+    let _ = totals
+        .entries
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
+    for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
+        let _ = t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(bytes.max(0) as u64))
+        });
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sidecar".to_string())
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut c = pool.get().await.map_err(unavailable)?;
+    let t = c.transaction().await.map_err(unavailable)?;
+    // Sidecars starting together: one applies, the others wait and see
+    // the versions applied.
+    t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(sql)?;
+    t.batch_execute(
+        "CREATE SCHEMA IF NOT EXISTS datalayer_sidecar;
+         CREATE TABLE IF NOT EXISTS datalayer_sidecar.schema_version (version integer NOT NULL)",
+    )
+    .await
+    .map_err(sql)?;
+    let current: i64 = t
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM datalayer_sidecar.schema_version",
+            &[],
+        )
+        .await
+        .map_err(sql)?
+        .get(0);
+    if current > MIGRATIONS.len() as i64 {
+        return Err(StoreError::Sql(format!(
+            "postgres: the spool schema is version {current}, newer than this sidecar knows ({}); upgrade the sidecar",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, m) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        t.batch_execute(m).await.map_err(sql)?;
+        t.execute(
+            "INSERT INTO datalayer_sidecar.schema_version (version) VALUES ($1)",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(sql)?;
+        tracing::info!(version = i + 1, "spool: postgres schema migrated");
+    }
+    t.commit().await.map_err(sql)?;
+    Ok(())
+}
+
+fn digest(e: &NewEntry) -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
+    for part in [
+        e.route.as_bytes(),
+        e.method.as_bytes(),
+        e.path.as_bytes(),
+        &e.body[..],
+    ] {
+        h.write_usize(part.len());
+        h.write(part);
+    }
+    h.finish() as i64
+}
+
+/// The group-commit loop: everything queued while a transaction commits
+/// goes into the next one.
+async fn writer(
+    pool: Pool,
+    mut rx: mpsc::UnboundedReceiver<(NewEntry, Reply)>,
+    totals: Arc<Totals>,
+    max_batch: usize,
+    replica: Arc<str>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let entries: Vec<&NewEntry> = batch.iter().map(|(e, _)| e).collect();
+        match commit(&pool, &entries, &replica).await {
+            Ok(results) => {
+                totals.batches.fetch_add(1, Ordering::Relaxed);
+                for ((e, reply), result) in batch.into_iter().zip(results) {
+                    match result {
+                        Appended::Stored => {
+                            let bytes = (e.body.len() + e.headers.len()) as u64;
+                            totals.entries.fetch_add(1, Ordering::Relaxed);
+                            for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
+                                t.fetch_add(bytes, Ordering::Relaxed);
+                            }
+                        }
+                        Appended::Duplicate(_) => {
+                            totals.deduplicated.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                // All or nothing: the transaction is gone, and so is every
+                // write in it; each caller is told so.
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn commit(
+    pool: &Pool,
+    entries: &[&NewEntry],
+    replica: &str,
+) -> Result<Vec<Appended>, StoreError> {
+    let mut c = pool.get().await.map_err(unavailable)?;
+    let t = c.transaction().await.map_err(unavailable)?;
+    let base: i64 = t
+        .query_one("SELECT seq FROM datalayer_sidecar.counter FOR UPDATE", &[])
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let insert = t
+        .prepare_cached(
+            "INSERT INTO datalayer_sidecar.entries
+               (seq, route, request_id, created_ms, method, path, headers, body, keys, barrier,
+                digest, replica)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await
+        .map_err(sql)?;
+    let find_dup = t
+        .prepare_cached(
+            "SELECT e.seq FROM datalayer_sidecar.entries e
+              WHERE e.digest = $1 AND e.keys = $2 AND e.route = $3 AND e.method = $4
+                AND e.path = $5 AND e.body = $6
+                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries o
+                                 WHERE o.seq > e.seq AND (o.keys && e.keys OR o.barrier))
+              LIMIT 1",
+        )
+        .await
+        .map_err(sql)?;
+    let mut results = Vec::with_capacity(entries.len());
+    let mut next = base;
+    let now = now_ms();
+    for e in entries {
+        let barrier = e.keys.iter().any(|k| k == BARRIER_KEY);
+        let d = digest(e);
+        if e.dedup && !barrier && !e.keys.is_empty() {
+            let dup = t
+                .query_opt(
+                    &find_dup,
+                    &[&d, &e.keys, &e.route, &e.method, &e.path, &&e.body[..]],
+                )
+                .await
+                .map_err(sql)?;
+            if let Some(r) = dup {
+                let seq: i64 = r.get(0);
+                t.execute(
+                    "UPDATE datalayer_sidecar.entries SET headers = $2 WHERE seq = $1",
+                    &[&seq, &e.headers],
+                )
+                .await
+                .map_err(sql)?;
+                results.push(Appended::Duplicate(seq));
+                continue;
+            }
+        }
+        next += 1;
+        t.execute(
+            &insert,
+            &[
+                &next,
+                &e.route,
+                &e.request_id,
+                &now,
+                &e.method,
+                &e.path,
+                &e.headers,
+                &&e.body[..],
+                &e.keys,
+                &barrier,
+                &d,
+                &replica,
+            ],
+        )
+        .await
+        .map_err(sql)?;
+        results.push(Appended::Stored);
+    }
+    if next > base {
+        t.execute("UPDATE datalayer_sidecar.counter SET seq = $1", &[&next])
+            .await
+            .map_err(sql)?;
+    }
+    t.commit().await.map_err(unavailable)?;
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_shows() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.internal:5432/chat?sslmode=require"),
+            "postgres://app:<redacted>@db.internal:5432/chat?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://db/chat?user=app&password=s3cret"),
+            "postgres://db/chat?user=app&password=<redacted>"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db/chat"),
+            "postgres://app@db/chat"
+        );
+    }
+}

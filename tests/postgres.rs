@@ -1,0 +1,457 @@
+//! The shared spool on a real PostgreSQL server (a throwaway cluster per
+//! test): replicas share one queue, a replica that dies loses nothing, the
+//! order of every step holds across replicas, the database may restart or
+//! go away, and its password never shows.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use support::backend::REFUSE;
+use support::backend::{Backend, State};
+use support::client::{self, sample};
+use support::postgres::{PASSWORD, Postgres, server_pki};
+use support::proxy::config_text;
+use support::{Answer, Process};
+
+fn shared(pg: &Postgres, backend: &str, extra: &str) -> String {
+    config_text(
+        backend,
+        &format!(
+            "[spool]\nbackend = \"postgres\"\npostgres_url = \"{}\"\nlease = \"10s\"\n\
+             replay_backoff_base = \"50ms\"\nreplay_backoff_max = \"300ms\"\n{extra}",
+            pg.url()
+        ),
+    )
+}
+
+async fn write(p: &Process, step: &str, version: u32) -> Answer {
+    client::post_json(
+        p.addr,
+        "/api/graphql",
+        &client::add_step_with(vec![(step.to_string(), format!("v{version}"))]),
+    )
+    .await
+}
+
+fn acked(a: &Answer) -> bool {
+    a.status == 200 && a.header("x-sidecar-spooled") == Some("true")
+}
+
+/// Every step's versions arrived in increasing order, and each ended on
+/// `last[step]`.
+fn assert_in_order(state: &State, last: &HashMap<String, u32>) {
+    let mut seen: HashMap<&str, u32> = HashMap::new();
+    for (step, content) in &state.applied {
+        let v: u32 = content.trim_start_matches('v').parse().unwrap();
+        if let Some(prev) = seen.get(step.as_str()) {
+            assert!(
+                v >= *prev,
+                "step {step}: v{v} delivered after v{prev}: {:?}",
+                state.applied
+            );
+        }
+        seen.insert(step, v);
+    }
+    for (step, v) in last {
+        assert_eq!(
+            state.steps.get(step).map(String::as_str),
+            Some(format!("v{v}").as_str()),
+            "step {step} ends on the last acknowledged version"
+        );
+    }
+}
+
+fn all_arrived(last: &HashMap<String, u32>) -> impl Fn(&State) -> bool + '_ {
+    move |s: &State| {
+        last.iter()
+            .all(|(step, v)| s.steps.get(step) == Some(&format!("v{v}")))
+    }
+}
+
+/// Two sidecars share one store while the backend is down; writes are
+/// acknowledged through both, alternating, so consecutive versions of a
+/// step go through different replicas. A is SIGKILLed and its directory
+/// deleted; the backend comes back; B delivers every acknowledged write,
+/// each step's versions in the order they were acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_dies_loses_nothing_and_order_holds_across_replicas() {
+    let pg = Postgres::start();
+    let mut backend = Backend::down(None);
+    let mut a = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let b = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let mut last = HashMap::new();
+    for round in 0..6u32 {
+        for s in 0..10 {
+            let step = format!("step-{s}");
+            let via = if (round + s) % 2 == 0 { &a } else { &b };
+            let r = write(via, &step, round).await;
+            assert!(acked(&r), "{} {}", r.status, r.text());
+            last.insert(step, round);
+        }
+    }
+    let depth = client::get(b.admin, "/spool").await.json()["depth"].clone();
+    assert_eq!(depth, 60, "both replicas see one shared queue");
+    a.child.kill().unwrap();
+    a.wait_exit(Duration::from_secs(5)).await;
+    std::fs::remove_dir_all(&a.dir).unwrap();
+
+    backend.up().await;
+    backend
+        .wait_for(
+            Duration::from_secs(40),
+            "every acknowledged write",
+            all_arrived(&last),
+        )
+        .await;
+    assert_in_order(&backend.state.lock().unwrap(), &last);
+    let m = client::get(b.admin, "/metrics").await.text();
+    assert_eq!(sample(&m, "datalayer_sidecar_spool_depth"), Some(0.0));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
+        "0"
+    );
+}
+
+/// The same step written through two replicas, alternating and each write
+/// acknowledged before the next, with the backend up: upstream the step
+/// takes its versions in acknowledgement order and ends on the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_of_one_step_through_two_replicas_are_applied_in_acknowledgement_order() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let a = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let b = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let mut last = HashMap::new();
+    for v in 0..40u32 {
+        let via = if v % 2 == 0 { &a } else { &b };
+        let r = write(via, "shared-step", v).await;
+        assert!(acked(&r), "{} {}", r.status, r.text());
+        last.insert("shared-step".to_string(), v);
+    }
+    backend
+        .wait_for(
+            Duration::from_secs(30),
+            "the last version",
+            all_arrived(&last),
+        )
+        .await;
+    assert_in_order(&backend.state.lock().unwrap(), &last);
+}
+
+/// The database restarts while writes flow: writes it cannot commit get a
+/// structured 503 (never an acknowledgement), the pool reconnects by
+/// itself, and every acknowledged write is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_loses_no_acknowledged_write() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let p = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let mut last = HashMap::new();
+    let mut refused = 0;
+    for i in 0..60u32 {
+        if i == 20 {
+            pg.stop();
+        }
+        if i == 40 {
+            pg.restart();
+        }
+        let step = format!("r-{}", i % 15);
+        let r = write(&p, &step, i).await;
+        if acked(&r) {
+            last.insert(step, i);
+        } else {
+            assert_eq!(r.status, 503, "{}", r.text());
+            let code = r.json()["errors"][0]["extensions"]["code"].clone();
+            assert_eq!(code, "spool_unavailable", "{}", r.text());
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 20,
+        "writes while the database was down were refused: {refused}"
+    );
+    backend
+        .wait_for(
+            Duration::from_secs(30),
+            "every acknowledged write",
+            all_arrived(&last),
+        )
+        .await;
+    assert_in_order(&backend.state.lock().unwrap(), &last);
+}
+
+/// With the database down the sidecar keeps serving everything that does
+/// not need the spool, and says quickly that it cannot store writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_writes_fail_visibly_and_reads_still_flow() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let p = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    pg.stop();
+    let started = tokio::time::Instant::now();
+    let r = write(&p, "down-1", 1).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered in time"
+    );
+    let q = client::post_json(p.addr, "/api/graphql", &client::query()).await;
+    assert_eq!(
+        q.status,
+        200,
+        "a query does not need the spool: {}",
+        q.text()
+    );
+    assert!(
+        !p.logs().contains(PASSWORD),
+        "the password never reaches the log"
+    );
+}
+
+/// The password: from the URL, a file or PGPASSWORD; never in `/config`,
+/// `check-config`, the log or an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_never_shows() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let p = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let config = client::get(p.admin, "/config").await.text();
+    assert!(!config.contains(PASSWORD), "{config}");
+    assert!(config.contains("postgres:<redacted>@"), "{config}");
+    let out = p.cli(&["check-config"]);
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{printed}");
+    assert!(!printed.contains(PASSWORD), "{printed}");
+    let r = write(&p, "pw-1", 1).await;
+    assert!(acked(&r), "{}", r.text());
+    assert!(!p.logs().contains(PASSWORD));
+
+    // The password from PGPASSWORD, and from a file.
+    let no_pw = config_text(
+        &backend.url(),
+        &format!(
+            "[spool]\nbackend = \"postgres\"\npostgres_url = \"{}\"\n",
+            pg.url_without_password()
+        ),
+    );
+    let q = Process::spawn(&no_pw, &[("PGPASSWORD", PASSWORD)]).await;
+    assert!(acked(&write(&q, "pw-2", 1).await));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgpass");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    let with_file = format!("{no_pw}postgres_password_file = \"{}\"\n", file.display());
+    let f = Process::spawn(&with_file, &[]).await;
+    assert!(acked(&write(&f, "pw-3", 1).await));
+
+    // A wrong password: a clear refusal to start, without the password.
+    let wrong = shared(&pg, &backend.url(), "").replace(PASSWORD, "not-the-password");
+    let mut w = Process::start_at(dir.path(), &wrong, &[], &[]);
+    let status = w.wait_exit(Duration::from_secs(20)).await;
+    assert!(!status.success());
+    let logs = w.logs();
+    assert!(logs.contains("postgres"), "{logs}");
+    assert!(!logs.contains("not-the-password"), "{logs}");
+}
+
+/// `spool stats`, `list` and `dead-letters` on the shared store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_commands_work_on_the_shared_store() {
+    let pg = Postgres::start();
+    let backend = Backend::down(None);
+    let p = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    for i in 0..3 {
+        assert!(acked(&write(&p, &format!("cli-{i}"), 1).await));
+    }
+    let out = p.cli(&["spool", "stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["depth"], 3);
+    let out = p.cli(&["spool", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("step:cli-0"), "{text}");
+    let out = p.cli(&["spool", "dead-letters", "--json"]);
+    assert!(out.status.success());
+}
+
+/// Sidecars starting together on an empty database: each schema version
+/// is applied once, and every one of them starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_starting_together_migrate_once() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let config = shared(&pg, &backend.url(), "");
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut ps: Vec<Process> = dirs
+        .iter()
+        .map(|d| Process::start_at(d.path(), &config, &[], &[]))
+        .collect();
+    for p in &mut ps {
+        p.wait_ready(Duration::from_secs(20)).await;
+    }
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.schema_version"),
+        "1"
+    );
+    for (i, p) in ps.iter().enumerate() {
+        assert!(acked(&write(p, &format!("m-{i}"), 1).await));
+    }
+}
+
+/// SIGTERM with entries waiting and the backend down: the replica hands
+/// back what it had claimed and says so; another replica delivers them at
+/// once, without waiting for the lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_claimed_entries_to_the_fleet() {
+    let pg = Postgres::start();
+    let mut backend = Backend::down(None);
+    // A lease far longer than the test: only a hand-off lets B deliver.
+    let long = "lease = \"10min\"\n";
+    let mut a = Process::spawn(
+        &shared(&pg, &backend.url(), "").replace("lease = \"10s\"\n", long),
+        &[],
+    )
+    .await;
+    let mut last = HashMap::new();
+    for i in 0..20u32 {
+        let step = format!("h-{i}");
+        assert!(acked(&write(&a, &step, i).await));
+        last.insert(step, i);
+    }
+    // Let A's worker claim them (it retries against the down backend).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let claimed =
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries WHERE lease_owner IS NOT NULL");
+    assert_ne!(claimed, "0", "A holds claims");
+    a.signal("TERM");
+    let status = a.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{}", a.logs());
+    let logs = a.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("spool hand-off"))
+        .unwrap_or_else(|| panic!("no hand-off line: {logs}"));
+    assert!(line.contains("\"held_only_locally\":0"), "{line}");
+    assert!(line.contains("\"waiting_in_shared_store\":20"), "{line}");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries WHERE lease_owner IS NOT NULL"),
+        "0"
+    );
+    backend.up().await;
+    let b = Process::spawn(
+        &shared(&pg, &backend.url(), "").replace("lease = \"10s\"\n", long),
+        &[],
+    )
+    .await;
+    backend
+        .wait_for(
+            Duration::from_secs(20),
+            "every write, delivered by B",
+            all_arrived(&last),
+        )
+        .await;
+    drop(b);
+}
+
+/// Identical waiting writes, through two replicas, are delivered once; a
+/// write the backend refuses for its content becomes a dead letter in the
+/// shared store, and `spool requeue` sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_delivered_once_and_dead_letters_are_shared() {
+    let pg = Postgres::start();
+    let mut backend = Backend::down(None);
+    let a = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    let b = Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await;
+    for p in [&a, &b, &a] {
+        assert!(acked(&write(p, "same", 7).await));
+    }
+    let refused = client::post_json(
+        a.addr,
+        "/api/graphql",
+        &client::add_step_with(vec![("bad".to_string(), REFUSE.to_string())]),
+    )
+    .await;
+    assert!(acked(&refused));
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
+        "2"
+    );
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(20), "the step", |s| {
+            s.steps.contains_key("same")
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while pg.psql("SELECT count(*) FROM datalayer_sidecar.dead_letters") != "1" {
+        assert!(tokio::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let received = backend
+        .state
+        .lock()
+        .unwrap()
+        .received
+        .iter()
+        .filter(|(id, _)| id == "same")
+        .count();
+    assert_eq!(received, 1, "three identical writes, delivered once");
+    let dead = b.cli(&["spool", "dead-letters", "--json"]);
+    let dead: serde_json::Value = serde_json::from_slice(&dead.stdout).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    let out = b.cli(&["spool", "requeue", "--all"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.dead_letters"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
+        "1"
+    );
+}
+
+/// TLS to the database is verified: a server certificate the roots do not
+/// know stops the start with a clear error; with its CA in
+/// `spool.postgres_ca_file` the sidecar connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_is_verified() {
+    let pki = server_pki();
+    let pg = Postgres::start_tls(&pki);
+    let backend = Backend::up_now(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}?sslmode=require", pg.url());
+    let base = config_text(
+        &backend.url(),
+        &format!("[spool]\nbackend = \"postgres\"\npostgres_url = \"{url}\"\n"),
+    );
+    let mut refused = Process::start_at(dir.path(), &base, &[], &[]);
+    let status = refused.wait_exit(Duration::from_secs(20)).await;
+    assert!(!status.success());
+    let logs = refused.logs();
+    assert!(
+        logs.contains("invalid peer certificate") && logs.contains("UnknownIssuer"),
+        "the reason is named: {logs}"
+    );
+    assert!(!logs.contains(PASSWORD), "{logs}");
+    let ca = dir.path().join("db-ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let trusted = format!("{base}postgres_ca_file = \"{}\"\n", ca.display());
+    let p = Process::spawn(&trusted, &[]).await;
+    assert!(acked(&write(&p, "tls-1", 1).await));
+    let ssl = pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'datalayer-sidecar' AND s.ssl");
+    assert_ne!(ssl, "0", "the sidecar's sessions use TLS");
+}
