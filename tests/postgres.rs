@@ -455,3 +455,54 @@ async fn tls_to_the_database_is_verified() {
     let ssl = pg.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'datalayer-sidecar' AND s.ssl");
     assert_ne!(ssl, "0", "the sidecar's sessions use TLS");
 }
+
+/// Two writers of one step, each through its own replica, at the same
+/// time: the step ends on a write that no other write followed in real
+/// time (none was sent after its acknowledgement arrived), as a single
+/// store would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_through_two_replicas_end_on_a_last_write() {
+    let pg = Postgres::start();
+    let backend = Backend::up_now(None).await;
+    let a = std::sync::Arc::new(Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await);
+    let b = std::sync::Arc::new(Process::spawn(&shared(&pg, &backend.url(), ""), &[]).await);
+    let t0 = tokio::time::Instant::now();
+    let mut writers = Vec::new();
+    for (w, p) in [(0u32, a.clone()), (1, b.clone())] {
+        writers.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for i in 0..30u32 {
+                let v = i * 2 + w;
+                let sent = t0.elapsed();
+                let r = write(&p, "contended", v).await;
+                assert!(acked(&r), "{} {}", r.status, r.text());
+                done.push((v, sent, t0.elapsed()));
+            }
+            done
+        }));
+    }
+    let mut writes = Vec::new();
+    for w in writers {
+        writes.extend(w.await.unwrap());
+    }
+    // Wait for the queue to empty, then read what the step ended on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT count(*) FROM datalayer_sidecar.entries") != "0" {
+        assert!(tokio::time::Instant::now() < deadline, "queue never emptied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last: u32 = backend.steps()["contended"]
+        .trim_start_matches('v')
+        .parse()
+        .unwrap();
+    let (_, _, last_acked) = writes.iter().find(|(v, _, _)| *v == last).copied().unwrap();
+    let later: Vec<u32> = writes
+        .iter()
+        .filter(|(_, sent, _)| *sent > last_acked)
+        .map(|(v, _, _)| *v)
+        .collect();
+    assert!(
+        later.is_empty(),
+        "the step ended on v{last}, but {later:?} were sent after its acknowledgement"
+    );
+}

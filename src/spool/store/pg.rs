@@ -134,8 +134,31 @@ CREATE TABLE datalayer_sidecar.entries (
     lease_owner    text,
     lease_until_ms bigint
 );
-CREATE INDEX entries_keys ON datalayer_sidecar.entries USING gin (keys);
+CREATE INDEX entries_digest ON datalayer_sidecar.entries (digest);
 CREATE INDEX entries_barrier ON datalayer_sidecar.entries (seq) WHERE barrier;
+-- Each entry's keys, for the per-key order checks: a B-tree range scan per
+-- key (a GIN index on the array cost more per insert, and an OR with the
+-- barrier test kept the planner from using it).
+CREATE TABLE datalayer_sidecar.entry_keys (
+    key  text   NOT NULL,
+    seq  bigint NOT NULL,
+    PRIMARY KEY (key, seq)
+);
+CREATE FUNCTION datalayer_sidecar.entry_keys_add() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO datalayer_sidecar.entry_keys (key, seq)
+    SELECT DISTINCT k, NEW.seq FROM unnest(NEW.keys) AS k;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION datalayer_sidecar.entry_keys_drop() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM datalayer_sidecar.entry_keys WHERE key = ANY(OLD.keys) AND seq = OLD.seq;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER entries_keys_add AFTER INSERT ON datalayer_sidecar.entries
+    FOR EACH ROW EXECUTE FUNCTION datalayer_sidecar.entry_keys_add();
+CREATE TRIGGER entries_keys_drop AFTER DELETE ON datalayer_sidecar.entries
+    FOR EACH ROW EXECUTE FUNCTION datalayer_sidecar.entry_keys_drop();
 CREATE TABLE datalayer_sidecar.dead_letters (
     seq         bigint PRIMARY KEY,
     route       text   NOT NULL,
@@ -156,11 +179,17 @@ CREATE TABLE datalayer_sidecar.dead_letters (
 );
 "];
 
-/// Entries no longer claimable by anyone but their lease holder.
+/// Entries this replica may claim: not held by another replica's live
+/// lease, and first in line for every one of their keys (no older entry
+/// shares a key, no older barrier, and for a barrier no older entry at all).
 const CLAIMABLE: &str = "(e.lease_owner IS NULL OR e.lease_until_ms < $1 OR e.lease_owner = $2)
     AND NOT EXISTS (
-        SELECT 1 FROM datalayer_sidecar.entries o
-        WHERE o.seq < e.seq AND (o.keys && e.keys OR o.barrier OR e.barrier))";
+        SELECT 1 FROM datalayer_sidecar.entry_keys o
+        WHERE o.key = ANY(e.keys) AND o.seq < e.seq)
+    AND NOT EXISTS (
+        SELECT 1 FROM datalayer_sidecar.entries b WHERE b.barrier AND b.seq < e.seq)
+    AND (NOT e.barrier OR NOT EXISTS (
+        SELECT 1 FROM datalayer_sidecar.entries o WHERE o.seq < e.seq))";
 
 const ENTRY_COLUMNS: &str =
     "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
@@ -822,8 +851,10 @@ async fn commit(
             "SELECT e.seq FROM datalayer_sidecar.entries e
               WHERE e.digest = $1 AND e.keys = $2 AND e.route = $3 AND e.method = $4
                 AND e.path = $5 AND e.body = $6
-                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries o
-                                 WHERE o.seq > e.seq AND (o.keys && e.keys OR o.barrier))
+                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entry_keys o
+                                 WHERE o.key = ANY(e.keys) AND o.seq > e.seq)
+                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries b
+                                 WHERE b.barrier AND b.seq > e.seq)
               LIMIT 1",
         )
         .await

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# The shared spool on PostgreSQL against the SQLite spool, same run, same
+# machine: acknowledged writes/s and acknowledgement latency with 32
+# concurrent writers, and the drain rate from the shared store with one and
+# with two sidecars.
+#
+#   bash bench/postgres.sh   # DURATION=20 ROUNDS=3 CONNS=32 ENTRIES=100000
+#
+# A throwaway PostgreSQL cluster (Debian's server, initdb in the run
+# directory as the postgres user, a loopback port, fsync and
+# synchronous_commit on) shares core 0 with the sidecar under test; the
+# load generator gets core 1. The sidecar runs the shipped config with the
+# preset's spooled writes in write-behind mode (what the postgres backend
+# always does), so every write is committed before its acknowledgement.
+#
+# W  backend down, closed loop (wrk, CONNS connections), DURATION s, ROUNDS
+#    rounds alternating sqlite / postgres: writes/s, p50/p99, CPU per write
+#    of the sidecar (and of the database server, for postgres).
+# D  ENTRIES writes stored in the shared store with the backend down, then
+#    the backend up (nginx answering like LiteralAI): time to empty the
+#    queue with one sidecar, then (refilled) with two — the second on core 1.
+# Writes bench/out/postgres.json.
+
+source "$(dirname "$0")/lib.sh"
+
+DURATION="${DURATION:-20}"
+CONNS="${CONNS:-32}"
+ROUNDS="${ROUNDS:-3}"
+ENTRIES="${ENTRIES:-100000}"
+ensure_tools
+
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+[ -x "$PGBIN/initdb" ] || {
+    log "installing: postgresql (Debian package)"
+    mkdir -p /etc/postgresql-common
+    grep -q '^create_main_cluster' /etc/postgresql-common/createcluster.conf 2>/dev/null ||
+        echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+}
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+PGDIR="$RUN_DIR/pg"
+PGPORT=$(free_port)
+PGPASS="bench-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+mkdir -p "$PGDIR"
+printf '%s' "$PGPASS" > "$RUN_DIR/pgpass"
+chmod 755 "$RUN_DIR"
+[ "$(id -u)" = 0 ] && chown -R postgres:postgres "$PGDIR" "$RUN_DIR/pgpass"
+as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=scram-sha-256 --pwfile "$RUN_DIR/pgpass" -E UTF8 >/dev/null
+pg_stop() { as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
+trap 'pg_stop; cleanup' EXIT
+as_pg taskset -c "$PROXY_CORE" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
+    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100" \
+    start >/dev/null
+PG_PID=$(head -n 1 "$PGDIR/data/postmaster.pid")
+PGURL="postgres://postgres:$PGPASS@127.0.0.1:$PGPORT/postgres"
+psql_q() { "$PGBIN/psql" "$PGURL" -At -c "$1"; }
+log "postgres $(psql_q 'SHOW server_version') on 127.0.0.1:$PGPORT"
+
+python3 -c "import sys; sys.path.insert(0, '$BENCH_DIR'); from steps import add_step_body; print(add_step_body('STEP_ID'), end='')" > "$RUN_DIR/addstep.json"
+export BODY_FILE="$RUN_DIR/addstep.json" UNIQUE=1
+
+# The shipped config; the preset's spooled_writes route in write-behind
+# mode; the spool in SQLite (in the run directory) or in the cluster.
+bench_config() { # out backend
+    local out=$1 backend=$2 fields
+    fields=$("$SIDECAR_BIN" check-config --config "$REPO_DIR/config/sidecar.toml" \
+        --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 2>/dev/null \
+        | sed -n 's/.*spooled_writes \[literalai\]: .*root_fields=\[\([^]]*\)\].*/\1/p')
+    [ -n "$fields" ] || { log "cannot read the preset's spooled_writes route"; exit 1; }
+    sed -e "s|^path = \"data/spool.sqlite3\"|path = \"$RUN_DIR/spool-$RANDOM.sqlite3\"|" \
+        -e "s|^max_entries = 1000000|max_entries = 10000000|" \
+        -e "s|^max_bytes = \"1GiB\"|max_bytes = \"8GiB\"|" \
+        "$REPO_DIR/config/sidecar.toml" > "$out"
+    if [ "$backend" = postgres ]; then
+        sed -i -e "s|^backend = \"sqlite\"|backend = \"postgres\"\npostgres_url = \"$PGURL\"|" "$out"
+    fi
+    cat >> "$out" <<EOF_ROUTE
+
+[[routes]]
+name = "spooled_writes"
+methods = ["POST"]
+path = "/api/graphql"
+graphql = { operation_type = "mutation", root_fields = [$(echo "$fields" | sed 's/\([A-Za-z][A-Za-z]*\)/"\1"/g')] }
+idempotent = true
+on_failure = "spool"
+mode = "write_behind"
+EOF_ROUTE
+}
+
+UP_PORT=$(free_port)
+DOWN_PORT=$(free_port)   # nothing listens here
+RESULTS="$RUN_DIR/results.jsonl"
+: > "$RESULTS"
+record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
+stop_pid() { kill "$1" 2>/dev/null || true; while alive "$1"; do sleep 0.1; done; }
+depth_at() { curl -s "http://127.0.0.1:$1/spool" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
+
+for r in $(seq 1 "$ROUNDS"); do
+    for backend in sqlite postgres; do
+        log "W round $r, $backend: backend down, closed loop, ${DURATION}s at $CONNS connections"
+        export SIDECAR_CONFIG="$RUN_DIR/sidecar-$backend.toml"
+        bench_config "$SIDECAR_CONFIG" "$backend"
+        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null
+        SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
+        SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$DOWN_PORT")
+        C0=$(cpu_ticks "$SC"); P0=$(cpu_ticks "$PG_PID")
+        W=$(run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION")
+        C1=$(cpu_ticks "$SC"); P1=$(cpu_ticks "$PG_PID")
+        S=$(curl -s "http://127.0.0.1:$ADMIN_PORT/spool")
+        record "W_$backend" "$(python3 -c "
+import json; a=json.loads('$W'); s=json.loads('''$S''')
+n=max(1,a['requests'])
+print(json.dumps({'round':$r,'writes_per_s':a['rps'],'errors':a['errors']+a['non2xx'],'p50_ms':a['p50_us']/1e3,
+ 'p99_ms':a['p99_us']/1e3,'p999_ms':a['p999_us']/1e3,'depth':s['depth'],
+ 'writes_per_commit':round(s['committed']/max(1,s['commit_batches']),1),
+ 'sidecar_cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/n,1),
+ 'database_cpu_us_per_write':round(($P1-$P0)/$CLK_TCK*1e6/n,1) if '$backend'=='postgres' else None}))")"
+        stop_pid "$SC"
+    done
+done
+
+start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
+export SIDECAR_CONFIG="$RUN_DIR/sidecar-postgres.toml"
+bench_config "$SIDECAR_CONFIG" postgres
+fill() { # entries: store them with the backend down, through one sidecar
+    psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null
+    local port admin pid
+    port=$(free_port); admin=$(free_port)
+    pid=$(start_sidecar "$port" "$admin" "http://127.0.0.1:$DOWN_PORT")
+    taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" --url "http://127.0.0.1:$port/api/graphql" \
+        --body "$BODY_FILE" --rate 4000 --duration $(( ($1 + 3999) / 4000 )) --connections "$CONNS" --unique >/dev/null
+    stop_pid "$pid"
+    psql_q "SELECT count(*) FROM datalayer_sidecar.entries"
+}
+for n in 1 2; do
+    log "D: fill the shared store, then drain with $n sidecar(s)"
+    STORED=$(fill "$ENTRIES")
+    START=$(date +%s.%N)
+    A_PORT=$(free_port); A_ADMIN=$(free_port)
+    A=$(start_sidecar "$A_PORT" "$A_ADMIN" "http://127.0.0.1:$UP_PORT")
+    B=""
+    if [ "$n" = 2 ]; then
+        B_PORT=$(free_port); B_ADMIN=$(free_port)
+        B=$(PROXY_CORE=$LOAD_CORE start_sidecar "$B_PORT" "$B_ADMIN" "http://127.0.0.1:$UP_PORT")
+    fi
+    while [ "$(psql_q 'SELECT count(*) FROM datalayer_sidecar.entries')" != 0 ]; do
+        alive "$A" || { log "sidecar exited while draining"; exit 1; }
+        sleep 0.2
+    done
+    END=$(date +%s.%N)
+    record "D_drain_${n}_sidecars" "$(python3 -c "print(__import__('json').dumps({'sidecars':$n,'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1)}))")"
+    stop_pid "$A"; [ -n "$B" ] && stop_pid "$B"
+done
+
+python3 - "$RESULTS" "$OUT_DIR/postgres.json" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(phase, key):
+    v = [r[key] for r in rows if r['phase'] == phase and r.get(key) is not None]
+    return {'median': statistics.median(v), 'min': min(v), 'max': max(v)} if v else None
+summary = {f'{b}_{k}': med(f'W_{b}', k) for b in ('sqlite', 'postgres')
+           for k in ('writes_per_s', 'p50_ms', 'p99_ms', 'sidecar_cpu_us_per_write')}
+summary['postgres_database_cpu_us_per_write'] = med('W_postgres', 'database_cpu_us_per_write')
+for n in (1, 2):
+    r = [x for x in rows if x['phase'] == f'D_drain_{n}_sidecars']
+    summary[f'drain_per_s_{n}_sidecars'] = r[0]['drain_per_s'] if r else None
+json.dump({'rows': rows, 'summary': summary}, open(sys.argv[2], 'w'), indent=1)
+print(json.dumps(summary))
+EOF
