@@ -488,7 +488,10 @@ async fn concurrent_writers_through_two_replicas_end_on_a_last_write() {
     // Wait for the queue to empty, then read what the step ended on.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while pg.psql("SELECT count(*) FROM datalayer_sidecar.entries") != "0" {
-        assert!(tokio::time::Instant::now() < deadline, "queue never emptied");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never emptied"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let last: u32 = backend.steps()["contended"]
