@@ -4,7 +4,7 @@
 # concurrent writers, and the drain rate from the shared store with one and
 # with two sidecars.
 #
-#   bash bench/postgres.sh   # DURATION=20 ROUNDS=3 CONNS=32 ENTRIES=100000
+#   bash bench/postgres.sh   # DURATION=20 ROUNDS=3 CONNS=32 ENTRIES=100000 PHASES="W D"
 #
 # A throwaway PostgreSQL cluster (Debian's server, initdb in the run
 # directory as the postgres user, a loopback port, fsync and
@@ -16,6 +16,9 @@
 # W  backend down, closed loop (wrk, CONNS connections), DURATION s, ROUNDS
 #    rounds alternating sqlite / postgres: writes/s, p50/p99, CPU per write
 #    of the sidecar (and of the database server, for postgres).
+# O  then, on the same sidecar, open loop at RATE writes/s (bench loadgen,
+#    CONNS connections) for DURATION s: acknowledgement p50/p99 measured
+#    from each write's scheduled time, below saturation.
 # D  ENTRIES writes stored in the shared store with the backend down, then
 #    the backend up (nginx answering like LiteralAI): time to empty the
 #    queue with one sidecar, then (refilled) with two — the second on core 1.
@@ -27,6 +30,8 @@ DURATION="${DURATION:-20}"
 CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-3}"
 ENTRIES="${ENTRIES:-100000}"
+RATE="${RATE:-5000}"
+PHASES="${PHASES:-W D}"
 ensure_tools
 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -51,7 +56,7 @@ as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=scram-sha-256 --pwfile
 pg_stop() { as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
 trap 'pg_stop; cleanup' EXIT
 as_pg taskset -c "$PROXY_CORE" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
-    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100" \
+    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100 ${PG_EXTRA:-}" \
     start >/dev/null
 PG_PID=$(head -n 1 "$PGDIR/data/postmaster.pid")
 PGURL="postgres://postgres:$PGPASS@127.0.0.1:$PGPORT/postgres"
@@ -97,6 +102,7 @@ record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sy
 stop_pid() { kill "$1" 2>/dev/null || true; while alive "$1"; do sleep 0.1; done; }
 depth_at() { curl -s "http://127.0.0.1:$1/spool" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
 
+case " $PHASES " in *" W "*) ;; *) ROUNDS=0 ;; esac
 for r in $(seq 1 "$ROUNDS"); do
     for backend in sqlite postgres; do
         log "W round $r, $backend: backend down, closed loop, ${DURATION}s at $CONNS connections"
@@ -117,7 +123,21 @@ print(json.dumps({'round':$r,'writes_per_s':a['rps'],'errors':a['errors']+a['non
  'writes_per_commit':round(s['committed']/max(1,s['commit_batches']),1),
  'sidecar_cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/n,1),
  'database_cpu_us_per_write':round(($P1-$P0)/$CLK_TCK*1e6/n,1) if '$backend'=='postgres' else None}))")"
+        log "O round $r, $backend: open loop at $RATE/s for ${DURATION}s"
+        O=$(taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" \
+            --url "http://127.0.0.1:$SC_PORT/api/graphql" --body "$BODY_FILE" --rate "$RATE" \
+            --duration "$DURATION" --connections "$CONNS" --unique)
+        record "O_$backend" "$(python3 -c "
+import json; a=json.loads('$O')
+print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],
+ 'errors':a['errors']+a['non2xx'],'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,
+ 'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3}))")"
         stop_pid "$SC"
+        # Leave the disk quiet for the next round: no server checkpoint of
+        # this round's rows during the other backend's run.
+        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+        psql_q "CHECKPOINT" >/dev/null
+        sync
     done
 done
 
@@ -134,7 +154,8 @@ fill() { # entries: store them with the backend down, through one sidecar
     stop_pid "$pid"
     psql_q "SELECT count(*) FROM datalayer_sidecar.entries"
 }
-for n in 1 2; do
+case " $PHASES " in *" D "*) DRAINS="1 2" ;; *) DRAINS="" ;; esac
+for n in $DRAINS; do
     log "D: fill the shared store, then drain with $n sidecar(s)"
     STORED=$(fill "$ENTRIES")
     START=$(date +%s.%N)
@@ -163,6 +184,9 @@ def med(phase, key):
 summary = {f'{b}_{k}': med(f'W_{b}', k) for b in ('sqlite', 'postgres')
            for k in ('writes_per_s', 'p50_ms', 'p99_ms', 'sidecar_cpu_us_per_write')}
 summary['postgres_database_cpu_us_per_write'] = med('W_postgres', 'database_cpu_us_per_write')
+for b in ('sqlite', 'postgres'):
+    for k in ('writes_per_s', 'p50_ms', 'p99_ms', 'p999_ms'):
+        summary[f'{b}_open_loop_{k}'] = med(f'O_{b}', k)
 for n in (1, 2):
     r = [x for x in rows if x['phase'] == f'D_drain_{n}_sidecars']
     summary[f'drain_per_s_{n}_sidecars'] = r[0]['drain_per_s'] if r else None

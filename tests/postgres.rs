@@ -112,6 +112,11 @@ async fn a_replica_that_dies_loses_nothing_and_order_holds_across_replicas() {
         pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
         "0"
     );
+    // The per-key order index empties with the queue.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entry_keys"),
+        "0"
+    );
 }
 
 /// The same step written through two replicas, alternating and each write
@@ -422,6 +427,12 @@ async fn duplicates_are_delivered_once_and_dead_letters_are_shared() {
         pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
         "1"
     );
+    // Dead-lettering took its keys out of the order index, requeueing put
+    // them back: one entry, one key.
+    assert_eq!(
+        pg.psql("SELECT string_agg(key, ',') FROM datalayer_sidecar.entry_keys"),
+        "step:bad"
+    );
 }
 
 /// TLS to the database is verified: a server certificate the roots do not
@@ -508,4 +519,205 @@ async fn concurrent_writers_through_two_replicas_end_on_a_last_write() {
         later.is_empty(),
         "the step ended on v{last}, but {later:?} were sent after its acknowledgement"
     );
+}
+
+/// One group commit decides duplicates exactly as one-by-one appends
+/// would, although its duplicate look-ups are pipelined ahead of its
+/// inserts: a write folds into the waiting row that is last in line for its
+/// keys (in the table or earlier in the same batch), takes its headers, and
+/// never folds across a newer version or a barrier.
+#[tokio::test(flavor = "current_thread")]
+async fn a_group_commit_folds_duplicates_as_one_by_one_appends_would() {
+    use datalayer_sidecar::route::BARRIER_KEY;
+    use datalayer_sidecar::spool::store::pg::PgParams;
+    use datalayer_sidecar::spool::store::{Appended, NewEntry, Store};
+
+    let pg = Postgres::start();
+    let params = PgParams {
+        config: pg.url().parse().unwrap(),
+        display: pg.url_without_password(),
+        ca_file: None,
+        pool: 2,
+        lease: Duration::from_secs(10),
+    };
+    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let entry = |key: &str, body: &str, headers: &str| NewEntry {
+        ticket: 0,
+        route: "r".to_string(),
+        request_id: headers.to_string(),
+        method: "POST".to_string(),
+        path: "/api/graphql".to_string(),
+        headers: headers.as_bytes().to_vec(),
+        body: bytes::Bytes::from(body.to_string()),
+        keys: vec![key.to_string()],
+        dedup: true,
+    };
+    // Waiting before the batch: s3 = X, s4 = X.
+    assert_eq!(
+        store.append(entry("s3", "X", "h0")).await.unwrap(),
+        Appended::Stored
+    );
+    assert_eq!(
+        store.append(entry("s4", "X", "h0")).await.unwrap(),
+        Appended::Stored
+    );
+    // Queued together, so the writer takes them as one transaction (the
+    // runtime has one thread: nothing runs until all are queued).
+    let batch = vec![
+        entry("s1", "X", "h1"), // 3
+        entry("s1", "X", "h2"), // folds into 3
+        entry("s2", "X", "h3"), // 4
+        entry("s2", "Y", "h4"), // 5
+        entry("s2", "X", "h5"), // 6: 4 is no longer last for s2
+        entry("s3", "X", "h6"), // folds into 1 (in the table)
+        entry("s3", "X", "h7"), // folds into 1 again, newest headers
+        {
+            let mut b = entry(BARRIER_KEY, "B", "h8"); // 7
+            b.keys = vec![BARRIER_KEY.to_string()];
+            b
+        },
+        entry("s4", "X", "h9"),  // 8: 2 is behind the barrier
+        entry("s4", "X", "h10"), // folds into 8
+    ];
+    let got = futures_util::future::join_all(batch.into_iter().map(|e| store.append(e))).await;
+    let got: Vec<Appended> = got.into_iter().map(Result::unwrap).collect();
+    use Appended::{Duplicate, Stored};
+    assert_eq!(
+        got,
+        vec![
+            Stored,
+            Duplicate(3),
+            Stored,
+            Stored,
+            Stored,
+            Duplicate(1),
+            Duplicate(1),
+            Stored,
+            Stored,
+            Duplicate(8)
+        ]
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(seq || ':' || array_to_string(keys, ',') || ':' \
+             || convert_from(body, 'UTF8') || ':' || convert_from(headers, 'UTF8'), ' ' ORDER BY seq) \
+             FROM datalayer_sidecar.entries"
+        ),
+        "1:s3:X:h7 2:s4:X:h0 3:s1:X:h2 4:s2:X:h3 5:s2:Y:h4 6:s2:X:h5 7:*:B:h8 8:s4:X:h10"
+    );
+    assert_eq!(pg.psql("SELECT seq FROM datalayer_sidecar.counter"), "8");
+    // The order side table holds one row per key of every waiting entry.
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entry_keys"),
+        "8"
+    );
+}
+
+/// The shared counts come from a ledger kept by the statements that change
+/// the rows, not from scanning the queue: after appends on two routes, a
+/// repeat, deliveries, a dead letter, a requeue and a purge, `stats` and
+/// the totals agree with the tables, and reading them folds the ledger
+/// back to at most one row per route.
+#[tokio::test(flavor = "current_thread")]
+async fn the_shared_counts_agree_with_the_tables() {
+    use datalayer_sidecar::spool::store::pg::PgParams;
+    use datalayer_sidecar::spool::store::{Appended, DeadInfo, NewEntry, Store, Totals};
+
+    let pg = Postgres::start();
+    let params = PgParams {
+        config: pg.url().parse().unwrap(),
+        display: pg.url_without_password(),
+        ca_file: None,
+        pool: 2,
+        lease: Duration::from_secs(10),
+    };
+    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let entry = |route: &str, key: &str, body: &str| NewEntry {
+        ticket: 0,
+        route: route.to_string(),
+        request_id: "r".to_string(),
+        method: "POST".to_string(),
+        path: "/api/graphql".to_string(),
+        headers: b"x-h\0v\0".to_vec(),
+        body: bytes::Bytes::from(body.to_string()),
+        keys: vec![key.to_string()],
+        dedup: true,
+    };
+    let check = |what: &str| {
+        let store = store.clone();
+        let pg = &pg;
+        let what = what.to_string();
+        async move {
+            store.resync().await.unwrap();
+            let stats = store.stats().await.unwrap();
+            let sql = |q: &str| pg.psql(q).parse::<u64>().unwrap();
+            let depth = sql("SELECT count(*) FROM datalayer_sidecar.entries");
+            let bytes =
+                sql("SELECT coalesce(sum(octet_length(body)), 0) FROM datalayer_sidecar.entries");
+            let dead = sql("SELECT count(*) FROM datalayer_sidecar.dead_letters");
+            assert_eq!(
+                (stats.depth, stats.bytes, stats.dead_letters),
+                (depth, bytes, dead),
+                "{what}: stats"
+            );
+            assert_eq!(
+                (
+                    Totals::get(&store.totals.entries),
+                    Totals::get(&store.totals.bytes),
+                    Totals::get(&store.totals.dead)
+                ),
+                (depth, bytes, dead),
+                "{what}: totals"
+            );
+            let on_a = sql("SELECT count(*) FROM datalayer_sidecar.entries WHERE route = 'a'");
+            assert_eq!(
+                stats.per_route.get("a").copied().unwrap_or(0),
+                on_a,
+                "{what}: per route"
+            );
+            let rows = sql("SELECT count(*) FROM datalayer_sidecar.ledger");
+            assert!(
+                rows <= 2,
+                "{what}: the ledger holds {rows} rows after a fold"
+            );
+        }
+    };
+    for i in 0..5 {
+        store
+            .append(entry("a", &format!("s{i}"), "AAAA"))
+            .await
+            .unwrap();
+        store
+            .append(entry("b", &format!("t{i}"), "BBBBBBBB"))
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store.append(entry("a", "s4", "AAAA")).await.unwrap(),
+        Appended::Duplicate(_)
+    ));
+    check("appended").await;
+    let head = store.head(4, 1 << 20).await.unwrap();
+    assert_eq!(head.len(), 4);
+    store.delivered(head[0].id).await.unwrap();
+    store.delivered(head[1].id).await.unwrap();
+    store
+        .dead_letter(
+            head[2].id,
+            DeadInfo {
+                class: "permanent".into(),
+                kind: "item_not_ok".into(),
+                status: Some(200),
+                response: None,
+                reason: "refused".into(),
+            },
+        )
+        .await
+        .unwrap();
+    check("delivered and dead-lettered").await;
+    let pgs = store.postgres().unwrap();
+    assert_eq!(pgs.requeue(&[]).await.unwrap(), 1);
+    check("requeued").await;
+    pgs.purge(true, false).await.unwrap();
+    check("purged").await;
 }

@@ -30,6 +30,7 @@
 //! Migrations run at start under a transaction-scoped advisory lock, so
 //! sidecars starting together apply each version once. No extension needed.
 
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -135,6 +136,11 @@ CREATE TABLE datalayer_sidecar.entries (
     lease_until_ms bigint
 );
 CREATE INDEX entries_digest ON datalayer_sidecar.entries (digest);
+-- A queue: rows are deleted soon after they are inserted, so a vacuum
+-- started by inserts alone finds nothing to reclaim and only competes with
+-- the commits (on a shared core it held them back by 100 ms and more).
+-- Deletions still start vacuums, and the freeze limits still apply.
+ALTER TABLE datalayer_sidecar.entries SET (autovacuum_vacuum_insert_threshold = -1);
 CREATE INDEX entries_barrier ON datalayer_sidecar.entries (seq) WHERE barrier;
 -- Each entry's keys, for the per-key order checks: a B-tree range scan per
 -- key (a GIN index on the array cost more per insert, and an OR with the
@@ -143,22 +149,17 @@ CREATE TABLE datalayer_sidecar.entry_keys (
     key  text   NOT NULL,
     seq  bigint NOT NULL,
     PRIMARY KEY (key, seq)
+) WITH (autovacuum_vacuum_insert_threshold = -1);
+-- The ledger: counts kept by the same statements that change the rows, as
+-- appended deltas (a single counts row would make every delivery wait for
+-- the appending transaction's lock). Reading it sums a few rows instead of
+-- scanning the queue; `load_totals` folds the deltas now and then.
+CREATE TABLE datalayer_sidecar.ledger (
+    route    text   NOT NULL,
+    entries  bigint NOT NULL,
+    bytes    bigint NOT NULL,
+    dead     bigint NOT NULL
 );
-CREATE FUNCTION datalayer_sidecar.entry_keys_add() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO datalayer_sidecar.entry_keys (key, seq)
-    SELECT DISTINCT k, NEW.seq FROM unnest(NEW.keys) AS k;
-    RETURN NULL;
-END $$;
-CREATE FUNCTION datalayer_sidecar.entry_keys_drop() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    DELETE FROM datalayer_sidecar.entry_keys WHERE key = ANY(OLD.keys) AND seq = OLD.seq;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER entries_keys_add AFTER INSERT ON datalayer_sidecar.entries
-    FOR EACH ROW EXECUTE FUNCTION datalayer_sidecar.entry_keys_add();
-CREATE TRIGGER entries_keys_drop AFTER DELETE ON datalayer_sidecar.entries
-    FOR EACH ROW EXECUTE FUNCTION datalayer_sidecar.entry_keys_drop();
 CREATE TABLE datalayer_sidecar.dead_letters (
     seq         bigint PRIMARY KEY,
     route       text   NOT NULL,
@@ -177,7 +178,58 @@ CREATE TABLE datalayer_sidecar.dead_letters (
     response    bytea,
     reason      text   NOT NULL
 );
+-- Statement-level triggers over transition tables: one call per
+-- statement, so a group commit's single INSERT costs one trigger run.
+CREATE FUNCTION datalayer_sidecar.entries_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO datalayer_sidecar.entry_keys (key, seq)
+    SELECT DISTINCT k.key, n.seq FROM new_rows n CROSS JOIN LATERAL unnest(n.keys) AS k(key);
+    INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
+    SELECT route, count(*), sum(octet_length(body)), 0 FROM new_rows GROUP BY route;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION datalayer_sidecar.entries_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM datalayer_sidecar.entry_keys o
+     USING (SELECT k.key, d.seq FROM old_rows d CROSS JOIN LATERAL unnest(d.keys) AS k(key)) g
+     WHERE o.key = g.key AND o.seq = g.seq;
+    INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
+    SELECT route, -count(*), -sum(octet_length(body)), 0 FROM old_rows GROUP BY route;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION datalayer_sidecar.dead_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
+    SELECT route, 0, 0, count(*) FROM new_rows GROUP BY route;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION datalayer_sidecar.dead_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
+    SELECT route, 0, 0, -count(*) FROM old_rows GROUP BY route;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER entries_added AFTER INSERT ON datalayer_sidecar.entries
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION datalayer_sidecar.entries_added();
+CREATE TRIGGER entries_removed AFTER DELETE ON datalayer_sidecar.entries
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION datalayer_sidecar.entries_removed();
+CREATE TRIGGER dead_added AFTER INSERT ON datalayer_sidecar.dead_letters
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION datalayer_sidecar.dead_added();
+CREATE TRIGGER dead_removed AFTER DELETE ON datalayer_sidecar.dead_letters
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION datalayer_sidecar.dead_removed();
 "];
+
+/// Fold the ledger's deltas into one row per route. Replicas folding at
+/// once each fold what they saw; the sums stay right.
+const FOLD_LEDGER: &str = "
+WITH gone AS (DELETE FROM datalayer_sidecar.ledger RETURNING *)
+INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
+SELECT route, sum(entries), sum(bytes), sum(dead) FROM gone GROUP BY route
+HAVING sum(entries) <> 0 OR sum(bytes) <> 0 OR sum(dead) <> 0";
 
 /// Entries this replica may claim: not held by another replica's live
 /// lease, and first in line for every one of their keys (no older entry
@@ -188,8 +240,7 @@ const CLAIMABLE: &str = "(e.lease_owner IS NULL OR e.lease_until_ms < $1 OR e.le
         WHERE o.key = ANY(e.keys) AND o.seq < e.seq)
     AND NOT EXISTS (
         SELECT 1 FROM datalayer_sidecar.entries b WHERE b.barrier AND b.seq < e.seq)
-    AND (NOT e.barrier OR NOT EXISTS (
-        SELECT 1 FROM datalayer_sidecar.entries o WHERE o.seq < e.seq))";
+    AND (NOT e.barrier OR e.seq <= (SELECT min(f.seq) FROM datalayer_sidecar.entries f))";
 
 const ENTRY_COLUMNS: &str =
     "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
@@ -237,6 +288,16 @@ fn unavailable<E: std::error::Error>(e: E) -> StoreError {
     StoreError::Unavailable(format!("postgres: {}", chain(&e)))
 }
 
+/// A refusal by the server is a statement error; anything without an SQL
+/// state (a closed connection, an I/O error) means the database is gone.
+fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    if e.code().is_some() {
+        sql(e)
+    } else {
+        unavailable(e)
+    }
+}
+
 type Reply = oneshot::Sender<Result<Appended, StoreError>>;
 
 /// The open shared store.
@@ -247,6 +308,9 @@ pub struct PgStore {
     replica: Arc<str>,
     lease: Duration,
     display: Arc<str>,
+    /// The entries this replica has claimed and not yet finished with,
+    /// so a hand-off releases them without scanning the queue.
+    held: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
 }
 
 fn tls(p: &PgParams) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
@@ -287,8 +351,11 @@ impl PgStore {
     ) -> Result<PgStore, StoreError> {
         let mut config = p.config.clone();
         // Acknowledged means committed and flushed, whatever the server's
-        // default says.
-        config.options("-c synchronous_commit=on");
+        // default says. No JIT: these are small statements over indexes,
+        // but once the queue is large the planner's cost estimates pass
+        // `jit_above_cost`, and compiling each execution took 20-100 ms
+        // (every commit, after an autoanalyze re-planned them).
+        config.options("-c synchronous_commit=on -c jit=off");
         config.application_name("datalayer-sidecar");
         config.connect_timeout(Duration::from_secs(5));
         let manager = Manager::from_config(
@@ -320,6 +387,7 @@ impl PgStore {
             replica,
             lease: p.lease,
             display: p.display.as_str().into(),
+            held: Arc::default(),
         };
         store.load_totals(&totals).await?;
         tokio::spawn(writer(
@@ -408,7 +476,18 @@ impl PgStore {
             .await
             .map_err(sql)?;
         }
+        if let Ok(mut held) = self.held.lock() {
+            held.extend(out.iter().map(|e| e.id));
+        }
         Ok(out)
+    }
+
+    /// This replica is done with `id` (delivered, dead-lettered, or taken
+    /// over by another replica).
+    fn let_go(&self, id: i64) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(&id);
+        }
     }
 
     /// Remove a delivered entry.
@@ -417,11 +496,12 @@ impl PgStore {
         let row = c
             .query_opt(
                 "DELETE FROM datalayer_sidecar.entries WHERE seq = $1
-                 RETURNING octet_length(body)::bigint + octet_length(headers)::bigint",
+                 RETURNING octet_length(body)::bigint",
                 &[&id],
             )
             .await
             .map_err(sql)?;
+        self.let_go(id);
         if let Some(r) = row {
             sub(totals, r.get::<_, i64>(0));
         }
@@ -446,6 +526,9 @@ impl PgStore {
             )
             .await
             .map_err(unavailable)?;
+        if n != 1 {
+            self.let_go(id);
+        }
         Ok(n == 1)
     }
 
@@ -485,7 +568,7 @@ impl PgStore {
                     attempts, class, kind, status, response, reason)
                  SELECT seq, route, request_id, created_ms, $2, method, path, headers, body, keys,
                         attempts + 1, $3, $4, $5, $6, $7 FROM gone
-                 RETURNING octet_length(body)::bigint + octet_length(headers)::bigint",
+                 RETURNING octet_length(body)::bigint",
                 &[
                     &id,
                     &now_ms(),
@@ -499,6 +582,7 @@ impl PgStore {
             .await
             .map_err(sql)?;
         t.commit().await.map_err(sql)?;
+        self.let_go(id);
         if let Some(r) = moved {
             sub(totals, r.get::<_, i64>(0));
             totals.dead.fetch_add(1, Ordering::Relaxed);
@@ -506,16 +590,17 @@ impl PgStore {
         Ok(())
     }
 
-    /// Re-read the shared totals (other replicas write and deliver too).
+    /// Re-read the shared totals (other replicas write and deliver too)
+    /// from the ledger, folding its deltas first so it stays a few rows.
     pub async fn load_totals(&self, totals: &Totals) -> Result<(), StoreError> {
         let c = self.client().await?;
+        c.batch_execute(FOLD_LEDGER).await.map_err(unavailable)?;
         let r = c
             .query_one(
-                "SELECT count(*)::bigint,
-                        coalesce(sum(octet_length(body) + octet_length(headers)), 0)::bigint,
-                        (SELECT count(*) FROM datalayer_sidecar.dead_letters)::bigint,
+                "SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint,
+                        coalesce(sum(dead), 0)::bigint,
                         (SELECT seq FROM datalayer_sidecar.counter)
-                   FROM datalayer_sidecar.entries",
+                   FROM datalayer_sidecar.ledger",
                 &[],
             )
             .await
@@ -534,54 +619,45 @@ impl PgStore {
         Ok(())
     }
 
-    /// When the oldest waiting entry was stored.
+    /// When the first entry in line was stored (entries keep queue order,
+    /// so this is the oldest but for requeued dead letters).
     pub async fn oldest_ms(&self) -> Result<Option<i64>, StoreError> {
         let c = self.client().await?;
-        Ok(
-            c.query_one("SELECT min(created_ms) FROM datalayer_sidecar.entries", &[])
-                .await
-                .map_err(unavailable)?
-                .get(0),
+        Ok(c.query_opt(
+            "SELECT created_ms FROM datalayer_sidecar.entries ORDER BY seq LIMIT 1",
+            &[],
         )
+        .await
+        .map_err(unavailable)?
+        .map(|r| r.get(0)))
     }
 
-    /// Counts for operators (of the whole shared queue).
+    /// Counts for operators (of the whole shared queue), from the ledger.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT route, count(*)::bigint, coalesce(sum(octet_length(body)), 0)::bigint,
-                        min(created_ms)
-                   FROM datalayer_sidecar.entries GROUP BY route",
+                "SELECT route, sum(entries)::bigint, sum(bytes)::bigint, sum(dead)::bigint
+                   FROM datalayer_sidecar.ledger GROUP BY route",
                 &[],
             )
             .await
             .map_err(unavailable)?;
-        let dead: i64 = c
-            .query_one(
-                "SELECT count(*)::bigint FROM datalayer_sidecar.dead_letters",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?
-            .get(0);
-        let mut s = Stats {
-            dead_letters: dead.max(0) as u64,
-            ..Stats::default()
-        };
-        let mut oldest: Option<i64> = None;
+        let mut s = Stats::default();
         for r in rows {
-            let (route, n, bytes, first): (String, i64, i64, Option<i64>) =
+            let (route, n, bytes, dead): (String, i64, i64, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
-            s.depth += n as u64;
-            s.bytes += bytes as u64;
-            oldest = match (oldest, first) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            s.per_route.insert(route, n as u64);
+            s.depth += n.max(0) as u64;
+            s.bytes += bytes.max(0) as u64;
+            s.dead_letters += dead.max(0) as u64;
+            if n > 0 {
+                s.per_route.insert(route, n as u64);
+            }
         }
-        s.oldest_age_seconds = oldest.map(|ms| ((now_ms() - ms).max(0)) as f64 / 1000.0);
+        s.oldest_age_seconds = self
+            .oldest_ms()
+            .await?
+            .map(|ms| ((now_ms() - ms).max(0)) as f64 / 1000.0);
         Ok(s)
     }
 
@@ -689,10 +765,15 @@ impl PgStore {
     /// Give back every entry this replica holds (at shutdown), so the
     /// fleet takes them at once instead of after the lease.
     pub async fn release_all(&self) -> Result<u64, StoreError> {
+        let held: Vec<i64> = match self.held.lock() {
+            Ok(mut h) => std::mem::take(&mut *h).into_iter().collect(),
+            Err(_) => Vec::new(),
+        };
         let c = self.client().await?;
         c.execute(
-            "UPDATE datalayer_sidecar.entries SET lease_owner = NULL WHERE lease_owner = $1",
-            &[&&*self.replica],
+            "UPDATE datalayer_sidecar.entries SET lease_owner = NULL
+              WHERE seq = ANY($1) AND lease_owner = $2",
+            &[&held, &&*self.replica],
         )
         .await
         .map_err(sql)
@@ -801,7 +882,7 @@ async fn writer(
                 for ((e, reply), result) in batch.into_iter().zip(results) {
                     match result {
                         Appended::Stored => {
-                            let bytes = (e.body.len() + e.headers.len()) as u64;
+                            let bytes = e.body.len() as u64;
                             totals.entries.fetch_add(1, Ordering::Relaxed);
                             for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
                                 t.fetch_add(bytes, Ordering::Relaxed);
@@ -825,93 +906,244 @@ async fn writer(
     }
 }
 
+/// Where a batch entry ends up: a new row at `seq`, or folded into the
+/// waiting row `seq`.
+#[derive(Clone, Copy)]
+struct Slot {
+    seq: i64,
+    /// The batch entry whose content the row holds.
+    like: usize,
+}
+
+fn same_content(a: &NewEntry, b: &NewEntry) -> bool {
+    a.keys == b.keys
+        && a.route == b.route
+        && a.method == b.method
+        && a.path == b.path
+        && a.body == b.body
+}
+
+/// The waiting entry an asked write would fold into: same content and
+/// keys, last in line for every one of its keys, no barrier after it. Keys
+/// travel flat, each write naming its slice (`$7[ks:ke]`), because SQL
+/// arrays of arrays must be rectangular.
+const FIND_DUPLICATES: &str = "
+SELECT q.i, d.seq, d.keys
+  FROM unnest($1::int4[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+              $8::int4[], $9::int4[])
+       AS q(i, digest, route, method, path, body, ks, ke)
+ CROSS JOIN LATERAL (
+       SELECT e.seq, e.keys FROM datalayer_sidecar.entries e
+        WHERE e.digest = q.digest AND e.route = q.route AND e.method = q.method
+          AND e.path = q.path AND e.body = q.body AND e.keys = ($7::text[])[q.ks:q.ke]
+          AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entry_keys o
+                           WHERE o.key = ANY(e.keys) AND o.seq > e.seq)
+          AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries b
+                           WHERE b.barrier AND b.seq > e.seq)
+        LIMIT 1) d";
+
+/// Every new row of a group commit in one statement; keys travel flat as in
+/// [`FIND_DUPLICATES`].
+const INSERT_ROWS: &str = "
+INSERT INTO datalayer_sidecar.entries
+       (seq, route, request_id, created_ms, method, path, headers, body, keys, barrier,
+        digest, replica)
+SELECT r.seq, r.route, r.request_id, $12, r.method, r.path, r.headers, r.body,
+       ($8::text[])[r.ks:r.ke], r.barrier, r.digest, $13
+  FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
+              $7::bytea[], $9::int4[], $10::int4[], $11::bool[], $14::int8[])
+       AS r(seq, route, request_id, method, path, headers, body, ks, ke, barrier, digest)";
+
+const UPDATE_HEADERS: &str = "
+UPDATE datalayer_sidecar.entries e SET headers = u.headers
+  FROM unnest($1::int8[], $2::bytea[]) AS u(seq, headers)
+ WHERE e.seq = u.seq";
+
+/// The keys of `entries` as one flat array, and each entry's slice of it
+/// (1-based, inclusive).
+fn flat_keys<'a>(
+    entries: impl Iterator<Item = &'a NewEntry>,
+) -> (Vec<&'a str>, Vec<i32>, Vec<i32>) {
+    let (mut keys, mut ks, mut ke) = (Vec::new(), Vec::new(), Vec::new());
+    for e in entries {
+        ks.push(keys.len() as i32 + 1);
+        keys.extend(e.keys.iter().map(String::as_str));
+        ke.push(keys.len() as i32);
+    }
+    (keys, ks, ke)
+}
+
+/// One group commit in four round trips and at most five statements,
+/// whatever the batch size: `BEGIN`; the counter lock pipelined with one
+/// duplicate look-up for the batch; one insert for every new row, one
+/// header update for the folded ones and the counter update, pipelined;
+/// `COMMIT`. Entries that follow another entry of the batch on the same
+/// keys are decided here, in memory, from what the batch itself holds,
+/// because the look-up ran before those rows existed.
 async fn commit(
     pool: &Pool,
     entries: &[&NewEntry],
     replica: &str,
 ) -> Result<Vec<Appended>, StoreError> {
+    use futures_util::future::{try_join, try_join3};
+
     let mut c = pool.get().await.map_err(unavailable)?;
     let t = c.transaction().await.map_err(unavailable)?;
-    let base: i64 = t
-        .query_one("SELECT seq FROM datalayer_sidecar.counter FOR UPDATE", &[])
-        .await
-        .map_err(unavailable)?
-        .get(0);
-    let insert = t
-        .prepare_cached(
-            "INSERT INTO datalayer_sidecar.entries
-               (seq, route, request_id, created_ms, method, path, headers, body, keys, barrier,
-                digest, replica)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    let (find_dups, insert, update_headers) = try_join3(
+        t.prepare_cached(FIND_DUPLICATES),
+        t.prepare_cached(INSERT_ROWS),
+        t.prepare_cached(UPDATE_HEADERS),
+    )
+    .await
+    .map_err(pg_error)?;
+
+    // Which entries ask the table: those no earlier entry of the batch
+    // shares a key with (or precedes as a barrier); for the others the
+    // batch itself decides.
+    let barriers: Vec<bool> = entries
+        .iter()
+        .map(|e| e.keys.iter().any(|k| k == BARRIER_KEY))
+        .collect();
+    let digests: Vec<i64> = entries.iter().map(|e| digest(e)).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut after_barrier = false;
+    let mut asked: Vec<usize> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let fresh = !after_barrier && e.keys.iter().all(|k| !seen.contains(k.as_str()));
+        if fresh && e.dedup && !barriers[i] && !e.keys.is_empty() {
+            asked.push(i);
+        }
+        seen.extend(e.keys.iter().map(String::as_str));
+        after_barrier |= barriers[i];
+    }
+
+    let lock = t.query_one("SELECT seq FROM datalayer_sidecar.counter FOR UPDATE", &[]);
+    let lookup = async {
+        if asked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let idx: Vec<i32> = asked.iter().map(|&i| i as i32).collect();
+        let d: Vec<i64> = asked.iter().map(|&i| digests[i]).collect();
+        let route: Vec<&str> = asked.iter().map(|&i| entries[i].route.as_str()).collect();
+        let method: Vec<&str> = asked.iter().map(|&i| entries[i].method.as_str()).collect();
+        let path: Vec<&str> = asked.iter().map(|&i| entries[i].path.as_str()).collect();
+        let body: Vec<&[u8]> = asked.iter().map(|&i| &entries[i].body[..]).collect();
+        let (keys, ks, ke) = flat_keys(asked.iter().map(|&i| entries[i]));
+        t.query(
+            &find_dups,
+            &[&idx, &d, &route, &method, &path, &body, &keys, &ks, &ke],
         )
         .await
-        .map_err(sql)?;
-    let find_dup = t
-        .prepare_cached(
-            "SELECT e.seq FROM datalayer_sidecar.entries e
-              WHERE e.digest = $1 AND e.keys = $2 AND e.route = $3 AND e.method = $4
-                AND e.path = $5 AND e.body = $6
-                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entry_keys o
-                                 WHERE o.key = ANY(e.keys) AND o.seq > e.seq)
-                AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries b
-                                 WHERE b.barrier AND b.seq > e.seq)
-              LIMIT 1",
-        )
-        .await
-        .map_err(sql)?;
+    };
+    let (base, found) = try_join(lock, lookup).await.map_err(pg_error)?;
+    let base: i64 = base.get(0);
+    let mut in_table: HashMap<usize, i64> = HashMap::new();
+    for r in found {
+        let i = r.get::<_, i32>(0) as usize;
+        let keys: Vec<String> = r.get(2);
+        if entries.get(i).is_some_and(|e| e.keys == keys) {
+            in_table.insert(i, r.get(1));
+        }
+    }
+
+    // Decide each entry in order, keeping the latest row for every key.
+    let mut latest: HashMap<&str, Slot> = HashMap::new();
     let mut results = Vec::with_capacity(entries.len());
+    let mut rows: Vec<(i64, usize)> = Vec::new(); // (seq, entry) to insert
+    let mut headers_of: HashMap<i64, usize> = HashMap::new(); // row -> newest headers
     let mut next = base;
-    let now = now_ms();
-    for e in entries {
-        let barrier = e.keys.iter().any(|k| k == BARRIER_KEY);
-        let d = digest(e);
-        if e.dedup && !barrier && !e.keys.is_empty() {
-            let dup = t
-                .query_opt(
-                    &find_dup,
-                    &[&d, &e.keys, &e.route, &e.method, &e.path, &&e.body[..]],
-                )
-                .await
-                .map_err(sql)?;
-            if let Some(r) = dup {
-                let seq: i64 = r.get(0);
-                t.execute(
-                    "UPDATE datalayer_sidecar.entries SET headers = $2 WHERE seq = $1",
-                    &[&seq, &e.headers],
-                )
-                .await
-                .map_err(sql)?;
-                results.push(Appended::Duplicate(seq));
-                continue;
+    for (i, e) in entries.iter().enumerate() {
+        let from_table = in_table.get(&i).map(|&seq| Slot { seq, like: i });
+        let from_batch = (e.dedup && !barriers[i] && !e.keys.is_empty())
+            .then(|| {
+                let first = latest.get(e.keys[0].as_str())?;
+                let all = e
+                    .keys
+                    .iter()
+                    .all(|k| latest.get(k.as_str()).map(|s| s.seq) == Some(first.seq));
+                (all && same_content(entries[first.like], e)).then_some(*first)
+            })
+            .flatten();
+        if let Some(slot) = from_table.or(from_batch) {
+            headers_of.insert(slot.seq, i);
+            for k in &e.keys {
+                latest.insert(k.as_str(), slot);
             }
+            results.push(Appended::Duplicate(slot.seq));
+            continue;
         }
         next += 1;
+        rows.push((next, i));
+        if barriers[i] {
+            // Nothing before a barrier may absorb what follows it.
+            latest.clear();
+        }
+        for k in &e.keys {
+            latest.insert(k.as_str(), Slot { seq: next, like: i });
+        }
+        results.push(Appended::Stored);
+    }
+
+    let inserts = async {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let (keys, ks, ke) = flat_keys(rows.iter().map(|&(_, i)| entries[i]));
+        let col = |f: fn(&NewEntry) -> &str| -> Vec<&str> {
+            rows.iter().map(|&(_, i)| f(entries[i])).collect()
+        };
+        let seqs: Vec<i64> = rows.iter().map(|&(s, _)| s).collect();
+        let headers: Vec<&[u8]> = rows
+            .iter()
+            .map(|&(seq, i)| &entries[headers_of.get(&seq).copied().unwrap_or(i)].headers[..])
+            .collect();
+        let bodies: Vec<&[u8]> = rows.iter().map(|&(_, i)| &entries[i].body[..]).collect();
+        let barrier: Vec<bool> = rows.iter().map(|&(_, i)| barriers[i]).collect();
+        let digest: Vec<i64> = rows.iter().map(|&(_, i)| digests[i]).collect();
         t.execute(
             &insert,
             &[
-                &next,
-                &e.route,
-                &e.request_id,
-                &now,
-                &e.method,
-                &e.path,
-                &e.headers,
-                &&e.body[..],
-                &e.keys,
+                &seqs,
+                &col(|e| &e.route),
+                &col(|e| &e.request_id),
+                &col(|e| &e.method),
+                &col(|e| &e.path),
+                &headers,
+                &bodies,
+                &keys,
+                &ks,
+                &ke,
                 &barrier,
-                &d,
+                &now_ms(),
                 &replica,
+                &digest,
             ],
         )
         .await
-        .map_err(sql)?;
-        results.push(Appended::Stored);
-    }
-    if next > base {
-        t.execute("UPDATE datalayer_sidecar.counter SET seq = $1", &[&next])
-            .await
-            .map_err(sql)?;
-    }
+    };
+    let updates = async {
+        let fresh: HashSet<i64> = rows.iter().map(|&(s, _)| s).collect();
+        let (seqs, headers): (Vec<i64>, Vec<&[u8]>) = headers_of
+            .iter()
+            .filter(|(seq, _)| !fresh.contains(seq))
+            .map(|(&seq, &i)| (seq, &entries[i].headers[..]))
+            .unzip();
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        t.execute(&update_headers, &[&seqs, &headers]).await
+    };
+    let counter = async {
+        if next > base {
+            t.execute("UPDATE datalayer_sidecar.counter SET seq = $1", &[&next])
+                .await
+        } else {
+            Ok(0)
+        }
+    };
+    try_join3(inserts, updates, counter)
+        .await
+        .map_err(pg_error)?;
     t.commit().await.map_err(unavailable)?;
     Ok(results)
 }
