@@ -11,6 +11,7 @@
 //! failure. The body scan borrows from the buffered bytes and skips what it
 //! does not need, so it allocates nothing for a well-formed success.
 
+pub mod aliases;
 pub mod layer;
 
 use std::fmt;

@@ -8,6 +8,7 @@
 //! LiteralAI SDK sends a handful of distinct documents over and over.
 
 mod scan;
+pub mod split;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
