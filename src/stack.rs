@@ -158,9 +158,12 @@ pub fn delivery(
         .layer(BreakerGateLayer::new(shared.breaker.clone()))
         // Retry transient failures when safe, paced by backoff, Retry-After
         // and the shared budget; stops early if the breaker opens.
+        // A batched write whose answer is partial is retried alias by
+        // alias: the aliases the backend settled are not written twice.
         .layer(RetryLayer::new(RetryPolicy::new(
             shared.budget.clone(),
             shared.breaker.clone(),
+            shared.classifier.clone(),
         )))
         // Judge each attempt once, for retry, breaker, metrics and logs;
         // above the per-try timeout so a timeout is judged like any failure.

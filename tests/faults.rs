@@ -293,24 +293,193 @@ async fn graphql_errors_transient_retried_permanent_passed_through() {
     assert_eq!(up.hits(), 1);
 }
 
+/// One alias of a batched write fails transiently, the other succeeds:
+/// only the failed alias is sent again (its field and the variables it
+/// uses, as sent), and the app gets each alias's true final answer.
 #[tokio::test]
-async fn item_not_ok_is_retried() {
+async fn item_not_ok_retries_only_the_alias_that_failed() {
     let partial = Reply::json(
         200,
         serde_json::json!({"data": {"step0": {"ok": true, "message": "ok"}, "step1": {"ok": false, "message": "write conflict"}}}),
     );
-    let up = FakeUpstream::start(move |_, hit| {
+    let up = FakeUpstream::start(move |r, hit| {
         if hit == 0 {
             partial.clone()
         } else {
-            Reply::json(200, steps_ok(2))
+            // Answer whatever aliases were sent.
+            let body = r.json();
+            let mut data = serde_json::Map::new();
+            for key in ["step0", "step1"] {
+                if body["query"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&format!("{key}:"))
+                {
+                    data.insert(
+                        key.into(),
+                        serde_json::json!({"ok": true, "message": "retried"}),
+                    );
+                }
+            }
+            Reply::json(200, serde_json::json!({ "data": data }))
         }
     })
     .await;
     let sc = start(&up).await;
     let a = client::post_json(sc.addr, "/api/graphql", &add_step(&["a", "b"])).await;
     assert_eq!((a.status.as_u16(), attempts(&a)), (200, 2));
-    assert_eq!(a.json(), steps_ok(2));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"data": {"step0": {"ok": true, "message": "ok"}, "step1": {"ok": true, "message": "retried"}}})
+    );
+    let second = up.requests()[1].json();
+    let query = second["query"].as_str().unwrap();
+    assert!(
+        query.contains("step1: ingestStep(id: $id_1, output: $output_1)"),
+        "{query}"
+    );
+    assert!(
+        !query.contains("step0"),
+        "the settled alias is not sent again: {query}"
+    );
+    assert_eq!(
+        second["variables"],
+        serde_json::json!({"id_1": "b", "output_1": {"content": "hello"}}),
+        "only the variables the open alias uses"
+    );
+}
+
+/// Mixed answers: one alias succeeds, one is refused for good, one fails
+/// transiently twice and then succeeds. The refused one is not sent again
+/// and comes back to the app as the backend said; the transient one is
+/// sent alone until it succeeds.
+#[tokio::test]
+async fn mixed_alias_answers_settle_each_alias_on_its_own() {
+    let up = FakeUpstream::start(move |r, hit| {
+        let q = r.json()["query"].as_str().unwrap_or_default().to_string();
+        let mut data = serde_json::Map::new();
+        let mut errors = Vec::new();
+        if q.contains("step0:") {
+            data.insert("step0".into(), serde_json::json!({"ok": true, "message": "stored"}));
+        }
+        if q.contains("step1:") {
+            data.insert("step1".into(), serde_json::json!({"ok": false, "message": "Invalid step type"}));
+        }
+        if q.contains("step2:") {
+            if hit < 2 {
+                data.insert("step2".into(), serde_json::Value::Null);
+                errors.push(serde_json::json!({"message": "db busy", "path": ["step2"], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}));
+            } else {
+                data.insert("step2".into(), serde_json::json!({"ok": true, "message": "stored late"}));
+            }
+        }
+        let mut body = serde_json::json!({ "data": data });
+        if !errors.is_empty() {
+            body["errors"] = serde_json::Value::Array(errors);
+        }
+        Reply::json(200, body)
+    })
+    .await;
+    let sc = start(&up).await;
+    let a = client::post_json(sc.addr, "/api/graphql", &add_step(&["a", "b", "c"])).await;
+    assert_eq!((a.status.as_u16(), attempts(&a)), (200, 3));
+    assert_eq!(
+        a.json(),
+        serde_json::json!({"data": {
+            "step0": {"ok": true, "message": "stored"},
+            "step1": {"ok": false, "message": "Invalid step type"},
+            "step2": {"ok": true, "message": "stored late"}
+        }}),
+        "each alias carries its true final result"
+    );
+    let sent: Vec<String> = up
+        .requests()
+        .iter()
+        .map(|r| r.json()["query"].as_str().unwrap().to_string())
+        .collect();
+    assert!(sent[0].contains("step0:") && sent[0].contains("step1:"));
+    for later in &sent[1..] {
+        assert!(
+            later.contains("step2:") && !later.contains("step0:") && !later.contains("step1:"),
+            "only the open alias is sent again: {later}"
+        );
+    }
+}
+
+/// A batch that names the same step twice keeps their order: when the
+/// first of them fails and the second succeeds, both are sent again, in
+/// order, so the step ends on the second version.
+#[tokio::test]
+async fn a_step_named_twice_in_a_batch_keeps_its_order() {
+    let up = FakeUpstream::start(move |r, hit| {
+        let q = r.json()["query"].as_str().unwrap_or_default().to_string();
+        let mut data = serde_json::Map::new();
+        for key in ["step0", "step1", "step2"] {
+            if q.contains(&format!("{key}:")) {
+                let ok = !(hit == 0 && key == "step0");
+                data.insert(
+                    key.into(),
+                    serde_json::json!({"ok": ok, "message": if ok { "stored" } else { "busy" }}),
+                );
+            }
+        }
+        Reply::json(200, serde_json::json!({ "data": data }))
+    })
+    .await;
+    let sc = start(&up).await;
+    let body = client::add_step_with(vec![
+        ("s".to_string(), "v1".to_string()),
+        ("t".to_string(), "t1".to_string()),
+        ("s".to_string(), "v2".to_string()),
+    ]);
+    let a = client::post_json(sc.addr, "/api/graphql", &body).await;
+    assert_eq!(a.status, 200);
+    let second = up.requests()[1].json();
+    let query = second["query"].as_str().unwrap();
+    assert!(
+        query.contains("step0:") && query.contains("step2:") && !query.contains("step1:"),
+        "the failed version and the later version of the same step go again, the other step does not: {query}"
+    );
+    assert!(
+        query.find("step0:") < query.find("step2:"),
+        "in their order: {query}"
+    );
+    assert_eq!(a.json()["data"]["step2"]["ok"], true);
+}
+
+/// Documents that cannot be cut safely (fragments, directives on the
+/// operation) are forwarded untouched and retried whole.
+#[tokio::test]
+async fn documents_with_fragments_are_retried_whole() {
+    let partial = Reply::json(
+        200,
+        serde_json::json!({"data": {"a": {"ok": true}, "b": {"ok": false, "message": "busy"}}}),
+    );
+    // Each document: a partial answer, then a full one.
+    let up = FakeUpstream::start(move |_, hit| {
+        if hit % 2 == 0 {
+            partial.clone()
+        } else {
+            Reply::json(
+                200,
+                serde_json::json!({"data": {"a": {"ok": true}, "b": {"ok": true}}}),
+            )
+        }
+    })
+    .await;
+    let sc = start(&up).await;
+    for query in [
+        "mutation M { ...W } fragment W on Mutation { a: ingestStep(id: \"1\") { ok } b: ingestStep(id: \"2\") { ok } }",
+        "mutation M @atomic { a: ingestStep(id: \"1\") { ok } b: ingestStep(id: \"2\") { ok } }",
+    ] {
+        let body = serde_json::json!({ "query": query });
+        let before = up.hits();
+        let a = client::post_json(sc.addr, "/api/graphql", &body).await;
+        assert_eq!(a.status, 200);
+        let reqs = up.requests();
+        assert_eq!(reqs.len() - before, 2, "sent, then sent again");
+        assert_eq!(reqs[before + 1].json()["query"], query, "untouched");
+    }
 }
 
 #[tokio::test]

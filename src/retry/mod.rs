@@ -7,10 +7,15 @@
 //! deadline after its backoff (and after any `Retry-After`, which is honoured
 //! and never cut short). Every refusal is recorded on the exchange with its
 //! reason, so the access line and metrics say why nothing more was tried.
+//!
+//! A batched write whose answer is partial — some aliases settled, others
+//! failed for a reason that may pass — is retried alias by alias
+//! ([`partial`]).
 
 pub mod backoff;
 pub mod budget;
 pub mod params;
+pub mod partial;
 pub mod policy;
 
 pub use backoff::Backoff;

@@ -8,9 +8,10 @@ use tower::retry::Policy;
 use tower::retry::budget::Budget;
 
 use super::RetryBudget;
+use super::partial::{self, Partial, Step};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::{Breaker, State};
-use crate::classify::{Class, Verdict};
+use crate::classify::{Class, Classifier, Verdict};
 use crate::error::Error;
 use crate::exchange::{self, Exchange, NotRetried, Routed};
 
@@ -26,20 +27,87 @@ pub struct RetryPolicy {
     /// Set on a request's own copy once it has retried, so the request's
     /// deposit into the budget is made exactly once.
     retrying: bool,
+    /// A batched write whose aliases are being settled one by one (see
+    /// [`partial`]).
+    partial: Option<Box<Partial>>,
 }
 
 #[derive(Debug)]
 struct PolicyShared {
     budget: Arc<RetryBudget>,
     breaker: Breaker,
+    classifier: Arc<Classifier>,
 }
 
 impl RetryPolicy {
-    /// A policy sharing `budget` and `breaker` with every other request.
-    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker) -> Self {
+    /// A policy sharing `budget` and `breaker` with every other request,
+    /// reading batched answers alias by alias with `classifier`.
+    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker, classifier: Arc<Classifier>) -> Self {
         RetryPolicy {
-            shared: Arc::new(PolicyShared { budget, breaker }),
+            shared: Arc::new(PolicyShared {
+                budget,
+                breaker,
+                classifier,
+            }),
             retrying: false,
+            partial: None,
+        }
+    }
+
+    /// A batched write: settle its aliases one by one when its answer is
+    /// partial. `None`: judge the request as a whole.
+    fn per_alias(
+        &mut self,
+        req: &mut Request<RequestBody>,
+        result: &mut Result<Response<ResponseBody>, Error>,
+        class: &Class,
+    ) -> Option<Option<Sleep>> {
+        let ex = exchange::of(req)?.clone();
+        let routed = ex.routed()?;
+        let classifier = &self.shared.classifier;
+        let step = match self.partial.as_mut() {
+            Some(p) => p.next(classifier, result, class),
+            None if class.is_failure() && partial::eligible(routed) => {
+                let p = Partial::start(classifier, req, result)?;
+                let open = p.open_class();
+                self.partial = Some(Box::new(p));
+                Step::Retry(open)
+            }
+            None => Step::Whole,
+        };
+        let open = match step {
+            Step::Whole => return None,
+            Step::Done => {
+                if let Some(p) = self.partial.take() {
+                    p.finish(result, &ex, class);
+                }
+                return Some(None);
+            }
+            Step::Retry(open) => open,
+        };
+        match self.decide(&ex, routed, &open) {
+            Ok(delay) => {
+                if let Some(p) = &self.partial {
+                    p.rewrite(req);
+                }
+                self.retrying = true;
+                routed.metrics.retries.inc();
+                tracing::debug!(
+                    request_id = ?ex.request_id,
+                    attempt = ex.attempts(),
+                    kind = open.kind.as_str(),
+                    delay_ms = delay.as_millis() as u64,
+                    "retrying the aliases still open"
+                );
+                Some(Some(tokio::time::sleep(delay)))
+            }
+            Err(reason) => {
+                ex.set_not_retried(reason);
+                if let Some(p) = self.partial.take() {
+                    p.finish(result, &ex, class);
+                }
+                Some(None)
+            }
         }
     }
 
@@ -110,6 +178,9 @@ impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy
                 .unwrap_or(Class::OK),
             Err(e) => Class::of_error(e),
         };
+        if let Some(decided) = self.per_alias(req, result, &class) {
+            return decided;
+        }
         if !class.is_failure() {
             return None;
         }

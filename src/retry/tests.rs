@@ -47,14 +47,16 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
         ratio: 1.0,
     }));
     let (mock, handle): (Mock, Handle) = tower_test::mock::pair();
+    let classifier = Arc::new(Classifier::new(&cfg.classify));
     let svc = ServiceBuilder::new()
         .layer(TimeoutLayer::deadline())
         .layer(BreakerGateLayer::new(breaker.clone()))
-        .layer(RetryLayer::new(RetryPolicy::new(budget, breaker.clone())))
-        .layer(ClassifyLayer::new(
-            Arc::new(Classifier::new(&cfg.classify)),
-            breaker,
-        ))
+        .layer(RetryLayer::new(RetryPolicy::new(
+            budget,
+            breaker.clone(),
+            classifier.clone(),
+        )))
+        .layer(ClassifyLayer::new(classifier, breaker))
         .layer(TimeoutLayer::per_try())
         .service(mock);
     Rig {
