@@ -190,6 +190,9 @@ pub struct SpoolMetrics {
     pub paused: Gauge,
     /// Pauses, by reason.
     pub pauses: Family<PauseLabels, Counter>,
+    /// Upstream requests the replay worker made (one may carry many
+    /// entries, see `spool.replay_batch`).
+    pub replay_requests: Counter,
 }
 
 /// Labels of `spool_pauses`.
@@ -380,6 +383,11 @@ impl Metrics {
             "spool_pauses",
             "Times the replay worker paused, by reason",
             spool.pauses.clone(),
+        );
+        registry.register(
+            "spool_replay_requests",
+            "Upstream requests made by the replay worker (one carries up to spool.replay_batch entries)",
+            spool.replay_requests.clone(),
         );
         let replays = Family::<OutcomeLabels, Counter>::default();
         registry.register(

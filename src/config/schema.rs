@@ -364,6 +364,11 @@ pub struct SpoolFile {
     pub commit_margin: Duration,
     /// Replays in flight at once (entries touching different steps).
     pub replay_concurrency: usize,
+    /// Most waiting step writes (`ingestStep` aliases) joined into one
+    /// replayed request; 1 sends each entry on its own.
+    pub replay_batch: usize,
+    /// Most body bytes of the entries joined into one replayed request.
+    pub replay_batch_bytes: ByteSize,
     /// HTTP statuses with which the backend refuses a write for its own
     /// content: the write moves to dead letters. Any other refusal (401,
     /// 403, 404, a TLS certificate the roots reject, ...) says the system is
@@ -391,6 +396,8 @@ impl Default for SpoolFile {
             replay_backoff_max: Duration::from_secs(10),
             commit_margin: Duration::from_millis(500),
             replay_concurrency: 16,
+            replay_batch: 50,
+            replay_batch_bytes: ByteSize::mib(1),
             dead_letter_statuses: vec![400, 409, 410, 413, 422],
         }
     }

@@ -200,6 +200,15 @@ fn spool(file: &FileConfig) -> Result<SpoolSettings, ConfigError> {
             "must be 1..=1024",
         ));
     }
+    if s.replay_batch == 0 || s.replay_batch > 1000 {
+        return Err(ConfigError::key("spool.replay_batch", "must be 1..=1000"));
+    }
+    if s.replay_batch_bytes.as_u64() < 1024 {
+        return Err(ConfigError::key(
+            "spool.replay_batch_bytes",
+            "must be at least 1KiB",
+        ));
+    }
     for (i, st) in s.dead_letter_statuses.iter().enumerate() {
         if !(400..=599).contains(st) {
             return Err(ConfigError::key(
@@ -255,6 +264,8 @@ fn spool(file: &FileConfig) -> Result<SpoolSettings, ConfigError> {
             backoff_base: s.replay_backoff_base,
             backoff_max: s.replay_backoff_max,
             concurrency: s.replay_concurrency,
+            batch: s.replay_batch,
+            batch_bytes: s.replay_batch_bytes.as_u64() as usize,
             dead_letter_statuses: s.dead_letter_statuses.clone(),
         },
         commit_margin: s.commit_margin,

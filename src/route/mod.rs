@@ -188,6 +188,27 @@ impl Route {
         keys.into_boxed_slice()
     }
 
+    /// The ordering keys of each root field on its own, in field order:
+    /// what the field's write holds when it is spooled as an entry of its
+    /// own (see [`Route::order_keys`]).
+    pub fn field_keys(&self, op: &Operation, root_ids: &[Option<String>]) -> Vec<Vec<String>> {
+        op.root_fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let mut keys = Vec::with_capacity(2);
+                let id = root_ids.get(i).and_then(Option::as_deref);
+                if let Some(id) = id {
+                    keys.push(literalai::order_key(&f.name, id));
+                }
+                if id.is_none() || literalai::is_barrier(&f.name) {
+                    keys.push(BARRIER_KEY.to_string());
+                }
+                keys
+            })
+            .collect()
+    }
+
     /// Whether the route matches every request.
     pub fn is_catch_all(&self) -> bool {
         self.methods.is_empty() && matches!(self.path, PathMatch::Any) && self.graphql.is_none()

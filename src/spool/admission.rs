@@ -222,6 +222,13 @@ impl Spool {
 
     /// Decide where a write touching `keys` (of `bytes` to store) goes.
     pub fn admit(&self, keys: &[String], bytes: u64, write_behind: bool) -> Admit {
+        self.admit_n(keys, bytes, write_behind, 1)
+    }
+
+    /// [`Spool::admit`] for a write that may be stored as up to `tickets`
+    /// entries (one per root field): it takes that many consecutive
+    /// tickets, so its entries keep their order and nothing comes between.
+    pub fn admit_n(&self, keys: &[String], bytes: u64, write_behind: bool, tickets: u64) -> Admit {
         let hashed: Box<[u64]> = keys.iter().map(|k| key_hash(k)).collect();
         let stored = self
             .inner
@@ -246,7 +253,7 @@ impl Spool {
             });
         };
         let ticket = o.next_ticket.max(end + 1);
-        o.next_ticket = ticket + 1;
+        o.next_ticket = ticket + tickets.max(1);
         let behind =
             write_behind || stored > 0 || !o.pending.is_empty() || o.conflicts_live(&hashed);
         if behind {

@@ -27,10 +27,23 @@
 //! worker exits.
 //!
 //! Entries that touch disjoint keys are delivered concurrently (up to
-//! `spool.replay_concurrency`, as a sliding window); an entry that shares a
-//! key with an earlier one waits for it (see [`super::admission`]).
+//! `spool.replay_concurrency` requests, as a sliding window); an entry that
+//! shares a key with an earlier one waits for it (see [`super::admission`]).
+//!
+//! **Joined replays.** Waiting step writes of different steps — entries of
+//! one `ingestStep` field each, from the same client — are joined into one
+//! batched mutation of up to `spool.replay_batch` aliases and
+//! `spool.replay_batch_bytes` (see [`super::batch`]); each alias's answer
+//! decides its own entry: delivered, tried again later, or dead-lettered
+//! with the backend's answer for that alias. Two versions of one step are
+//! never in one request: only entries that could start side by side are
+//! joined. A joined request the backend refuses as a whole for its content
+//! (a validation error that names no alias, a 400) dead-letters nothing:
+//! its entries are sent again one by one, so only the one at fault is
+//! refused. Other entries (thread upserts, deletes, documents that cannot
+//! be cut) are replayed as they are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,15 +55,16 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
+use super::batch::{Joinable, joinable};
 use super::record::decode_headers;
 use super::store::{DeadInfo, Entry, Totals, now_ms};
 use super::{Paused, ReplayParams, Spool};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
-use crate::classify::{Class, Kind, Verdict};
+use crate::classify::{Class, Classifier, Kind, Verdict};
 use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
-use crate::graphql;
+use crate::graphql::{self, split};
 use crate::metrics::PauseLabels;
 use crate::proxy::forward::PrepareShared;
 use crate::proxy::server::shutdown_requested;
@@ -87,6 +101,8 @@ pub struct ReplayView {
     pub prepare: Arc<PrepareShared>,
     /// The breaker, to wait out an open state.
     pub breaker: Breaker,
+    /// Reads a joined request's answer alias by alias.
+    pub classifier: Arc<Classifier>,
     /// Credential sent on replay when credentials are not stored.
     pub api_key: Option<(HeaderName, HeaderValue)>,
     /// Backoff, concurrency and dead-letter statuses.
@@ -122,6 +138,31 @@ enum Done {
     Lost,
 }
 
+/// What a finished delivery of one or more entries means for the worker.
+struct Finished {
+    /// Entries that left the queue, or that another replica holds now.
+    gone: Vec<i64>,
+    /// Entries to send one by one from now on.
+    solo: Vec<i64>,
+    /// What it means for the pace.
+    done: Done,
+}
+
+impl Finished {
+    fn of(entries: &[i64], done: Done) -> Finished {
+        let gone = if matches!(done, Done::Gone | Done::Lost) {
+            entries.to_vec()
+        } else {
+            Vec::new()
+        };
+        Finished {
+            gone,
+            solo: Vec::new(),
+            done,
+        }
+    }
+}
+
 /// The worker's state between deliveries.
 struct Pacing {
     backoff: Duration,
@@ -153,9 +194,12 @@ impl Drain {
             paused: None,
         };
         let mut last_resync = Instant::now();
-        let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut tasks: JoinSet<Finished> = JoinSet::new();
         let mut in_flight: HashMap<i64, Vec<String>> = HashMap::new();
-        let mut task_entry: HashMap<tokio::task::Id, i64> = HashMap::new();
+        let mut task_entries: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
+        // Entries whose joined request was refused as a whole: each goes
+        // on its own, so only the one at fault is refused.
+        let mut solo: HashSet<i64> = HashSet::new();
         // The head of the queue, read in batches: one read serves many
         // deliveries. Reading per delivery kept a read transaction open
         // almost all the time, so checkpoints could never restart the WAL
@@ -179,17 +223,20 @@ impl Drain {
             } else {
                 this.view().replay.concurrency
             };
-            if !waiting && in_flight.len() < window {
+            let per_request = this.view().replay.batch.max(1);
+            if !waiting && tasks.len() < window {
                 let candidates = cache.len().saturating_sub(in_flight.len());
                 let stored = Totals::get(&this.spool.store().totals.entries);
-                if reload
-                    || (candidates < this.view().replay.concurrency && stored > cache.len() as u64)
-                {
+                let wanted = this.view().replay.concurrency * per_request;
+                if reload || (candidates < wanted && stored > cache.len() as u64) {
                     this.spool.head_read_starts();
                     match this
                         .spool
                         .store()
-                        .head(this.view().replay.concurrency * 16, HEAD_MAX_BYTES)
+                        .head(
+                            wanted * 2 + this.view().replay.concurrency * 16,
+                            HEAD_MAX_BYTES,
+                        )
                         .await
                     {
                         Ok(batch) => {
@@ -208,16 +255,26 @@ impl Drain {
                 if let Some(wait) = this.view().breaker.retry_after().filter(|w| !w.is_zero()) {
                     pacing.until = Some(Instant::now() + wait);
                 } else if pacing.until.is_none_or(|t| t <= Instant::now()) {
-                    let free = window.saturating_sub(in_flight.len());
-                    match this.spool.eligible(&cache, cache_end, &in_flight, free) {
+                    let free = window.saturating_sub(tasks.len());
+                    let per = if pacing.paused.is_some() {
+                        1
+                    } else {
+                        per_request
+                    };
+                    match this
+                        .spool
+                        .eligible(&cache, cache_end, &in_flight, free * per)
+                    {
                         Ok(start) => {
-                            for entry in start {
-                                in_flight.insert(entry.id, entry.keys.clone());
-                                let id = entry.id;
+                            for batch in this.group(start, free, per, &solo) {
+                                let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
+                                for (e, _) in &batch {
+                                    in_flight.insert(e.id, e.keys.clone());
+                                }
                                 let this = this.clone();
-                                let handle = tasks
-                                    .spawn(async move { this.deliver_and_commit(entry).await });
-                                task_entry.insert(handle.id(), id);
+                                let handle =
+                                    tasks.spawn(async move { this.deliver_batch(batch).await });
+                                task_entries.insert(handle.id(), ids);
                             }
                         }
                         Err(_) => {
@@ -235,7 +292,7 @@ impl Drain {
             let nap = match pacing.until {
                 Some(t) if t > Instant::now() => t - Instant::now(),
                 _ if idle_queue && in_flight.is_empty() => IDLE_RESYNC,
-                _ if in_flight.len() >= window => IDLE_RESYNC,
+                _ if tasks.len() >= window => IDLE_RESYNC,
                 // Entries wait on keys held elsewhere: look again soon.
                 _ => Duration::from_millis(50),
             };
@@ -245,17 +302,22 @@ impl Drain {
                     // queue refills all the freed slots.
                     let mut next = Some(first);
                     while let Some(result) = next {
-                        let (task, done) = match result {
-                            Ok((task, done)) => (task, done),
-                            Err(e) => (e.id(), Done::Retry(Duration::ZERO)),
+                        let (task, finished) = match result {
+                            Ok((task, f)) => (task, f),
+                            Err(e) => (e.id(), Finished::of(&[], Done::Retry(Duration::ZERO))),
                         };
-                        if let Some(id) = task_entry.remove(&task) {
+                        for id in task_entries.remove(&task).unwrap_or_default() {
                             in_flight.remove(&id);
-                            if matches!(done, Done::Gone | Done::Lost) {
-                                cache.retain(|e| e.id != id);
+                        }
+                        if !finished.gone.is_empty() {
+                            let gone: HashSet<i64> = finished.gone.iter().copied().collect();
+                            cache.retain(|e| !gone.contains(&e.id));
+                            for id in &gone {
+                                solo.remove(id);
                             }
                         }
-                        this.pace(&mut pacing, done);
+                        solo.extend(finished.solo);
+                        this.pace(&mut pacing, finished.done);
                         next = tasks.try_join_next_with_id();
                     }
                 }
@@ -336,16 +398,334 @@ impl Drain {
         }
     }
 
-    /// Deliver one entry and commit the result.
-    async fn deliver_and_commit(&self, entry: Entry) -> Done {
-        match self.spool.store().renew(entry.id).await {
-            Ok(true) => {}
-            Ok(false) => return Done::Lost,
+    /// Of `start` (entries that may start now, in queue order, no two
+    /// sharing a key), at most `free` deliveries: entries that can be
+    /// joined go together, up to `per` and the byte budget per request;
+    /// others (and those in `solo`) go alone. Entries not placed wait for
+    /// a later round.
+    fn group(
+        &self,
+        start: Vec<Entry>,
+        free: usize,
+        per: usize,
+        solo: &HashSet<i64>,
+    ) -> Vec<Vec<(Entry, Option<Joinable>)>> {
+        let max_bytes = self.view().replay.batch_bytes;
+        let mut out: Vec<Vec<(Entry, Option<Joinable>)>> = Vec::new();
+        let mut bytes: Vec<usize> = Vec::new();
+        let mut open: HashMap<Vec<u8>, usize> = HashMap::new();
+        for entry in start {
+            let join = if per > 1 && !solo.contains(&entry.id) {
+                joinable(&entry)
+            } else {
+                None
+            };
+            if let Some(j) = &join
+                && let Some(&at) = open.get(&j.group)
+                && out[at].len() < per
+                && bytes[at] + entry.body_bytes <= max_bytes
+            {
+                bytes[at] += entry.body_bytes;
+                out[at].push((entry, join));
+                continue;
+            }
+            if out.len() >= free {
+                continue;
+            }
+            if let Some(j) = &join {
+                open.insert(j.group.clone(), out.len());
+            }
+            bytes.push(entry.body_bytes);
+            out.push(vec![(entry, join)]);
+        }
+        out
+    }
+
+    /// Deliver entries — one as it is, several joined into one request —
+    /// and commit what the backend said about each.
+    async fn deliver_batch(&self, batch: Vec<(Entry, Option<Joinable>)>) -> Finished {
+        let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
+        let held: HashSet<i64> = match self.spool.store().renew_many(&ids).await {
+            Ok(held) => held.into_iter().collect(),
             Err(e) => {
-                tracing::warn!(error = %e, entry = entry.id, "spool: cannot renew the claim; trying later");
-                return Done::Retry(Duration::from_secs(1));
+                tracing::warn!(error = %e, entries = ids.len(), "spool: cannot renew the claims; trying later");
+                return Finished::of(&ids, Done::Retry(Duration::from_secs(1)));
+            }
+        };
+        // Entries another replica took over are its to deliver.
+        let lost: Vec<i64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !held.contains(id))
+            .collect();
+        let mut mine: Vec<(Entry, Option<Joinable>)> = batch
+            .into_iter()
+            .filter(|(e, _)| held.contains(&e.id))
+            .collect();
+        let mut finished = match mine.len() {
+            0 => Finished::of(&[], Done::Lost),
+            1 => {
+                let (entry, _) = mine.remove(0);
+                let id = entry.id;
+                Finished::of(&[id], self.deliver_and_commit(entry).await)
+            }
+            _ => self.deliver_joined(mine).await,
+        };
+        finished.gone.extend(lost);
+        finished
+    }
+
+    /// Deliver several single-step entries as one batched mutation and
+    /// commit each alias's answer to its own entry.
+    async fn deliver_joined(&self, batch: Vec<(Entry, Option<Joinable>)>) -> Finished {
+        let view = self.view.load_full();
+        let store = self.spool.store();
+        let metrics = &self.spool.inner.metrics;
+        let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
+        let parts: Vec<&split::Batch> = batch
+            .iter()
+            .filter_map(|(_, j)| j.as_ref().map(|j| &j.batch))
+            .collect();
+        if parts.len() != batch.len() {
+            // Only joinable entries are grouped; nothing to join otherwise.
+            return Finished::of(&ids, Done::Retry(Duration::ZERO));
+        }
+        let name = parts[0]
+            .name()
+            .filter(|n| parts.iter().all(|p| p.name() == Some(*n)));
+        let mut joined = batch[0].0.clone();
+        joined.body = split::join(name, &parts);
+        joined.body_bytes = joined.body.len();
+        joined.keys = batch.iter().flat_map(|(e, _)| e.keys.clone()).collect();
+        let outcome = match Self::request(&view, &joined) {
+            Ok((req, ex)) => {
+                metrics.replay_requests.inc();
+                let mut service = view.service.clone();
+                let result = match service.ready().await {
+                    Ok(svc) => svc.call(req).await,
+                    Err(e) => Err(e),
+                };
+                Some((result, ex.attempts()))
+            }
+            Err(_) => None,
+        };
+        let keys: Vec<String> = (0..batch.len()).map(split::joined_key).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let (result, attempts) = match outcome {
+            Some(o) => o,
+            None => {
+                // The joined request could not be built: send them alone.
+                return Finished {
+                    gone: Vec::new(),
+                    solo: ids,
+                    done: Done::Retry(Duration::ZERO),
+                };
+            }
+        };
+        let (answers, class, status, body) = match &result {
+            Ok(resp) => {
+                let class = resp
+                    .extensions()
+                    .get::<Class>()
+                    .copied()
+                    .unwrap_or(Class::OK);
+                let body = resp.body().bytes().map(<[u8]>::to_vec);
+                let answers = (resp.status() == http::StatusCode::OK)
+                    .then_some(body.as_deref())
+                    .flatten()
+                    .and_then(|b| view.classifier.aliases(b, &key_refs));
+                (answers, class, Some(resp.status().as_u16()), body)
+            }
+            Err(e) => (None, Class::of_error(e), None, None),
+        };
+        let Some(answers) = answers else {
+            return self
+                .joined_as_a_whole(&ids, &result, class, status, body, attempts)
+                .await;
+        };
+        let mut delivered = Vec::new();
+        let mut open = Vec::new();
+        let mut refused = Vec::new();
+        for ((entry, _), (key, a)) in batch.iter().zip(keys.iter().zip(answers)) {
+            match a.verdict {
+                Verdict::Success => delivered.push(entry.id),
+                Verdict::Transient => open.push(entry.id),
+                Verdict::Permanent => {
+                    let mut answer = format!(
+                        "{{\"data\":{{{}:{}}}",
+                        serde_json::Value::String(key.clone()),
+                        a.data.as_deref().map_or("null", |d| d.get())
+                    );
+                    if !a.errors.is_empty() {
+                        let errors: Vec<&str> = a.errors.iter().map(|e| e.get()).collect();
+                        answer.push_str(&format!(",\"errors\":[{}]", errors.join(",")));
+                    }
+                    answer.push('}');
+                    refused.push((
+                        entry,
+                        DeadInfo {
+                            class: Verdict::Permanent.as_str().into(),
+                            kind: a.kind.as_str().into(),
+                            status,
+                            response: Some(answer.into_bytes()),
+                            reason: format!(
+                                "backend refused this step in a batched replay ({})",
+                                a.kind.as_str()
+                            ),
+                        },
+                    ));
+                }
             }
         }
+        let mut gone = Vec::new();
+        if !delivered.is_empty() {
+            match store.delivered_many(delivered.clone()).await {
+                Ok(()) => {
+                    metrics.replay_delivered.inc_by(delivered.len() as u64);
+                    tracing::info!(
+                        target: "spool",
+                        entries = delivered.len(),
+                        first = delivered[0],
+                        aliases = batch.len(),
+                        "spooled writes delivered in one batched request"
+                    );
+                    gone.extend(delivered);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool: cannot delete delivered entries; they will be sent again");
+                }
+            }
+        }
+        for (entry, info) in refused {
+            tracing::warn!(
+                target: "spool",
+                entry = entry.id,
+                request_id = %entry.request_id,
+                route = %entry.route,
+                kind = %info.kind,
+                reason = %info.reason,
+                "spooled write refused by the backend for its content; moved to dead letters"
+            );
+            match store.dead_letter(entry.id, info).await {
+                Ok(()) => {
+                    metrics.replay_dead_lettered.inc();
+                    gone.push(entry.id);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry")
+                }
+            }
+        }
+        let done = if open.is_empty() {
+            Done::Gone
+        } else {
+            metrics.replay_transient.inc_by(open.len() as u64);
+            let error = format!("{} ({attempts} attempts)", class.kind.as_str());
+            let _ = store.failed_many(open, error).await;
+            Done::Retry(class.retry_after.unwrap_or(Duration::ZERO))
+        };
+        self.spool.update_gauges();
+        Finished {
+            gone,
+            solo: Vec::new(),
+            done,
+        }
+    }
+
+    /// A joined request answered as a whole (an error, a status, an error
+    /// that names no alias): the same for every entry in it, except that a
+    /// refusal of its content dead-letters nothing — its entries are sent
+    /// again one by one.
+    async fn joined_as_a_whole(
+        &self,
+        ids: &[i64],
+        result: &Result<Response<ResponseBody>, Error>,
+        class: Class,
+        status: Option<u16>,
+        body: Option<Vec<u8>>,
+        attempts: u32,
+    ) -> Finished {
+        let failed = |error: String| async move {
+            self.spool
+                .inner
+                .metrics
+                .replay_transient
+                .inc_by(ids.len() as u64);
+            let _ = self.spool.store().failed_many(ids.to_vec(), error).await;
+        };
+        match class.verdict {
+            Verdict::Success => {
+                // Success without an answer per alias: not confirmed.
+                failed("no answer per alias".into()).await;
+                Finished::of(ids, Done::Retry(Duration::ZERO))
+            }
+            Verdict::Transient => {
+                let wait = match result {
+                    Err(_) if class.kind == Kind::CircuitOpen => self.view().breaker.retry_after(),
+                    _ => class.retry_after,
+                };
+                let error = match result {
+                    Err(e) => format!("{e} ({attempts} attempts)"),
+                    Ok(_) => format!("{} ({attempts} attempts)", class.kind.as_str()),
+                };
+                failed(error).await;
+                let mut finished = Finished::of(ids, Done::Retry(wait.unwrap_or(Duration::ZERO)));
+                // The backend took the request and failed on it (a 5xx, a
+                // hang, a reset, an error that names no alias): one entry
+                // may be the cause, so none may hold back the others —
+                // they go one by one from now on. A request that never
+                // reached it (refused connection, open breaker) or a rate
+                // limit says nothing about the entries.
+                if class.may_have_reached && class.kind != Kind::Status(429) {
+                    finished.solo = ids.to_vec();
+                }
+                finished
+            }
+            Verdict::Permanent => {
+                let reason = match result {
+                    Err(e) => e.to_string(),
+                    Ok(_) => format!(
+                        "backend answered {} ({}) to a batched replay",
+                        status.unwrap_or(0),
+                        class.kind.as_str()
+                    ),
+                };
+                let info = DeadInfo {
+                    class: class.verdict.as_str().into(),
+                    kind: class.kind.as_str().into(),
+                    status,
+                    response: body,
+                    reason,
+                };
+                match self.refusal(&class, info) {
+                    Outcome::SystemRefusal { reason, detail } => {
+                        failed(detail.clone()).await;
+                        Finished::of(ids, Done::Pause { reason, detail })
+                    }
+                    outcome => {
+                        let reason = match outcome {
+                            Outcome::Refused(info) => info.reason,
+                            _ => String::new(),
+                        };
+                        tracing::info!(
+                            target: "spool",
+                            entries = ids.len(),
+                            reason = %reason,
+                            "a batched replay was refused as a whole; sending its entries one by one"
+                        );
+                        Finished {
+                            gone: Vec::new(),
+                            solo: ids.to_vec(),
+                            done: Done::Retry(Duration::ZERO),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver one entry and commit the result.
+    async fn deliver_and_commit(&self, entry: Entry) -> Done {
         let outcome = self.deliver(&entry).await;
         let metrics = &self.spool.inner.metrics;
         let store = self.spool.store();
@@ -444,6 +824,10 @@ impl Drain {
             .unwrap_or_else(|| routes.find(&method, path, op.as_deref()).clone());
         let mut headers = decode_headers(&entry.headers);
         headers.insert(http::header::HOST, view.prepare.target.host().clone());
+        // The stored length is the original request's; an entry cut from a
+        // batch, or a joined replay, has a body of its own (hyper writes
+        // the length of the body it sends).
+        headers.remove(http::header::CONTENT_LENGTH);
         if let Some((name, value)) = &view.api_key {
             headers.insert(name.clone(), value.clone());
         }
@@ -488,6 +872,7 @@ impl Drain {
                 });
             }
         };
+        self.spool.inner.metrics.replay_requests.inc();
         let mut service = view.service.clone();
         let result = match service.ready().await {
             Ok(svc) => svc.call(req).await,

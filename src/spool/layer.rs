@@ -6,50 +6,17 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
-use super::{Admit, Spool, Write, record};
+use super::batch::{Head, partly_spooled};
+use super::{Admit, Spool, record};
 use crate::body::{RequestBody, ResponseBody};
-use crate::classify::Class;
+use crate::classify::aliases::AliasVerdicts;
+use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange;
 use crate::route::SpoolMode;
-
-impl Spool {
-    /// The write as it will be stored, from the parts of its request.
-    fn write_of(
-        &self,
-        head: &Head,
-        route: &std::sync::Arc<str>,
-        body: Bytes,
-        keys: &[String],
-    ) -> Write {
-        Write {
-            route: route.clone(),
-            request_id: head.request_id.to_str().unwrap_or("-").to_string(),
-            method: head.method.as_str().to_string(),
-            path: head
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-            headers: record::encode_headers(&head.headers, &self.inner.live.load().skip),
-            body,
-            keys: keys.to_vec(),
-        }
-    }
-}
-
-/// What a spooled copy of a request needs from its head: cheap clones,
-/// encoded for the store only if the write is actually spooled.
-struct Head {
-    method: http::Method,
-    uri: http::Uri,
-    headers: http::HeaderMap,
-    request_id: http::HeaderValue,
-}
 
 /// Adds [`SpoolService`] to a stack.
 #[derive(Debug, Clone)]
@@ -192,18 +159,52 @@ where
             request_id: ex.request_id.clone(),
         };
         let bytes = body.len() as u64;
-        match spool.admit(&routed.keys, bytes, route.mode == SpoolMode::WriteBehind) {
+        // A write of n aliases may become n entries: it takes n tickets.
+        let tickets = op.root_fields.len() as u64;
+        match spool.admit_n(
+            &routed.keys,
+            bytes,
+            route.mode == SpoolMode::WriteBehind,
+            tickets,
+        ) {
             Admit::Behind(place) => {
-                let body_copy = body.clone();
-                let write = spool.write_of(&head, &route.name, body, &routed.keys);
+                let writes = spool.writes_of(&head, &route, &op, &body, &routed.keys, None);
                 // Boxed: the enqueue state would otherwise widen every live
                 // write's future, and that future is moved on each call.
-                Box::pin(spool.enqueue(write, place)).await?;
+                Box::pin(spool.enqueue_many(writes, place)).await?;
                 ex.set_spooled();
-                Ok(record::spooled_response(&op, &body_copy))
+                Ok(record::spooled_response(&op, &body))
             }
             Admit::Live(guard) => {
                 let result = inner.ready().await?.call(req).await;
+                // The retry policy settled a batched write alias by alias:
+                // store the aliases still open, answer the rest as the
+                // backend did.
+                let open: Option<Vec<usize>> = result.as_ref().ok().and_then(|r| {
+                    let v = r.extensions().get::<AliasVerdicts>()?;
+                    Some(
+                        (0..v.0.len())
+                            .filter(|&i| v.0[i] == Verdict::Transient)
+                            .collect(),
+                    )
+                });
+                match open {
+                    Some(open) if !open.is_empty() => {
+                        let place = guard.into_reservation();
+                        let writes =
+                            spool.writes_of(&head, &route, &op, &body, &routed.keys, Some(&open));
+                        Box::pin(spool.enqueue_many(writes, place)).await?;
+                        ex.set_spooled();
+                        tracing::debug!(
+                            request_id = ?ex.request_id,
+                            aliases = open.len(),
+                            "aliases spooled after a partial answer"
+                        );
+                        return Ok(partly_spooled(result?, &op, &body, &open));
+                    }
+                    Some(_) => return result,
+                    None => {}
+                }
                 let class = match &result {
                     Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
                     Err(e) => Class::of_error(e),
@@ -214,16 +215,15 @@ where
                 // Spooled at its own (earlier) ticket: anything that touched the
                 // same keys meanwhile went behind it, and stays behind it.
                 let place = guard.into_reservation();
-                let body_copy = body.clone();
-                let write = spool.write_of(&head, &route.name, body, &routed.keys);
-                Box::pin(spool.enqueue(write, place)).await?;
+                let writes = spool.writes_of(&head, &route, &op, &body, &routed.keys, None);
+                Box::pin(spool.enqueue_many(writes, place)).await?;
                 ex.set_spooled();
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     kind = class.kind.as_str(),
                     "write spooled after a transient failure"
                 );
-                Ok(record::spooled_response(&op, &body_copy))
+                Ok(record::spooled_response(&op, &body))
             }
         }
     }

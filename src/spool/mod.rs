@@ -23,6 +23,7 @@
 //! background task stopped by a shutdown signal, drained on exit).
 
 pub mod admission;
+mod batch;
 pub mod cli;
 pub mod drain;
 pub mod layer;
@@ -101,6 +102,10 @@ pub struct ReplayParams {
     pub backoff_max: std::time::Duration,
     /// Deliveries in flight at once.
     pub concurrency: usize,
+    /// Most step writes joined into one replayed request.
+    pub batch: usize,
+    /// Most body bytes joined into one replayed request.
+    pub batch_bytes: usize,
     /// Statuses that refuse a write for its content (dead letter).
     pub dead_letter_statuses: Vec<u16>,
 }
@@ -292,35 +297,58 @@ impl Spool {
 
     /// Commit `write` at its reserved place; returns once it is durable.
     pub async fn enqueue(&self, write: Write, place: Reservation) -> Result<Appended, Error> {
+        let mut done = self.enqueue_many(vec![write], place).await?;
+        done.pop()
+            .ok_or_else(|| "spool: the store answered no write".into())
+    }
+
+    /// Commit `writes` — the entries one write became — at its reserved
+    /// place, in one transaction: the first at the reservation's ticket,
+    /// the next at the ticket after, and so on (the reservation took as
+    /// many). Returns once all are durable; if any cannot be stored, none
+    /// is.
+    pub async fn enqueue_many(
+        &self,
+        writes: Vec<Write>,
+        place: Reservation,
+    ) -> Result<Vec<Appended>, Error> {
         let inner = &self.inner;
-        let bytes = (write.body.len() + write.headers.len()) as u64;
+        let bytes: u64 = writes
+            .iter()
+            .map(|w| (w.body.len() + w.headers.len()) as u64)
+            .sum();
         if let Some(why) = self.over_capacity(bytes) {
             inner.metrics.full.inc();
             tracing::warn!(reason = %why, "spool full; write refused");
             return Err(Box::new(SpoolFull(why)));
         }
-        let dedup = self.may_fold(place.ticket(), &write.keys);
-        let result = inner
-            .store
-            .append(NewEntry {
-                dedup,
-                ticket: place.ticket(),
-                route: write.route.to_string(),
-                request_id: write.request_id,
-                method: write.method,
-                path: write.path,
-                headers: write.headers,
-                body: write.body,
-                keys: write.keys,
+        let entries: Vec<NewEntry> = writes
+            .into_iter()
+            .enumerate()
+            .map(|(i, write)| {
+                let ticket = place.ticket() + i as u64;
+                NewEntry {
+                    dedup: self.may_fold(ticket, &write.keys),
+                    ticket,
+                    route: write.route.to_string(),
+                    request_id: write.request_id,
+                    method: write.method,
+                    path: write.path,
+                    headers: write.headers,
+                    body: write.body,
+                    keys: write.keys,
+                }
             })
-            .await;
-        match result {
+            .collect();
+        match inner.store.append_many(entries).await {
             Ok(appended) => {
                 place.committed();
-                if appended == Appended::Stored {
-                    inner.metrics.committed.inc();
-                } else {
-                    inner.metrics.deduplicated.inc();
+                for a in &appended {
+                    if *a == Appended::Stored {
+                        inner.metrics.committed.inc();
+                    } else {
+                        inner.metrics.deduplicated.inc();
+                    }
                 }
                 inner
                     .metrics

@@ -19,8 +19,9 @@ Control port (JSON):
 
 Fault names: close (drop the connection, no answer), hang (answer nothing for
 `hang` seconds, then drop), 502, 503, 504, 429 (Retry-After: 1), gql_error
-(200 with a transient GraphQL error), not_ok (200 with one alias ok:false).
-Standard library only.
+(200 with a transient GraphQL error), not_ok (200 with the first alias
+ok:false; the request's other aliases are stored).
+Documents are read with graphql-core, as a GraphQL server reads them.
 """
 
 import argparse
@@ -29,6 +30,9 @@ import hashlib
 import json
 import sys
 import time
+
+from graphql import FieldNode, GraphQLError, OperationDefinitionNode, Undefined, parse
+from graphql.utilities import value_from_ast_untyped
 
 REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -102,15 +106,16 @@ class Backend:
         except ValueError:
             write(writer, 400, {"errors": [{"message": "body is not JSON"}]})
             return True
-        variables = req.get("variables") or {}
+        fields = root_fields(req)
         steps = []
-        i = 0
-        while f"id_{i}" in variables:
-            out = variables.get(f"output_{i}")
-            content = out.get("content") if isinstance(out, dict) else out
-            steps.append((variables[f"id_{i}"], content))
-            i += 1
-        thread = "upsertThread" in (req.get("query") or "") and variables.get("id")
+        for key, name, args in fields:
+            if name == "ingestStep" and isinstance(args.get("id"), str):
+                out = args.get("output")
+                content = out.get("content") if isinstance(out, dict) else out
+                steps.append((key, args["id"], content))
+        upsert = next((args for _, name, args in fields if name == "upsertThread"), None)
+        thread = upsert.get("id") if upsert else None
+        variables = upsert or {}
         if not steps and not thread:
             write(writer, 200, {"data": {}})
             return True
@@ -144,17 +149,43 @@ class Backend:
                 if t.get("participantId") else None}}})
             return True
         data = {}
-        for idx, (step_id, content) in enumerate(steps):
-            data[f"step{idx}"] = {"ok": True, "message": "Step ingested"}
-        if fault == "not_ok":
-            data["step0"] = {"ok": False, "message": "Could not ingest step: temporary storage failure"}
-            write(writer, 200, {"data": data})
-            return True
-        for step_id, content in steps:
+        for idx, (key, step_id, content) in enumerate(steps):
+            if fault == "not_ok" and idx == 0:
+                # One alias fails; the others of the request are stored.
+                data[key] = {"ok": False, "message": "Could not ingest step: temporary storage failure"}
+                continue
+            data[key] = {"ok": True, "message": "Step ingested"}
             self.steps[step_id] = content
             self.applied.append([step_id, content])
         write(writer, 200, {"data": data})
         return True
+
+
+def root_fields(req):
+    """(response key, field name, arguments) of each root field of the
+    request's operation, as a GraphQL server reads them: any alias, any
+    variable name, variables resolved."""
+    try:
+        doc = parse(req.get("query") or "")
+    except GraphQLError:
+        return []
+    variables = req.get("variables") or {}
+    ops = [d for d in doc.definitions if isinstance(d, OperationDefinitionNode)]
+    wanted = req.get("operationName")
+    op = next((o for o in ops if wanted and o.name and o.name.value == wanted), ops[0] if ops else None)
+    if op is None:
+        return []
+    out = []
+    for sel in op.selection_set.selections:
+        if not isinstance(sel, FieldNode):
+            continue
+        args = {}
+        for a in sel.arguments:
+            v = value_from_ast_untyped(a.value, variables)
+            if v is not Undefined:
+                args[a.name.value] = v
+        out.append(((sel.alias or sel.name).value, sel.name.value, args))
+    return out
 
 
 def write(writer, status, obj, extra=b""):

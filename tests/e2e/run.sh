@@ -11,8 +11,8 @@ REPO="$(cd "$HERE/../.." && pwd)"
 VENV="${E2E_VENV:-$HERE/.venv}"
 PY="${PYTHON:-python3}"
 
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import chainlit, literalai, pytest' 2>/dev/null; then
-    echo "e2e: creating $VENV (chainlit==2.12.0, pytest)" >&2
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import chainlit, literalai, pytest, graphql' 2>/dev/null; then
+    echo "e2e: creating $VENV (chainlit==2.12.0, pytest, graphql-core)" >&2
     "$PY" -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
 fi

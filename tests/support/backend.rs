@@ -30,7 +30,28 @@ pub struct State {
     /// Every write applied, in order: `step:<id>=<content>`,
     /// `thread:<id>=<name>`, `delete step:<id>`, `delete thread:<id>`.
     pub log: Vec<String>,
+    /// The step ids of each request that carried steps, in arrival order
+    /// (one request may carry several: a batch, or a joined replay).
+    pub batches: Vec<Vec<String>>,
+    /// Step id → times an alias for it was answered with `alias_fault`.
+    pub alias_attempts: HashMap<String, usize>,
 }
+
+/// What `alias_fault` answers for one alias instead of applying it.
+#[derive(Debug, Clone)]
+pub enum AliasReply {
+    /// `{"ok": false, "message": ...}`.
+    NotOk(String),
+    /// `null` and a GraphQL error with this path and `extensions.code`.
+    Error(String),
+}
+
+/// Decides a fault for one alias: (step id, times this step was seen by
+/// the alias fault before), or `None` to apply it.
+pub type AliasFault = Arc<dyn Fn(&str, usize) -> Option<AliasReply> + Send + Sync>;
+
+/// Decides a fault for a whole request from the step ids it carries.
+pub type RequestFault = Arc<dyn Fn(&[String]) -> Option<Reply> + Send + Sync>;
 
 /// Step content the backend always refuses for its content (`ok: false`
 /// with a permanent message).
@@ -43,6 +64,11 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub state: Arc<Mutex<State>>,
     fault: Fault,
+    alias_fault: Option<AliasFault>,
+    request_fault: Option<RequestFault>,
+    /// Milliseconds to hold every answer to a step write, after applying
+    /// it (a backend that stored the steps and is slow to say so).
+    pub answer_delay_ms: Arc<std::sync::atomic::AtomicU64>,
     running: Option<FakeUpstream>,
     /// While down: the port bound but not listening, so connections are
     /// refused and no other test can take the port.
@@ -61,37 +87,67 @@ fn park(addr: SocketAddr) -> tokio::net::TcpSocket {
     panic!("cannot hold {addr}");
 }
 
+/// One root field of a request, as the backend reads it.
+pub struct Field {
+    /// Its key in `data`.
+    pub key: String,
+    /// `ingestStep`, `upsertThread`, ...
+    pub name: String,
+    /// Its arguments, variables resolved.
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The root fields of a GraphQL request body, read like a GraphQL server
+/// would (any aliases, any variable names, literals or variables).
+pub fn fields_in(body: &[u8]) -> Vec<Field> {
+    let Ok(op) = datalayer_sidecar::graphql::operation_of(body) else {
+        return Vec::new();
+    };
+    let args = datalayer_sidecar::graphql::resolved_args(body, &op);
+    op.root_fields
+        .iter()
+        .zip(args)
+        .map(|(f, a)| Field {
+            key: f.response_key.to_string(),
+            name: f.name.to_string(),
+            args: a.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        })
+        .collect()
+}
+
+/// `(step id, content)` of an `ingestStep` field.
+fn step_of(f: &Field) -> Option<(String, String)> {
+    if f.name != "ingestStep" {
+        return None;
+    }
+    let id = f.args.get("id")?.as_str()?.to_string();
+    let content = f
+        .args
+        .get("output")
+        .and_then(|o| o.get("content"))
+        .and_then(|c| c.as_str())
+        .unwrap_or_default()
+        .to_string();
+    Some((id, content))
+}
+
 /// `(step id, content)` pairs of an `AddStep` body.
 pub fn steps_in(body: &serde_json::Value) -> Vec<(String, String)> {
-    let vars = &body["variables"];
-    let mut out = Vec::new();
-    for i in 0.. {
-        let Some(id) = vars[format!("id_{i}")].as_str() else {
-            break;
-        };
-        let content = vars[format!("output_{i}")]["content"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        out.push((id.to_string(), content));
-    }
-    out
+    fields_in(body.to_string().as_bytes())
+        .iter()
+        .filter_map(step_of)
+        .collect()
 }
 
 /// Threads and deletes: answered like the real service, after `fault`.
-fn other_write(st: &mut State, fault: &Fault, body: &serde_json::Value) -> Option<Reply> {
-    let query = body["query"].as_str().unwrap_or_default();
-    let vars = &body["variables"];
+fn other_write(st: &mut State, fault: &Fault, f: &Field) -> Option<Reply> {
+    let vars = &serde_json::Value::Object(f.args.clone());
     let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
-    let (field, id) = if query.contains("upsertThread") {
-        ("upsertThread", s(&vars["id"])?)
-    } else if query.contains("deleteThread") {
-        ("deleteThread", s(&vars["thread_id"])?)
-    } else if query.contains("deleteStep") {
-        ("deleteStep", s(&vars["id"])?)
-    } else {
-        return None;
+    let field = match f.name.as_str() {
+        "upsertThread" | "deleteThread" | "deleteStep" => f.name.as_str(),
+        _ => return None,
     };
+    let id = s(&vars["id"])?;
     let n = {
         let a = st.attempts.entry(format!("{field}:{id}")).or_insert(0);
         *a += 1;
@@ -130,21 +186,39 @@ fn other_write(st: &mut State, fault: &Fault, body: &serde_json::Value) -> Optio
     Some(Reply::json(200, serde_json::json!({ "data": data })))
 }
 
-fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
-    let body = r.json();
-    let steps = steps_in(&body);
+struct Faults {
+    fault: Fault,
+    alias: Option<AliasFault>,
+    request: Option<RequestFault>,
+}
+
+fn answer(state: &Arc<Mutex<State>>, faults: &Faults, delay_ms: u64, r: &Recorded) -> Reply {
+    let (fault, alias_fault) = (&faults.fault, faults.alias.as_ref());
+    let fields = fields_in(&r.body);
+    let steps: Vec<(String, (String, String))> = fields
+        .iter()
+        .filter_map(|f| Some((f.key.clone(), step_of(f)?)))
+        .collect();
     let mut st = state.lock().unwrap();
     st.requests += 1;
     st.keys
         .push(r.header("x-api-key").unwrap_or_default().to_string());
     if steps.is_empty() {
-        if let Some(reply) = other_write(&mut st, fault, &body) {
+        if let Some(reply) = fields.first().and_then(|f| other_write(&mut st, fault, f)) {
             return reply;
         }
         return Reply::json(200, serde_json::json!({"data": {}}));
     }
-    st.received.extend(steps.iter().cloned());
-    let first = steps[0].0.clone();
+    st.received.extend(steps.iter().map(|(_, s)| s.clone()));
+    st.batches
+        .push(steps.iter().map(|(_, (id, _))| id.clone()).collect());
+    if let Some(f) = &faults.request {
+        let ids: Vec<String> = steps.iter().map(|(_, (id, _))| id.clone()).collect();
+        if let Some(reply) = f(&ids) {
+            return reply;
+        }
+    }
+    let first = steps[0].1.0.clone();
     let n = {
         let a = st.attempts.entry(first.clone()).or_insert(0);
         *a += 1;
@@ -153,29 +227,56 @@ fn answer(state: &Arc<Mutex<State>>, fault: &Fault, r: &Recorded) -> Reply {
     if let Some(reply) = fault(&first, n) {
         return reply;
     }
-    // Content the backend refuses, whenever it sees it: a write the
-    // sidecar must dead-letter, never deliver.
-    if steps.iter().any(|(_, c)| c.starts_with(REFUSE)) {
-        let mut data = serde_json::Map::new();
-        for i in 0..steps.len() {
+    let mut data = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for (key, (id, content)) in steps {
+        // Content the backend refuses, whenever it sees it: a write the
+        // sidecar must dead-letter, never deliver.
+        if content.starts_with(REFUSE) {
             data.insert(
-                format!("step{i}"),
+                key,
                 serde_json::json!({"ok": false, "message": "invalid step: refused by the test backend"}),
             );
+            continue;
         }
-        return Reply::json(200, serde_json::json!({ "data": data }));
-    }
-    let mut data = serde_json::Map::new();
-    for (i, (id, content)) in steps.into_iter().enumerate() {
+        if let Some(f) = alias_fault {
+            let seen = {
+                let a = st.alias_attempts.entry(id.clone()).or_insert(0);
+                *a += 1;
+                *a - 1
+            };
+            match f(&id, seen) {
+                Some(AliasReply::NotOk(message)) => {
+                    data.insert(key, serde_json::json!({"ok": false, "message": message}));
+                    continue;
+                }
+                Some(AliasReply::Error(code)) => {
+                    errors.push(serde_json::json!({"message": "could not ingest this step",
+                        "path": [key], "extensions": {"code": code}}));
+                    data.insert(key, serde_json::Value::Null);
+                    continue;
+                }
+                None => {}
+            }
+        }
         st.steps.insert(id.clone(), content.clone());
         st.log.push(format!("step:{id}={content}"));
         st.applied.push((id, content));
         data.insert(
-            format!("step{i}"),
+            key,
             serde_json::json!({"ok": true, "message": "Step ingested"}),
         );
     }
-    Reply::json(200, serde_json::json!({ "data": data }))
+    let reply = if errors.is_empty() {
+        Reply::json(200, serde_json::json!({ "data": data }))
+    } else {
+        Reply::json(200, serde_json::json!({ "data": data, "errors": errors }))
+    };
+    if delay_ms > 0 {
+        reply.delayed(Duration::from_millis(delay_ms))
+    } else {
+        reply
+    }
 }
 
 impl Backend {
@@ -189,6 +290,9 @@ impl Backend {
             addr,
             state: Arc::new(Mutex::new(State::default())),
             fault: fault.unwrap_or_else(|| Arc::new(|_, _| None)),
+            alias_fault: None,
+            request_fault: None,
+            answer_delay_ms: Arc::default(),
             running: None,
             parked: Some(s),
         }
@@ -199,6 +303,18 @@ impl Backend {
         let mut b = Backend::down(fault);
         b.up().await;
         b
+    }
+
+    /// Answer whole requests with `f` first (see [`RequestFault`]).
+    pub fn with_request_fault(mut self, f: RequestFault) -> Backend {
+        self.request_fault = Some(f);
+        self
+    }
+
+    /// Answer single aliases with `f` (see [`AliasFault`]).
+    pub fn with_alias_fault(mut self, f: AliasFault) -> Backend {
+        self.alias_fault = Some(f);
+        self
     }
 
     pub fn url(&self) -> String {
@@ -216,10 +332,19 @@ impl Backend {
         }
         let socket = self.parked.take().unwrap_or_else(|| park(self.addr));
         let listener = socket.listen(1024).expect("listen on the backend's port");
-        let (state, fault) = (self.state.clone(), self.fault.clone());
+        let state = self.state.clone();
+        let faults = Faults {
+            fault: self.fault.clone(),
+            alias: self.alias_fault.clone(),
+            request: self.request_fault.clone(),
+        };
+        let delay = self.answer_delay_ms.clone();
         self.running = Some(FakeUpstream::start_on(
             listener,
-            move |r, _| answer(&state, &fault, r),
+            move |r, _| {
+                let d = delay.load(std::sync::atomic::Ordering::SeqCst);
+                answer(&state, &faults, d, r)
+            },
             None,
         ));
     }

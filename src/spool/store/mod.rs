@@ -247,13 +247,18 @@ impl Totals {
     }
 }
 
+/// How the writer answers a command: what each of its writes did.
+type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
+/// A command to the writer. Each runs whole in one transaction: the writes
+/// of one `Append` are all stored, or none.
 enum Cmd {
-    Append(NewEntry, oneshot::Sender<Result<Appended, StoreError>>),
-    Delivered(i64, oneshot::Sender<Result<Appended, StoreError>>),
-    Failed(i64, String, oneshot::Sender<Result<Appended, StoreError>>),
-    Dead(i64, DeadInfo, oneshot::Sender<Result<Appended, StoreError>>),
+    Append(Vec<NewEntry>, Reply),
+    Delivered(Vec<i64>, Reply),
+    Failed(Vec<i64>, String, Reply),
+    Dead(i64, DeadInfo, Reply),
     /// Re-read the ledger (the operator CLI may have changed the file).
-    Resync(oneshot::Sender<Result<Appended, StoreError>>),
+    Resync(Reply),
 }
 
 impl std::fmt::Debug for Cmd {
@@ -547,10 +552,7 @@ impl Store {
         }
     }
 
-    async fn call(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<Appended, StoreError>>) -> Cmd,
-    ) -> Result<Appended, StoreError> {
+    async fn call(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<Vec<Appended>, StoreError> {
         let Backend::Sqlite { tx: sender, .. } = &self.backend else {
             return Err(StoreError::Closed);
         };
@@ -562,34 +564,66 @@ impl Store {
     /// Store a write; returns once it is durably committed (or found to
     /// duplicate a waiting one, see [`Appended::Duplicate`]).
     pub async fn append(&self, entry: NewEntry) -> Result<Appended, StoreError> {
-        match &self.backend {
-            Backend::Postgres(p) => p.append(entry).await,
-            Backend::Sqlite { .. } => self.call(|r| Cmd::Append(entry, r)).await,
+        self.append_many(vec![entry])
+            .await?
+            .pop()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Store several writes in one transaction, all or none; returns once
+    /// they are committed, with what happened to each.
+    pub async fn append_many(&self, entries: Vec<NewEntry>) -> Result<Vec<Appended>, StoreError> {
+        let n = entries.len();
+        let out = match &self.backend {
+            Backend::Postgres(p) => p.append_many(entries).await?,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Append(entries, r)).await?,
+        };
+        if out.len() != n {
+            return Err(StoreError::Sql(format!(
+                "the store answered {} of {n} writes",
+                out.len()
+            )));
         }
+        Ok(out)
     }
 
     /// Remove a delivered entry.
     pub async fn delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.delivered_many(vec![id]).await
+    }
+
+    /// Remove delivered entries, in one transaction.
+    pub async fn delivered_many(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Postgres(p) => p.delivered(id, &self.totals).await,
-            Backend::Sqlite { .. } => self.call(|r| Cmd::Delivered(id, r)).await.map(|_| ()),
+            Backend::Postgres(p) => p.delivered_many(&ids, &self.totals).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Delivered(ids, r)).await.map(|_| ()),
         }
     }
 
     /// Whether this sidecar may deliver `id` now: always with SQLite (one
     /// sidecar per file); with PostgreSQL, while its claim holds.
     pub async fn renew(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.renew_many(&[id]).await?.first() == Some(&id))
+    }
+
+    /// Of `ids`, those this sidecar may deliver now (see [`Store::renew`]).
+    pub async fn renew_many(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         match &self.backend {
-            Backend::Postgres(p) => p.renew(id).await,
-            Backend::Sqlite { .. } => Ok(true),
+            Backend::Postgres(p) => p.renew_many(ids).await,
+            Backend::Sqlite { .. } => Ok(ids.to_vec()),
         }
     }
 
     /// Count a failed delivery attempt.
     pub async fn failed(&self, id: i64, error: String) -> Result<(), StoreError> {
+        self.failed_many(vec![id], error).await
+    }
+
+    /// Count a failed delivery attempt of each of `ids`.
+    pub async fn failed_many(&self, ids: Vec<i64>, error: String) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Postgres(p) => p.failed(id, error).await,
-            Backend::Sqlite { .. } => self.call(|r| Cmd::Failed(id, error, r)).await.map(|_| ()),
+            Backend::Postgres(p) => p.failed_many(&ids, error).await,
+            Backend::Sqlite { .. } => self.call(|r| Cmd::Failed(ids, error, r)).await.map(|_| ()),
         }
     }
 

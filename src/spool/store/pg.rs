@@ -298,13 +298,13 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
 /// The open shared store.
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: Pool,
-    appends: mpsc::UnboundedSender<(NewEntry, Reply)>,
+    appends: mpsc::UnboundedSender<(Vec<NewEntry>, Reply)>,
     replica: Arc<str>,
     lease: Duration,
     display: Arc<str>,
@@ -414,11 +414,12 @@ impl PgStore {
         self.pool.get().await.map_err(unavailable)
     }
 
-    /// Store a write; returns once it is committed.
-    pub async fn append(&self, entry: NewEntry) -> Result<Appended, StoreError> {
+    /// Store writes, all in one transaction; returns once it is
+    /// committed.
+    pub async fn append_many(&self, entries: Vec<NewEntry>) -> Result<Vec<Appended>, StoreError> {
         let (tx, rx) = oneshot::channel();
         self.appends
-            .send((entry, tx))
+            .send((entries, tx))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -490,57 +491,62 @@ impl PgStore {
         }
     }
 
-    /// Remove a delivered entry.
-    pub async fn delivered(&self, id: i64, totals: &Totals) -> Result<(), StoreError> {
+    /// Remove delivered entries.
+    pub async fn delivered_many(&self, ids: &[i64], totals: &Totals) -> Result<(), StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_opt(
-                "DELETE FROM datalayer_sidecar.entries WHERE seq = $1
+        let rows = c
+            .query(
+                "DELETE FROM datalayer_sidecar.entries WHERE seq = ANY($1)
                  RETURNING octet_length(body)::bigint",
-                &[&id],
+                &[&ids],
             )
             .await
             .map_err(sql)?;
-        self.let_go(id);
-        if let Some(r) = row {
+        for &id in ids {
+            self.let_go(id);
+        }
+        for r in rows {
             sub(totals, r.get::<_, i64>(0));
         }
         Ok(())
     }
 
-    /// Before a delivery: extend this replica's claim on `id`. False when
-    /// the claim is gone (another replica took the entry after the lease
-    /// ran out, or it was delivered): the entry must then not be sent
-    /// from what this replica read earlier.
-    pub async fn renew(&self, id: i64) -> Result<bool, StoreError> {
+    /// Before a delivery: extend this replica's claim on `ids`; returns
+    /// those it still holds. An entry whose claim is gone (another replica
+    /// took it after the lease ran out, or it was delivered) must not be
+    /// sent from what this replica read earlier.
+    pub async fn renew_many(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         let c = self.client().await?;
-        let n = c
-            .execute(
+        let rows = c
+            .query(
                 "UPDATE datalayer_sidecar.entries SET lease_until_ms = $3
-                  WHERE seq = $1 AND lease_owner = $2",
+                  WHERE seq = ANY($1) AND lease_owner = $2 RETURNING seq",
                 &[
-                    &id,
+                    &ids,
                     &&*self.replica,
                     &(now_ms() + self.lease.as_millis() as i64),
                 ],
             )
             .await
             .map_err(unavailable)?;
-        if n != 1 {
-            self.let_go(id);
+        let kept: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        for &id in ids {
+            if !kept.contains(&id) {
+                self.let_go(id);
+            }
         }
-        Ok(n == 1)
+        Ok(ids.iter().copied().filter(|id| kept.contains(id)).collect())
     }
 
-    /// Count a failed attempt. The claim stays with this replica (it tries
-    /// again) until its lease runs out.
-    pub async fn failed(&self, id: i64, error: String) -> Result<(), StoreError> {
+    /// Count a failed attempt of each of `ids`. The claims stay with this
+    /// replica (it tries again) until their lease runs out.
+    pub async fn failed_many(&self, ids: &[i64], error: String) -> Result<(), StoreError> {
         let c = self.client().await?;
         c.execute(
             "UPDATE datalayer_sidecar.entries
                 SET attempts = attempts + 1, last_error = $2
-              WHERE seq = $1 AND lease_owner = $3",
-            &[&id, &error, &&*self.replica],
+              WHERE seq = ANY($1) AND lease_owner = $3",
+            &[&ids, &error, &&*self.replica],
         )
         .await
         .map_err(sql)?;
@@ -862,37 +868,46 @@ fn digest(e: &NewEntry) -> i64 {
 /// goes into the next one.
 async fn writer(
     pool: Pool,
-    mut rx: mpsc::UnboundedReceiver<(NewEntry, Reply)>,
+    mut rx: mpsc::UnboundedReceiver<(Vec<NewEntry>, Reply)>,
     totals: Arc<Totals>,
     max_batch: usize,
     replica: Arc<str>,
 ) {
     while let Some(first) = rx.recv().await {
+        let mut writes = first.0.len();
         let mut batch = vec![first];
-        while batch.len() < max_batch {
+        while writes < max_batch {
             match rx.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(next) => {
+                    writes += next.0.len();
+                    batch.push(next);
+                }
                 Err(_) => break,
             }
         }
-        let entries: Vec<&NewEntry> = batch.iter().map(|(e, _)| e).collect();
+        let entries: Vec<&NewEntry> = batch.iter().flat_map(|(es, _)| es.iter()).collect();
         match commit(&pool, &entries, &replica).await {
             Ok(results) => {
                 totals.batches.fetch_add(1, Ordering::Relaxed);
-                for ((e, reply), result) in batch.into_iter().zip(results) {
-                    match result {
-                        Appended::Stored => {
-                            let bytes = e.body.len() as u64;
-                            totals.entries.fetch_add(1, Ordering::Relaxed);
-                            for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
-                                t.fetch_add(bytes, Ordering::Relaxed);
+                let mut results = results.into_iter();
+                for (es, reply) in batch {
+                    let mine: Vec<Appended> = results.by_ref().take(es.len()).collect();
+                    for (e, result) in es.iter().zip(&mine) {
+                        match result {
+                            Appended::Stored => {
+                                let bytes = e.body.len() as u64;
+                                totals.entries.fetch_add(1, Ordering::Relaxed);
+                                for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes]
+                                {
+                                    t.fetch_add(bytes, Ordering::Relaxed);
+                                }
+                            }
+                            Appended::Duplicate(_) => {
+                                totals.deduplicated.fetch_add(1, Ordering::Relaxed);
                             }
                         }
-                        Appended::Duplicate(_) => {
-                            totals.deduplicated.fetch_add(1, Ordering::Relaxed);
-                        }
                     }
-                    let _ = reply.send(Ok(result));
+                    let _ = reply.send(Ok(mine));
                 }
             }
             Err(e) => {

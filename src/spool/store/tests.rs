@@ -59,10 +59,10 @@ fn a_group_commit_reports_exactly_what_it_stored() {
             let (tx, rx) = oneshot::channel();
             replies.push(rx);
             Cmd::Append(
-                NewEntry {
+                vec![NewEntry {
                     request_id: rid.into(),
                     ..entry(t, 10)
-                },
+                }],
                 tx,
             )
         })

@@ -243,7 +243,7 @@ fn is_storage(e: &rusqlite::Error) -> bool {
     )
 }
 
-fn reply(cmd: Cmd, r: Result<Appended, StoreError>) {
+fn reply(cmd: Cmd, r: Result<Vec<Appended>, StoreError>) {
     match cmd {
         Cmd::Append(_, tx)
         | Cmd::Delivered(_, tx)
@@ -274,7 +274,7 @@ impl Writer {
                 self.after_commit();
             }
             for cmd in resyncs {
-                let r = load_totals(&self.conn, &self.totals).map(|()| Appended::Stored);
+                let r = load_totals(&self.conn, &self.totals).map(|()| Vec::new());
                 self.recent
                     .clear(self.totals.max_ticket.load(Ordering::Relaxed));
                 self.measure();
@@ -324,25 +324,33 @@ impl Writer {
     }
 
     /// One transaction over `cmds`: all of it commits, or none.
-    fn try_commit(&self, cmds: &[Cmd]) -> Result<(Vec<Appended>, Delta), Failure> {
+    fn try_commit(&self, cmds: &[Cmd]) -> Result<(Vec<Vec<Appended>>, Delta), Failure> {
         let c = &self.conn;
         run_cached(c, "BEGIN IMMEDIATE").map_err(|error| Failure { at: None, error })?;
         let mut delta = Delta::default();
         let mut outs = Vec::with_capacity(cmds.len());
         for (i, cmd) in cmds.iter().enumerate() {
             let r = match cmd {
-                Cmd::Append(e, _) => append_one(c, &self.recent, e, &mut delta),
-                Cmd::Delivered(id, _) => remove_one(c, *id, &mut delta).map(|_| Appended::Stored),
-                Cmd::Failed(id, err, _) => c
-                    .prepare_cached(
-                        "UPDATE entries SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
-                    )
-                    .and_then(|mut s| s.execute(params![id, err]))
-                    .map(|_| Appended::Stored),
-                Cmd::Dead(id, info, _) => {
-                    dead_one(c, *id, info, &mut delta).map(|_| Appended::Stored)
-                }
-                Cmd::Resync(_) => Ok(Appended::Stored),
+                Cmd::Append(es, _) => es
+                    .iter()
+                    .map(|e| append_one(c, &self.recent, e, &mut delta))
+                    .collect(),
+                Cmd::Delivered(ids, _) => ids
+                    .iter()
+                    .try_for_each(|id| remove_one(c, *id, &mut delta))
+                    .map(|()| Vec::new()),
+                Cmd::Failed(ids, err, _) => ids
+                    .iter()
+                    .try_for_each(|id| {
+                        c.prepare_cached(
+                            "UPDATE entries SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                        )
+                        .and_then(|mut s| s.execute(params![id, err]))
+                        .map(|_| ())
+                    })
+                    .map(|()| Vec::new()),
+                Cmd::Dead(id, info, _) => dead_one(c, *id, info, &mut delta).map(|_| Vec::new()),
+                Cmd::Resync(_) => Ok(Vec::new()),
             };
             match r {
                 Ok(o) => outs.push(o),
