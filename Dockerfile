@@ -17,11 +17,17 @@ COPY src ./src
 # Keep this the same command CI runs (.ci/run, "release build"): no Docker
 # engine runs on our CI machines, so CI proves this step by running it bare.
 RUN cargo build --release --locked --bin datalayer-sidecar
+# The spool's directory, owned by distroless's nonroot user (65532): a named
+# volume mounted there starts with this owner, so the sidecar can create its
+# store in it (Docker copies an image directory's ownership into a new
+# volume; distroless has no shell to make it later).
+RUN mkdir -p /out/spool && chown 65532:65532 /out/spool && chmod 0700 /out/spool
 
 # Distroless: glibc and CA certificates, no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/datalayer-sidecar /usr/local/bin/datalayer-sidecar
 COPY config/sidecar.toml /etc/datalayer-sidecar/sidecar.toml
+COPY --from=build --chown=65532:65532 /out/spool /var/lib/datalayer-sidecar
 ENV DATALAYER_SIDECAR_CONFIG=/etc/datalayer-sidecar/sidecar.toml \
     DATALAYER_SIDECAR_SPOOL_PATH=/var/lib/datalayer-sidecar/spool.sqlite3
 # The spool lives here (0600 files, owned by the non-root user).

@@ -51,6 +51,11 @@ pub enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "2s")]
         timeout: humantime::Duration,
+        /// Ask /readyz instead: ready to serve (spool opened and checked,
+        /// listeners bound), not shutting down. For gating the app on the
+        /// sidecar (Compose `depends_on: condition: service_healthy`).
+        #[arg(long)]
+        ready: bool,
     },
     /// Say which route a request takes and what the sidecar would do with
     /// it (JSON), without sending anything.

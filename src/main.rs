@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::CheckConfig) => check_config(&cfg),
-        Some(Command::Healthcheck { timeout }) => healthcheck(&cfg, timeout.into()),
+        Some(Command::Healthcheck { timeout, ready }) => healthcheck(&cfg, timeout.into(), ready),
         Some(Command::Explain { method, path, body }) => explain(&cfg, &method, &path, body),
         Some(Command::Spool(cmd)) => match datalayer_sidecar::spool::cli::run(cmd, &cfg.spool) {
             Ok(()) => ExitCode::SUCCESS,
@@ -162,7 +162,7 @@ fn explain(cfg: &Config, method: &str, path: &str, body: Option<std::path::PathB
     ExitCode::SUCCESS
 }
 
-fn healthcheck(cfg: &Config, timeout: std::time::Duration) -> ExitCode {
+fn healthcheck(cfg: &Config, timeout: std::time::Duration, ready: bool) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -173,7 +173,8 @@ fn healthcheck(cfg: &Config, timeout: std::time::Duration) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(admin::probe(cfg.admin_address, timeout)) {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match rt.block_on(admin::probe(cfg.admin_address, path, timeout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("datalayer-sidecar: unhealthy: {e}");

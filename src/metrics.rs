@@ -193,6 +193,10 @@ pub struct SpoolMetrics {
     /// Upstream requests the replay worker made (one may carry many
     /// entries, see `spool.replay_batch`).
     pub replay_requests: Counter,
+    /// `spool.max_entries`, for "how full" (alerts divide by it).
+    pub capacity_entries: Gauge,
+    /// `spool.max_bytes`.
+    pub capacity_bytes: Gauge,
 }
 
 /// Labels of `spool_pauses`.
@@ -383,6 +387,16 @@ impl Metrics {
             "spool_pauses",
             "Times the replay worker paused, by reason",
             spool.pauses.clone(),
+        );
+        registry.register(
+            "spool_capacity_entries",
+            "The spool's capacity in entries (spool.max_entries)",
+            spool.capacity_entries.clone(),
+        );
+        registry.register(
+            "spool_capacity_bytes",
+            "The spool's capacity in bytes (spool.max_bytes)",
+            spool.capacity_bytes.clone(),
         );
         registry.register(
             "spool_replay_requests",

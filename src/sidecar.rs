@@ -398,6 +398,16 @@ where
         })
     };
 
+    // When shutdown began: the grace period covers the live drain and then
+    // the spool's.
+    let stop_at: Arc<std::sync::OnceLock<tokio::time::Instant>> = Arc::default();
+    {
+        let (mut rx, stop_at) = (shutdown.clone(), stop_at.clone());
+        tokio::spawn(async move {
+            server::shutdown_requested(&mut rx).await;
+            let _ = stop_at.set(tokio::time::Instant::now());
+        });
+    }
     let grace_of = current.clone();
     server::serve(
         listener,
@@ -416,6 +426,20 @@ where
         .await
         .map_err(|e| RunError::Start(format!("reload task: {e}")))?;
     sampler.abort();
+    let last = current.load().config.clone();
+    if last.shutdown_drain_spool
+        && core.worker.is_some()
+        && let Some(spool) = core
+            .spool
+            .as_ref()
+            .filter(|s| s.store().postgres().is_none())
+    {
+        let began = stop_at
+            .get()
+            .copied()
+            .unwrap_or_else(tokio::time::Instant::now);
+        drain_before_exit(spool, began + last.shutdown_grace).await;
+    }
     let _ = worker_stop_tx.send(true);
     let Core { worker, spool, .. } = core;
     if let Some(w) = worker {
@@ -522,6 +546,45 @@ fn finish<S>(core: &Core, cur: &Generation<S>, report: ReloadReport) -> ReloadRe
     );
     core.admin_view(cur, Some(report.clone()));
     report
+}
+
+/// After the last client request: let the replay worker go on until the
+/// spool is empty or `deadline` (the end of the grace period) passes, and
+/// say how it ended. Entries left stay in the store for the next start.
+async fn drain_before_exit(spool: &crate::spool::Spool, deadline: tokio::time::Instant) {
+    let depth = || spool.store().totals.entries.load(Ordering::Relaxed);
+    let at_start = depth();
+    if at_start == 0 {
+        return;
+    }
+    tracing::info!(
+        waiting = at_start,
+        within_ms = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as u64,
+        "spool: delivering what waits before exit"
+    );
+    loop {
+        let now = depth();
+        if now == 0 {
+            tracing::info!(
+                delivered = at_start,
+                remaining = 0,
+                "spool drained before exit"
+            );
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                delivered = at_start.saturating_sub(now),
+                remaining = now,
+                path = %spool.store().path().display(),
+                "spool: the grace period is over with entries waiting; they stay in the store and are delivered after the next start from this path (keep it on a volume that outlives the pod)"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// With the shared store every acknowledged write is already in it; give

@@ -333,8 +333,9 @@ pub async fn serve(
     }
 }
 
-/// `healthcheck`: GET /healthz on the admin address; true on a 200.
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+/// `healthcheck`: GET `path` (`/healthz`, or `/readyz` with `--ready`) on
+/// the admin address; `Ok` on a 200.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
     let target = if addr.ip().is_unspecified() {
         match addr {
             SocketAddr::V4(_) => SocketAddr::from(([127, 0, 0, 1], addr.port())),
@@ -351,7 +352,7 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        let req = Request::get("/healthz")
+        let req = Request::get(path)
             .header("host", target.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
@@ -361,7 +362,7 @@ pub async fn probe(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
         if status == StatusCode::OK {
             Ok(())
         } else {
-            Err(format!("/healthz answered {status}"))
+            Err(format!("{path} answered {status}"))
         }
     };
     tokio::time::timeout(timeout, attempt)

@@ -157,8 +157,11 @@ pub struct Config {
     pub spool: SpoolSettings,
     /// Logging.
     pub log: LogParams,
-    /// How long in-flight requests get after SIGTERM.
+    /// How long in-flight requests (and then the spool's drain) get after
+    /// SIGTERM.
     pub shutdown_grace: Duration,
+    /// Whether the spool is drained before exit.
+    pub shutdown_drain_spool: bool,
     /// Async runtime worker threads.
     pub worker_threads: usize,
     /// The preset in force.

@@ -430,15 +430,21 @@ impl Default for LogFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownFile {
-    /// After SIGTERM/SIGINT, in-flight requests get this long to finish.
+    /// After SIGTERM/SIGINT, in-flight requests get this long to finish;
+    /// with `drain_spool`, what is left of it goes to delivering the spool.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// Keep delivering the spool after the last client request, until it
+    /// is empty or the grace period is over (SQLite spool; with PostgreSQL
+    /// every acknowledged write is already in the shared store).
+    pub drain_spool: bool,
 }
 
 impl Default for ShutdownFile {
     fn default() -> Self {
         ShutdownFile {
             grace_period: Duration::from_secs(20),
+            drain_spool: true,
         }
     }
 }

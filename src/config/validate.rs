@@ -104,6 +104,7 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             access: file.log.access,
         },
         shutdown_grace: file.shutdown.grace_period,
+        shutdown_drain_spool: file.shutdown.drain_spool,
         worker_threads: file.runtime.worker_threads,
         preset: file.preset,
         routes,

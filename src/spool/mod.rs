@@ -255,6 +255,7 @@ impl Spool {
     /// apply to the next write (the path and batch size need a restart).
     pub fn apply(&self, cfg: &SpoolSettings, sensitive: &[HeaderName]) {
         self.inner.live.store(Arc::new(Live::of(cfg, sensitive)));
+        self.update_gauges();
     }
 
     /// The store.
@@ -369,6 +370,11 @@ impl Spool {
     fn update_gauges(&self) {
         let t = &self.inner.store.totals;
         let m = &self.inner.metrics;
+        let limits = self.inner.live.load().limits;
+        m.capacity_entries
+            .set(i64::try_from(limits.max_entries).unwrap_or(i64::MAX));
+        m.capacity_bytes
+            .set(i64::try_from(limits.max_bytes).unwrap_or(i64::MAX));
         m.depth.set(Totals::get(&t.entries) as i64);
         m.bytes.set(Totals::get(&t.bytes) as i64);
         m.dead_letters.set(Totals::get(&t.dead) as i64);

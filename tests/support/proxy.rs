@@ -28,9 +28,17 @@ pub fn spooled_route(policy: &str) -> String {
     )
 }
 
-/// Config text with the upstream set and `extra` appended.
+/// Config text with the upstream set and `extra` appended. Unless `extra`
+/// says otherwise, a stop waits at most 3 s (for requests in flight, then
+/// for the spool to drain): most tests stop with the backend down and
+/// entries waiting, and the default 20 s would only make them slow.
 pub fn config_text(upstream: &str, extra: &str) -> String {
-    format!("[upstream]\nurl = \"{upstream}\"\n{extra}\n")
+    let shutdown = if extra.contains("[shutdown]") {
+        ""
+    } else {
+        "[shutdown]\ngrace_period = \"3s\"\n"
+    };
+    format!("{shutdown}[upstream]\nurl = \"{upstream}\"\n{extra}\n")
 }
 
 pub fn config(upstream: &str, extra: &str) -> Config {
