@@ -50,7 +50,7 @@ ensure_tools() {
     fi
     if [ "$SIDECAR_BIN" = "$REPO_DIR/target/release/datalayer-sidecar" ]; then
         log "building the sidecar (release; a no-op when up to date)"
-        (cd "$REPO_DIR" && cargo build --release --locked --bin datalayer-sidecar --example loadgen --example bare_proxy 2>&1 | tail -n 1 >&2)
+        (cd "$REPO_DIR" && cargo build --release --locked --bin datalayer-sidecar --example loadgen --example bare_proxy --example literal_backend 2>&1 | tail -n 1 >&2)
     fi
 }
 

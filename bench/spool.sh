@@ -4,6 +4,7 @@
 # drain rate to a local backend.
 #
 #   bash bench/spool.sh   # RATE=5000 DURATION=20 ROUNDS=3 A2_ROUNDS=6 CONNS=32 BURST_S=60
+#                         # OUTAGE_S=600 OUTAGE_RATE=500 PHASES="A B C D R"
 #
 # The sidecar runs the shipped config with the preset's spooled writes in
 # write-behind mode (every write committed, then acknowledged) and is
@@ -16,18 +17,29 @@
 #    A2 open loop at RATE writes/s (bench loadgen), A2_ROUNDS times, while
 #       the spool grows (to about 1,000,000 entries with the defaults):
 #       acknowledgement latency measured from each write's scheduled time.
-# B  backend up (nginx answering like LiteralAI): time to empty the queue.
+# B  backend up (examples/literal_backend.rs, answering every alias like
+#    LiteralAI): time to empty the queue, and upstream requests per step.
+#    B1 with the shipped spool.replay_batch (joined replays), then B2 with
+#    replay_batch = 1 (one entry per request) on a copy of the same spool.
 # C  backend up, open loop at RATE, ROUNDS times: acknowledgement latency
 #    while the worker drains at the same time, and the queue left 1 s after.
 # D  a fresh spool with spool.max_bytes = 256MiB, backend down, a BURST_S
 #    closed-loop burst of unique writes: the files' high-water mark against
 #    the bound (max_bytes + 64 MiB), and how many writes got spool_full.
+# R  recovery: the shipped config (spool on failure, not write-behind), the
+#    app writing OUTAGE_RATE writes/s throughout; the backend down for
+#    OUTAGE_S, then up: time from its return to an empty queue, and
+#    upstream requests per delivered step meanwhile.
 # Writes bench/out/spool.json.
 
 source "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
 
 DURATION="${DURATION:-20}"
+OUTAGE_S="${OUTAGE_S:-600}"
+OUTAGE_RATE="${OUTAGE_RATE:-500}"
+PHASES="${PHASES:-A B C D R}"
+has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 CONNS="${CONNS:-32}"
 RATE="${RATE:-5000}"
 ROUNDS="${ROUNDS:-3}"
@@ -103,6 +115,7 @@ loadgen() { taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$SC_PORT/
     --body "$BODY_FILE" --rate "$RATE" --duration "$DURATION" --connections "$CONNS" --unique; }
 record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
 
+if has_phase A || has_phase B || has_phase C; then
 log "A1: backend down, closed loop, ${DURATION}s at $CONNS connections"
 SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$DOWN_PORT")
 C0=$(cpu_ticks "$SC")
@@ -135,16 +148,43 @@ kill "$SC"
 while alive "$SC"; do sleep 0.1; done
 log "sidecar stopped after $(python3 -c "print(round($(date +%s.%N) - $STOP, 1))") s"
 
-log "B: drain $STORED entries to a local backend"
-start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
-START=$(date +%s.%N)
-# Opening a store of several hundred thousand entries (integrity check,
-# totals) takes seconds: give the restart longer than the default wait.
-SC=$(WAIT_PORT_S=180 start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
-log "sidecar back after $(python3 -c "print(round($(date +%s.%N) - $START, 1))") s"
-wait_empty 0.1
-END=$(date +%s.%N)
-record B_drain "$(python3 -c "print(__import__('json').dumps({'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1),'disk_peak_mib':$(disk_mib "$DISK_MAX")}))")"
+start_backend() { # port; echoes the pid
+    taskset -c "$PROXY_CORE" "$REPO_DIR/target/release/examples/literal_backend" "127.0.0.1:$1" \
+        >"$RUN_DIR/backend-$1.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/backend-$1.pid"
+    wait_port "$1"
+    echo "$pid"
+}
+backend_stats() { curl -s "http://127.0.0.1:$1/stats"; }
+# A copy of the filled spool, for the one-per-request drain.
+cp -a "$SPOOL_DIR" "$RUN_DIR/spool-copy"
+BACKEND=$(start_backend "$UP_PORT")
+
+drain() { # phase label; the sidecar runs $SIDECAR_CONFIG
+    local phase=$1 s0 s1
+    s0=$(backend_stats "$UP_PORT")
+    START=$(date +%s.%N)
+    # Opening a store of several hundred thousand entries (integrity check,
+    # totals) takes seconds: give the restart longer than the default wait.
+    SC=$(WAIT_PORT_S=180 start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+    log "sidecar back after $(python3 -c "print(round($(date +%s.%N) - $START, 1))") s"
+    C0=$(cpu_ticks "$SC")
+    wait_empty 0.1
+    END=$(date +%s.%N)
+    C1=$(cpu_ticks "$SC")
+    s1=$(backend_stats "$UP_PORT")
+    record "$phase" "$(python3 -c "
+import json; a=json.loads('$s0'); b=json.loads('$s1')
+req=b['requests']-a['requests']; steps=b['steps']-a['steps']
+print(json.dumps({'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1),
+ 'upstream_requests':req,'steps_delivered':steps,'steps_per_request':round(steps/max(1,req),1),
+ 'sidecar_cpu_us_per_step':round(($C1-$C0)/$CLK_TCK*1e6/max(1,steps),1),
+ 'disk_peak_mib':$(disk_mib "$DISK_MAX")}))")"
+}
+
+log "B1: drain $STORED entries to a local backend, joined replays"
+drain B1_drain_batched
 
 for r in $(seq 1 "$ROUNDS"); do
     log "C round $r: backend up, open loop at $RATE/s for ${DURATION}s"
@@ -160,8 +200,19 @@ print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['ac
 done
 kill "$SC"
 while alive "$SC"; do sleep 0.1; done
-kill "$SAMPLER" 2>/dev/null || true
 
+log "B2: drain the same $STORED entries (a copy), one entry per request"
+export SIDECAR_CONFIG="$RUN_DIR/sidecar-spool-one.toml"
+spool_config "$SIDECAR_CONFIG" "$RUN_DIR/spool-copy" 4GiB
+sed -i 's/^replay_batch = .*/replay_batch = 1/' "$SIDECAR_CONFIG"
+drain B2_drain_one_per_request
+kill "$SC"
+while alive "$SC"; do sleep 0.1; done
+kill "$SAMPLER" 2>/dev/null || true
+rm -rf "$RUN_DIR/spool-copy"
+fi
+
+if has_phase D; then
 log "D: a ${BURST_S}s burst with the backend down into a fresh spool with max_bytes = 256MiB"
 BURST_DIR="$RUN_DIR/spool-burst"
 mkdir -p "$BURST_DIR"
@@ -183,6 +234,45 @@ print(json.dumps({'writes_per_s':a['rps'],'requests':a['requests'],'refused_spoo
  'disk_peak_mib':$(disk_mib "$DISK_MAX"),'bound_mib':256+64,
  'sidecar_high_water_mib':round(s['disk']['disk_high_water_bytes']/1048576,1)}))")"
 
+kill "$SC"
+while alive "$SC"; do sleep 0.1; done
+fi
+
+if has_phase R; then
+log "R: the shipped config, $OUTAGE_RATE writes/s; backend down for ${OUTAGE_S}s, then up"
+RECOVERY_DIR="$RUN_DIR/spool-recovery"
+mkdir -p "$RECOVERY_DIR"
+export SIDECAR_CONFIG="$RUN_DIR/sidecar-recovery.toml"
+sed -e "s|^path = \"data/spool.sqlite3\"|path = \"$RECOVERY_DIR/spool.sqlite3\"|" \
+    "$REPO_DIR/config/sidecar.toml" > "$SIDECAR_CONFIG"
+if [ -n "${BACKEND:-}" ]; then
+    kill "$BACKEND"
+    while alive "$BACKEND"; do sleep 0.1; done
+fi
+SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+RECOVERY_MAX=300
+taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$SC_PORT/api/graphql" \
+    --body "$BODY_FILE" --rate "$OUTAGE_RATE" --duration $(( OUTAGE_S + RECOVERY_MAX )) \
+    --connections "$CONNS" --unique > "$RUN_DIR/recovery-load.json" &
+LOAD=$!
+PIDS+=("$LOAD")
+sleep "$OUTAGE_S"
+WAITING=$(depth)
+BACKEND=$(start_backend "$UP_PORT")
+S0=$(backend_stats "$UP_PORT")
+START=$(date +%s.%N)
+wait_empty 0.05
+END=$(date +%s.%N)
+S1=$(backend_stats "$UP_PORT")
+kill "$LOAD" 2>/dev/null || true
+record R_recovery "$(python3 -c "
+import json; a=json.loads('$S0'); b=json.loads('$S1')
+req=b['requests']-a['requests']; steps=b['steps']-a['steps']
+print(json.dumps({'outage_s':$OUTAGE_S,'rate':$OUTAGE_RATE,'waiting_at_return':$WAITING,
+ 'seconds_to_empty':round($END-$START,2),'upstream_requests':req,'steps_delivered':steps,
+ 'steps_per_request':round(steps/max(1,req),1)}))")"
+fi
+
 python3 - "$RESULTS" "$OUT_DIR/spool.json" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -195,6 +285,10 @@ summary = {
     'disk_peak_mib': max([r.get('disk_peak_mib', 0) for r in rows if r['phase'] != 'D_burst_256MiB'] or [0]),
     'D_disk_peak_mib': med('D_burst_256MiB', 'disk_peak_mib'),
 }
+for phase in ('B1_drain_batched', 'B2_drain_one_per_request', 'R_recovery'):
+    r = [x for x in rows if x['phase'] == phase]
+    if r:
+        summary[phase] = r[0]
 json.dump({'rows': rows, 'summary': summary}, open(sys.argv[2], 'w'), indent=1)
 print(json.dumps(summary))
 EOF
