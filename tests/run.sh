@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: the Rust unit and integration tests, then the end-to-end suite
-# with the real Chainlit data layer (tests/e2e/run.sh) when it exists.
+# with the real Chainlit data layer (tests/e2e/run.sh), then the checks of
+# the deployment files (tests/deploy/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,4 +14,9 @@ cargo test --locked --doc
 
 if [ -x tests/e2e/run.sh ]; then
     tests/e2e/run.sh
+fi
+# The deployment files: Kubernetes manifests, Compose, alert rules and
+# dashboard against what the binary exports.
+if [ -x tests/deploy/run.sh ]; then
+    tests/deploy/run.sh
 fi

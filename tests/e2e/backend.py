@@ -39,14 +39,16 @@ REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 502: "Bad Gate
 
 
 class Backend:
-    def __init__(self, port):
+    def __init__(self, port, host="127.0.0.1"):
         self.port = port
+        self.host = host
         self.server = None
         self.blackout_until = 0.0
         self.reset()
         self.schedule = {"faults": [], "rate": 0.0, "seed": 1, "hang": 12.0}
 
     def reset(self):
+        self.participants = {}
         self.threads = {}
         self.steps = {}
         self.applied = []
@@ -67,7 +69,7 @@ class Backend:
         return sch["faults"][h[4] % len(sch["faults"])]
 
     async def serve(self):
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", self.port, backlog=1024)
+        self.server = await asyncio.start_server(self.handle, self.host, self.port, backlog=1024)
 
     async def blackout(self, seconds):
         self.blackout_until = time.monotonic() + seconds
@@ -117,7 +119,7 @@ class Backend:
         thread = upsert.get("id") if upsert else None
         variables = upsert or {}
         if not steps and not thread:
-            write(writer, 200, {"data": {}})
+            write(writer, 200, {"data": self.users(fields)})
             return True
         fault = self.decide(body)
         if fault:
@@ -159,6 +161,28 @@ class Backend:
             self.applied.append([step_id, content])
         write(writer, 200, {"data": data})
         return True
+
+    def users(self, fields):
+        """Participants (Chainlit's login persists its user): `participant`
+        finds one by id or identifier, `createParticipant` and
+        `updateParticipant` store one. Other operations answer nothing."""
+        data = {}
+        for key, name, args in fields:
+            if name == "participant":
+                found = [u for u in self.participants.values()
+                         if u["id"] == args.get("id") or u["identifier"] == args.get("identifier")]
+                data[key] = found[0] if found else None
+            elif name == "createParticipant":
+                user = {"id": f"user-{len(self.participants) + 1}", "identifier": args.get("identifier"),
+                        "metadata": args.get("metadata") or {}, "createdAt": "2026-01-01T00:00:00Z"}
+                self.participants[user["id"]] = user
+                data[key] = user
+            elif name == "updateParticipant" and args.get("id") in self.participants:
+                user = self.participants[args["id"]]
+                if "metadata" in args:
+                    user["metadata"] = args["metadata"]
+                data[key] = user
+        return data
 
 
 def root_fields(req):
@@ -238,11 +262,12 @@ async def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--control-port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="address of the data port (the control port stays on loopback)")
     a = p.parse_args()
-    backend = Backend(a.port)
+    backend = Backend(a.port, a.host)
     await backend.serve()
     ctl = await asyncio.start_server(lambda r, w: control(backend, r, w), "127.0.0.1", a.control_port)
-    print(f"backend on 127.0.0.1:{a.port}, control on 127.0.0.1:{a.control_port}", file=sys.stderr, flush=True)
+    print(f"backend on {a.host}:{a.port}, control on 127.0.0.1:{a.control_port}", file=sys.stderr, flush=True)
     async with ctl:
         await ctl.serve_forever()
 
