@@ -4,7 +4,7 @@
 # concurrent writers, and the drain rate from the shared store with one and
 # with two sidecars.
 #
-#   bash bench/postgres.sh   # DURATION=20 ROUNDS=3 CONNS=32 ENTRIES=100000 PHASES="W D"
+#   bash bench/postgres.sh   # DURATION=20 ROUNDS=3 CONNS=32 ENTRIES=100000 RATE=5000 PHASES="W L D"
 #
 # A throwaway PostgreSQL cluster (Debian's server, initdb in the run
 # directory as the postgres user, a loopback port, fsync and
@@ -19,9 +19,14 @@
 # O  then, on the same sidecar, open loop at RATE writes/s (bench loadgen,
 #    CONNS connections) for DURATION s: acknowledgement p50/p99 measured
 #    from each write's scheduled time, below saturation.
+# L  backend up, a fresh store, open loop at RATE writes/s with CONNS
+#    connections for DURATION s, ROUNDS rounds alternating sqlite /
+#    postgres: acknowledgement latency in normal operation, where every
+#    spooled write is committed and then delivered, so the queue stays short.
 # D  ENTRIES writes stored in the shared store with the backend down, then
-#    the backend up (nginx answering like LiteralAI): time to empty the
-#    queue with one sidecar, then (refilled) with two — the second on core 1.
+#    the backend up (examples/literal_backend.rs, answering every alias like
+#    LiteralAI): time to empty the queue with one sidecar, then (refilled)
+#    with two — the second on core 1.
 # Writes bench/out/postgres.json.
 
 source "$(dirname "$0")/lib.sh"
@@ -31,7 +36,7 @@ CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-3}"
 ENTRIES="${ENTRIES:-100000}"
 RATE="${RATE:-5000}"
-PHASES="${PHASES:-W D}"
+PHASES="${PHASES:-W L D}"
 ensure_tools
 
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
@@ -141,7 +146,41 @@ print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['ac
     done
 done
 
-start_nginx upstream-nginx "$BENCH_DIR/conf/upstream-nginx.conf" "$UP_PORT" >/dev/null
+# A backend that answers every alias (the replays are batched).
+taskset -c "$PROXY_CORE" "$REPO_DIR/target/release/examples/literal_backend" "127.0.0.1:$UP_PORT" \
+    >"$RUN_DIR/backend.log" 2>&1 &
+PIDS+=("$!"); echo "$!" >"$RUN_DIR/backend.pid"
+wait_port "$UP_PORT"
+case " $PHASES " in *" L "*) L_ROUNDS=$ROUNDS ;; *) L_ROUNDS=0 ;; esac
+for r in $(seq 1 "$L_ROUNDS"); do
+    for backend in sqlite postgres; do
+        log "L round $r, $backend: backend up, open loop at $RATE/s for ${DURATION}s"
+        export SIDECAR_CONFIG="$RUN_DIR/sidecar-$backend.toml"
+        bench_config "$SIDECAR_CONFIG" "$backend"
+        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+        SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
+        SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+        C0=$(cpu_ticks "$SC"); P0=$(cpu_ticks "$PG_PID")
+        L=$(taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" \
+            --url "http://127.0.0.1:$SC_PORT/api/graphql" --body "$BODY_FILE" --rate "$RATE" \
+            --duration "$DURATION" --connections "$CONNS" --unique)
+        C1=$(cpu_ticks "$SC"); P1=$(cpu_ticks "$PG_PID")
+        sleep 1
+        LEFT=$(depth_at "$ADMIN_PORT")
+        record "L_$backend" "$(python3 -c "
+import json; a=json.loads('$L'); n=max(1,a['requests'])
+print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],
+ 'errors':a['errors']+a['non2xx'],'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,
+ 'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3,'queue_after_1s':'$LEFT',
+ 'sidecar_cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/n,1),
+ 'database_cpu_us_per_write':round(($P1-$P0)/$CLK_TCK*1e6/n,1) if '$backend'=='postgres' else None}))")"
+        stop_pid "$SC"
+        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+        psql_q "CHECKPOINT" >/dev/null
+        sync
+    done
+done
+
 export SIDECAR_CONFIG="$RUN_DIR/sidecar-postgres.toml"
 bench_config "$SIDECAR_CONFIG" postgres
 fill() { # entries: store them with the backend down, through one sidecar
@@ -152,13 +191,17 @@ fill() { # entries: store them with the backend down, through one sidecar
     taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" --url "http://127.0.0.1:$port/api/graphql" \
         --body "$BODY_FILE" --rate 4000 --duration $(( ($1 + 3999) / 4000 )) --connections "$CONNS" --unique >/dev/null
     stop_pid "$pid"
-    psql_q "SELECT count(*) FROM datalayer_sidecar.entries"
+    waiting
 }
+# What waits, from the spool's ledger: counting the entries would scan the
+# queue on the server's core while it drains.
+waiting() { psql_q "SELECT coalesce(sum(entries), 0) FROM datalayer_sidecar.ledger"; }
 case " $PHASES " in *" D "*) DRAINS="1 2" ;; *) DRAINS="" ;; esac
 for n in $DRAINS; do
     log "D: fill the shared store, then drain with $n sidecar(s)"
     STORED=$(fill "$ENTRIES")
     START=$(date +%s.%N)
+    P0=$(cpu_ticks "$PG_PID")
     A_PORT=$(free_port); A_ADMIN=$(free_port)
     A=$(start_sidecar "$A_PORT" "$A_ADMIN" "http://127.0.0.1:$UP_PORT")
     B=""
@@ -166,12 +209,15 @@ for n in $DRAINS; do
         B_PORT=$(free_port); B_ADMIN=$(free_port)
         B=$(PROXY_CORE=$LOAD_CORE start_sidecar "$B_PORT" "$B_ADMIN" "http://127.0.0.1:$UP_PORT")
     fi
-    while [ "$(psql_q 'SELECT count(*) FROM datalayer_sidecar.entries')" != 0 ]; do
+    while [ "$(waiting)" != 0 ]; do
         alive "$A" || { log "sidecar exited while draining"; exit 1; }
         sleep 0.2
     done
     END=$(date +%s.%N)
-    record "D_drain_${n}_sidecars" "$(python3 -c "print(__import__('json').dumps({'sidecars':$n,'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1)}))")"
+    P1=$(cpu_ticks "$PG_PID")
+    SC_TICKS=$(( $(cpu_ticks "$A") + ${B:+$(cpu_ticks "$B")}${B:-0} ))
+    record "D_drain_${n}_sidecars" "$(python3 -c "print(__import__('json').dumps({'sidecars':$n,'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1),
+ 'sidecar_cpu_us_per_step':round($SC_TICKS/$CLK_TCK*1e6/max(1,$STORED),1),'database_cpu_us_per_step':round(($P1-$P0)/$CLK_TCK*1e6/max(1,$STORED),1)}))")"
     stop_pid "$A"; [ -n "$B" ] && stop_pid "$B"
 done
 
@@ -187,6 +233,7 @@ summary['postgres_database_cpu_us_per_write'] = med('W_postgres', 'database_cpu_
 for b in ('sqlite', 'postgres'):
     for k in ('writes_per_s', 'p50_ms', 'p99_ms', 'p999_ms'):
         summary[f'{b}_open_loop_{k}'] = med(f'O_{b}', k)
+        summary[f'{b}_backend_up_{k}'] = med(f'L_{b}', k)
 for n in (1, 2):
     r = [x for x in rows if x['phase'] == f'D_drain_{n}_sidecars']
     summary[f'drain_per_s_{n}_sidecars'] = r[0]['drain_per_s'] if r else None

@@ -90,11 +90,30 @@ def spool_table(spool):
     for r in rows:
         other = []
         for k in ("writes_per_commit", "cpu_us_per_write", "queue_after_1s", "entries", "seconds", "drain_per_s", "round",
-                  "errors", "depth", "refused_spool_full", "disk_peak_mib", "bound_mib", "wal_mib"):
+                  "errors", "depth", "refused_spool_full", "disk_peak_mib", "bound_mib", "wal_mib",
+                  "upstream_requests", "steps_delivered", "steps_per_request", "sidecar_cpu_us_per_step",
+                  "outage_s", "rate", "waiting_at_return", "seconds_to_empty"):
             if k in r:
                 other.append(f"{k}={r[k]}")
         out.append(f"| {r['phase']} | {fmt(r.get('writes_per_s', r.get('drain_per_s')), 0)} | {fmt(r.get('p50_ms'), 2)} "
                    f"| {fmt(r.get('p99_ms'), 2)} | {fmt(r.get('p999_ms'), 2)} | {', '.join(other)} |")
+    return "\n".join(out)
+
+
+def postgres_table(pg):
+    if not pg:
+        return "_not run_"
+    out = ["| phase | round | writes/s | p50 ms | p99 ms | p99.9 ms | other |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in pg["rows"]:
+        other = []
+        for k in ("writes_per_commit", "sidecar_cpu_us_per_write", "database_cpu_us_per_write", "errors",
+                  "max_ms", "queue_after_1s", "sidecars", "entries", "seconds", "drain_per_s",
+                  "sidecar_cpu_us_per_step", "database_cpu_us_per_step"):
+            if r.get(k) is not None:
+                other.append(f"{k}={r[k]}")
+        out.append(f"| {r['phase']} | {r.get('round', '–')} | {fmt(r.get('writes_per_s', r.get('drain_per_s')), 0)} "
+                   f"| {fmt(r.get('p50_ms'), 2)} | {fmt(r.get('p99_ms'), 2)} | {fmt(r.get('p999_ms'), 2)} | {', '.join(other)} |")
     return "\n".join(out)
 
 
@@ -144,6 +163,7 @@ def main():
     memory = load_jsonl("memory.jsonl")
     faults = load_jsonl("faults.jsonl")
     spool = json.loads((OUT / "spool.json").read_text()) if (OUT / "spool.json").exists() else None
+    pg = json.loads((OUT / "postgres.json").read_text()) if (OUT / "postgres.json").exists() else None
     DOCS.mkdir(exist_ok=True)
     if rows:
         (DOCS / "benchmarks.svg").write_text(svg(rows))
@@ -205,7 +225,30 @@ with the backend down: the files' high-water mark against the bound (`max_bytes`
 `disk_peak_mib`: the spool's files (database, write-ahead log, shared memory) at their
 largest so far in the run, sampled every 100 ms.
 
+B1 drains with the shipped `spool.replay_batch` (waiting steps joined into batched
+requests, each alias settled on its own) to `examples/literal_backend.rs`, a backend
+that answers every alias of a request; B2 drains a copy of the same spool with
+`replay_batch = 1` (one entry per request). R: the shipped config (spool on failure),
+writes at a steady rate throughout, the backend down for `outage_s`, then up: time from
+its return to an empty queue, and upstream requests per delivered step meanwhile.
+
 {spool_table(spool)}
+
+## Shared spool on PostgreSQL
+
+`bench/postgres.sh`: the spool in a local PostgreSQL server (Debian's, a throwaway
+cluster with `fsync` and `synchronous_commit` on) against the SQLite spool, same run,
+same machine. The server shares core 0 with the sidecar; the load generator has core 1.
+W: backend down, closed loop at 32 connections (`wrk`), rounds alternating SQLite and
+PostgreSQL: acknowledged writes/s, latency, CPU per write of the sidecar and of the
+server. O: then, on the same sidecar (the store now holds the W phase's writes), an open
+loop at 5,000 writes/s (`loadgen`), latency from each write's scheduled time. L: the
+backend up and a fresh store, an open loop at 5,000 writes/s: normal operation, every
+spooled write committed then delivered. D: a shared store filled with the backend down,
+then drained to the backend (`examples/literal_backend.rs`) by one sidecar, and
+(refilled) by two.
+
+{postgres_table(pg)}
 
 {notes}
 """

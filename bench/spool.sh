@@ -4,7 +4,7 @@
 # drain rate to a local backend.
 #
 #   bash bench/spool.sh   # RATE=5000 DURATION=20 ROUNDS=3 A2_ROUNDS=6 CONNS=32 BURST_S=60
-#                         # OUTAGE_S=600 OUTAGE_RATE=500 PHASES="A B C D R"
+#                         # OUTAGE_S=600 OUTAGE_RATE=500 PHASES="A B C D R" REPLAY_BATCH=
 #
 # The sidecar runs the shipped config with the preset's spooled writes in
 # write-behind mode (every write committed, then acknowledged) and is
@@ -79,6 +79,9 @@ EOF_ROUTE
 SPOOL_DIR="$RUN_DIR/spool"
 export SIDECAR_CONFIG="$RUN_DIR/sidecar-spool.toml"
 spool_config "$SIDECAR_CONFIG" "$SPOOL_DIR" 4GiB
+# REPLAY_BATCH: the spool.replay_batch of phases A, B1 and C (default: the
+# shipped value).
+[ -n "${REPLAY_BATCH:-}" ] && sed -i "s/^replay_batch = .*/replay_batch = $REPLAY_BATCH/" "$SIDECAR_CONFIG"
 
 # The spool files' high-water mark (bytes), sampled in the background.
 disk_sampler() { # dir out
@@ -115,6 +118,16 @@ loadgen() { taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$SC_PORT/
     --body "$BODY_FILE" --rate "$RATE" --duration "$DURATION" --connections "$CONNS" --unique; }
 record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
 
+start_backend() { # port; echoes the pid
+    taskset -c "$PROXY_CORE" "$REPO_DIR/target/release/examples/literal_backend" "127.0.0.1:$1" \
+        >"$RUN_DIR/backend-$1.log" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/backend-$1.pid"
+    wait_port "$1"
+    echo "$pid"
+}
+backend_stats() { curl -s "http://127.0.0.1:$1/stats"; }
+
 if has_phase A || has_phase B || has_phase C; then
 log "A1: backend down, closed loop, ${DURATION}s at $CONNS connections"
 SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$DOWN_PORT")
@@ -148,15 +161,6 @@ kill "$SC"
 while alive "$SC"; do sleep 0.1; done
 log "sidecar stopped after $(python3 -c "print(round($(date +%s.%N) - $STOP, 1))") s"
 
-start_backend() { # port; echoes the pid
-    taskset -c "$PROXY_CORE" "$REPO_DIR/target/release/examples/literal_backend" "127.0.0.1:$1" \
-        >"$RUN_DIR/backend-$1.log" 2>&1 &
-    local pid=$!
-    PIDS+=("$pid"); echo "$pid" >"$RUN_DIR/backend-$1.pid"
-    wait_port "$1"
-    echo "$pid"
-}
-backend_stats() { curl -s "http://127.0.0.1:$1/stats"; }
 # A copy of the filled spool, for the one-per-request drain.
 cp -a "$SPOOL_DIR" "$RUN_DIR/spool-copy"
 BACKEND=$(start_backend "$UP_PORT")

@@ -334,8 +334,7 @@ async fn sigterm_hands_the_claimed_entries_to_the_fleet() {
     }
     // Let A's worker claim them (it retries against the down backend).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let claimed =
-        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries WHERE lease_owner IS NOT NULL");
+    let claimed = pg.psql("SELECT count(*) FROM datalayer_sidecar.leases");
     assert_ne!(claimed, "0", "A holds claims");
     a.signal("TERM");
     let status = a.wait_exit(Duration::from_secs(30)).await;
@@ -348,7 +347,7 @@ async fn sigterm_hands_the_claimed_entries_to_the_fleet() {
     assert!(line.contains("\"held_only_locally\":0"), "{line}");
     assert!(line.contains("\"waiting_in_shared_store\":20"), "{line}");
     assert_eq!(
-        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries WHERE lease_owner IS NOT NULL"),
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.leases"),
         "0"
     );
     backend.up().await;

@@ -62,6 +62,11 @@ impl RetryPolicy {
         result: &mut Result<Response<ResponseBody>, Error>,
         class: &Class,
     ) -> Option<Option<Sleep>> {
+        // The common case, a success with nothing settled before: nothing
+        // to look at.
+        if self.partial.is_none() && !class.is_failure() {
+            return None;
+        }
         let ex = exchange::of(req)?.clone();
         let routed = ex.routed()?;
         let classifier = &self.shared.classifier;
