@@ -9,12 +9,17 @@ output) and the answer.
 
 For the demo's bookkeeping only: every step write the data layer is asked
 to make (step id and content) is appended to the file named by DEMO_LEDGER.
-That is the ground truth the demo compares the backend with.
+That is the ground truth the demo compares the backend with. When the SDK
+puts a step's request on the wire, the step's id, content and the time are
+appended too: Chainlit fires a step's create and update as separate tasks,
+and on a busy event loop the update's request can leave first, so the
+version any data layer sees last is the one that left last.
 """
 
 import asyncio
 import json
 import os
+import time
 
 import chainlit as cl
 from chainlit.data.literalai import LiteralDataLayer
@@ -30,6 +35,33 @@ async def _recorded(self, step_dict):
 
 
 LiteralDataLayer.create_step = _recorded
+
+
+def _record_sends():
+    import httpcore._async.http11 as h11
+
+    send_body = h11.AsyncHTTP11Connection._send_request_body
+
+    async def recorded(self, request):
+        await send_body(self, request)
+        body = getattr(request.stream, "_stream", None)
+        if not isinstance(body, bytes):
+            return
+        try:
+            variables = json.loads(body).get("variables") or {}
+        except (ValueError, AttributeError):
+            return
+        at = time.monotonic()
+        for name, value in variables.items():
+            if name.startswith("id_") and isinstance(value, str):
+                out = variables.get(f"output_{name[3:]}")
+                content = out.get("content") if isinstance(out, dict) else out
+                _ledger.write(json.dumps({"sent": value, "output": content, "at": at}) + "\n")
+
+    h11.AsyncHTTP11Connection._send_request_body = recorded
+
+
+_record_sends()
 
 
 @cl.password_auth_callback

@@ -172,15 +172,29 @@ class Run:
 
     def report(self, answered: int) -> dict:
         wrote = {}
+        sent = {}
         versions = 0
         for line in (self.work / "ledger.jsonl").read_text().splitlines():
             w = json.loads(line)
-            wrote[w["id"]] = w["output"] if w["output"] is not None else ""
+            if "sent" in w:
+                sent.setdefault(w["sent"], []).append((w["at"], str(w["output"] or "")))
+                continue
+            wrote[w["id"]] = str(w["output"] or "")
             versions += 1
+        # What the app wrote last is what left it last, when that was sent
+        # at all; two versions that left within 20 ms raced in the app, and
+        # either may end on top.
+        final = {}
+        for i, last in wrote.items():
+            left = sorted(sent.get(i, []))
+            if left and last in {c for _, c in left}:
+                final[i] = {c for at, c in left if left[-1][0] - at < 0.02}
+            else:
+                final[i] = {last}
         state = http_json(f"{self.control}/state")
         arrived = state["steps"]
         missing = [i for i in wrote if i not in arrived]
-        stale = [i for i in wrote if i in arrived and str(arrived[i] or "") != str(wrote[i] or "")]
+        stale = [i for i in wrote if i in arrived and str(arrived[i] or "") not in final[i]]
         log = self.app_log.read_text(errors="replace")
         # A conversation shows in the user's history once its thread is
         # stored with the user as participant and a name.

@@ -52,6 +52,7 @@ class Backend:
         self.threads = {}
         self.steps = {}
         self.applied = []
+        self.received = []
         self.requests = 0
         self.per_body = {}
         self.faults = {}
@@ -122,6 +123,9 @@ class Backend:
             write(writer, 200, {"data": self.users(fields)})
             return True
         fault = self.decide(body)
+        # Every step-bearing request as it arrived, for diagnosing order.
+        self.received.append({"t": round(time.monotonic(), 3), "fault": fault,
+                              "steps": [[k, sid, c] for k, sid, c in steps]})
         if fault:
             self.faults[fault] = self.faults.get(fault, 0) + 1
         if fault == "close":
@@ -237,6 +241,7 @@ async def control(backend, reader, writer):
         body = json.loads(raw or b"{}")
         if path == "/state":
             out = {"steps": backend.steps, "threads": backend.threads, "applied": backend.applied,
+                   "received": backend.received,
                    "requests": backend.requests,
                    "faults": backend.faults, "listening": backend.server is not None}
         elif path == "/schedule":

