@@ -107,8 +107,8 @@ record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sy
 stop_pid() { kill "$1" 2>/dev/null || true; while alive "$1"; do sleep 0.1; done; }
 depth_at() { curl -s "http://127.0.0.1:$1/spool" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
 
-case " $PHASES " in *" W "*) ;; *) ROUNDS=0 ;; esac
-for r in $(seq 1 "$ROUNDS"); do
+case " $PHASES " in *" W "*) W_ROUNDS=$ROUNDS ;; *) W_ROUNDS=0 ;; esac
+for r in $(seq 1 "$W_ROUNDS"); do
     for backend in sqlite postgres; do
         log "W round $r, $backend: backend down, closed loop, ${DURATION}s at $CONNS connections"
         export SIDECAR_CONFIG="$RUN_DIR/sidecar-$backend.toml"
@@ -215,7 +215,8 @@ for n in $DRAINS; do
     done
     END=$(date +%s.%N)
     P1=$(cpu_ticks "$PG_PID")
-    SC_TICKS=$(( $(cpu_ticks "$A") + ${B:+$(cpu_ticks "$B")}${B:-0} ))
+    SC_TICKS=$(cpu_ticks "$A")
+    [ -n "$B" ] && SC_TICKS=$(( SC_TICKS + $(cpu_ticks "$B") ))
     record "D_drain_${n}_sidecars" "$(python3 -c "print(__import__('json').dumps({'sidecars':$n,'entries':$STORED,'seconds':round($END-$START,2),'drain_per_s':round($STORED/($END-$START),1),
  'sidecar_cpu_us_per_step':round($SC_TICKS/$CLK_TCK*1e6/max(1,$STORED),1),'database_cpu_us_per_step':round(($P1-$P0)/$CLK_TCK*1e6/max(1,$STORED),1)}))")"
     stop_pid "$A"; [ -n "$B" ] && stop_pid "$B"

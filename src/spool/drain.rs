@@ -77,6 +77,14 @@ const IDLE_RESYNC: Duration = Duration::from_secs(5);
 /// The most body bytes the worker reads ahead of its deliveries.
 const HEAD_MAX_BYTES: usize = 8 * 1024 * 1024;
 
+/// Least time between two claims on the shared store while the queue is
+/// short (the last claim took all there was). A claim costs the database
+/// about as much as a whole batch of appends; claiming on every commit at a
+/// steady write rate (a few entries each time) took more of the server than
+/// the writes did, and acknowledgements fell behind. Waiting this long lets
+/// a claim take what a few dozen commits stored.
+const SHARED_CLAIM_INTERVAL: Duration = Duration::from_millis(25);
+
 /// The service replays go through (the stack below the spool layer).
 pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Error>;
 
@@ -206,6 +214,9 @@ impl Drain {
         // and it grew without bound while a large queue drained.
         let mut cache: Vec<Entry> = Vec::new();
         let mut reload = true;
+        let shared = this.spool.store().postgres().is_some();
+        // When the last read of the head took all there was (shared store).
+        let mut short_read: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -217,6 +228,7 @@ impl Drain {
                 reload = true;
             }
             let waiting = pacing.until.is_some_and(|t| t > Instant::now());
+            let mut read_due_in = None;
             // Paused: one probe at a time.
             let window = if pacing.paused.is_some() {
                 1
@@ -228,18 +240,18 @@ impl Drain {
                 let candidates = cache.len().saturating_sub(in_flight.len());
                 let stored = Totals::get(&this.spool.store().totals.entries);
                 let wanted = this.view().replay.concurrency * per_request;
-                if reload || (candidates < wanted && stored > cache.len() as u64) {
+                let head_limit = wanted + this.view().replay.concurrency * 16;
+                let deferred = short_read
+                    .map(|t| SHARED_CLAIM_INTERVAL.saturating_sub(t.elapsed()))
+                    .filter(|left| !left.is_zero());
+                let due = reload || (candidates < wanted && stored > cache.len() as u64);
+                if due && deferred.is_some() {
+                    read_due_in = deferred;
+                } else if due {
                     this.spool.head_read_starts();
-                    match this
-                        .spool
-                        .store()
-                        .head(
-                            wanted * 2 + this.view().replay.concurrency * 16,
-                            HEAD_MAX_BYTES,
-                        )
-                        .await
-                    {
+                    match this.spool.store().head(head_limit, HEAD_MAX_BYTES).await {
                         Ok(batch) => {
+                            short_read = (shared && batch.len() < head_limit).then(Instant::now);
                             cache = batch;
                             reload = false;
                         }
@@ -291,6 +303,8 @@ impl Drain {
             // the pause ending, or (with nothing to do) the resync period.
             let nap = match pacing.until {
                 Some(t) if t > Instant::now() => t - Instant::now(),
+                // A read of the head put off: come back when it is due.
+                _ if let Some(left) = read_due_in => left,
                 _ if idle_queue && in_flight.is_empty() => IDLE_RESYNC,
                 _ if tasks.len() >= window => IDLE_RESYNC,
                 // Entries wait on keys held elsewhere: look again soon.
