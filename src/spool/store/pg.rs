@@ -489,7 +489,9 @@ impl PgStore {
              claimed AS (
                 INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
                 SELECT seq, $2, $4 FROM c
-                ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms)
+                ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
+                 WHERE datalayer_sidecar.leases.owner <> EXCLUDED.owner
+                    OR datalayer_sidecar.leases.until_ms < $6)
              SELECT {} FROM datalayer_sidecar.entries t JOIN c ON c.seq = t.seq",
             ENTRY_COLUMNS
                 .split(", ")
@@ -516,6 +518,11 @@ impl PgStore {
                     &(limit as i64),
                     &(now + self.lease.as_millis() as i64),
                     &from,
+                    // A lease of ours with more than half its time left is
+                    // not rewritten: every claim returns the entries this
+                    // replica already holds, and rewriting all of their
+                    // leases each time was most of a claim's writes.
+                    &(now + self.lease.as_millis() as i64 / 2),
                 ],
             )
             .await
