@@ -27,7 +27,9 @@
 #    the backend up (examples/literal_backend.rs, answering every alias like
 #    LiteralAI): time to empty the queue with one sidecar, then (refilled)
 #    with two — the second on core 1.
-# Writes bench/out/postgres.json.
+# Writes bench/out/postgres.json; a run of only some phases (PHASES) writes
+# bench/out/postgres-<phases>.json instead, so it cannot replace the full
+# results the report is generated from.
 
 source "$(dirname "$0")/lib.sh"
 
@@ -222,7 +224,9 @@ for n in $DRAINS; do
     stop_pid "$A"; [ -n "$B" ] && stop_pid "$B"
 done
 
-python3 - "$RESULTS" "$OUT_DIR/postgres.json" <<'EOF'
+RESULT_FILE="$OUT_DIR/postgres.json"
+[ "$PHASES" = "W L D" ] || RESULT_FILE="$OUT_DIR/postgres-$(echo "$PHASES" | tr -s ' ' '-').json"
+python3 - "$RESULTS" "$RESULT_FILE" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(phase, key):

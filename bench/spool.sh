@@ -30,7 +30,9 @@
 #    app writing OUTAGE_RATE writes/s throughout; the backend down for
 #    OUTAGE_S, then up: time from its return to an empty queue, and
 #    upstream requests per delivered step meanwhile.
-# Writes bench/out/spool.json.
+# Writes bench/out/spool.json; a run of only some phases (PHASES) writes
+# bench/out/spool-<phases>.json instead, so it cannot replace the full
+# results the report is generated from.
 
 source "$(dirname "$0")/lib.sh"
 trap cleanup EXIT
@@ -277,7 +279,9 @@ print(json.dumps({'outage_s':$OUTAGE_S,'rate':$OUTAGE_RATE,'waiting_at_return':$
  'steps_per_request':round(steps/max(1,req),1)}))")"
 fi
 
-python3 - "$RESULTS" "$OUT_DIR/spool.json" <<'EOF'
+RESULT_FILE="$OUT_DIR/spool.json"
+[ "$PHASES" = "A B C D R" ] || RESULT_FILE="$OUT_DIR/spool-$(echo "$PHASES" | tr -s ' ' '-').json"
+python3 - "$RESULTS" "$RESULT_FILE" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(phase, key):
@@ -296,4 +300,4 @@ for phase in ('B1_drain_batched', 'B2_drain_one_per_request', 'R_recovery'):
 json.dump({'rows': rows, 'summary': summary}, open(sys.argv[2], 'w'), indent=1)
 print(json.dumps(summary))
 EOF
-log "wrote $OUT_DIR/spool.json"
+log "wrote $RESULT_FILE"
