@@ -318,12 +318,10 @@ impl Spool {
         free: usize,
     ) -> Result<Vec<Entry>, Reread> {
         let o = self.inner.order.lock().map_err(|_| Reread)?;
-        // With SQLite an entry's id is its ticket, and a write spooled at an
-        // early ticket can land inside what was read. The shared store
-        // numbers entries itself, in commit order: a new commit always lands
-        // after everything read, and tickets are not its numbers.
-        let ids_are_tickets = self.inner.store.postgres().is_none();
-        if ids_are_tickets && cache_end >= 0 && o.low_commit <= cache_end as u64 {
+        // A write spooled at an early ticket can land inside what was read,
+        // where ids are tickets.
+        if self.inner.store.ids_are_tickets() && cache_end >= 0 && o.low_commit <= cache_end as u64
+        {
             return Err(Reread);
         }
         let mut seen: std::collections::HashSet<&str> =

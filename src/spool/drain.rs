@@ -77,14 +77,6 @@ const IDLE_RESYNC: Duration = Duration::from_secs(5);
 /// The most body bytes the worker reads ahead of its deliveries.
 const HEAD_MAX_BYTES: usize = 8 * 1024 * 1024;
 
-/// Least time between two claims on the shared store while the queue is
-/// short (the last claim took all there was). A claim costs the database
-/// about as much as a whole batch of appends; claiming on every commit at a
-/// steady write rate (a few entries each time) took more of the server than
-/// the writes did, and acknowledgements fell behind. Waiting this long lets
-/// a claim take what a few dozen commits stored.
-const SHARED_CLAIM_INTERVAL: Duration = Duration::from_millis(25);
-
 /// The service replays go through (the stack below the spool layer).
 pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Error>;
 
@@ -214,8 +206,9 @@ impl Drain {
         // and it grew without bound while a large queue drained.
         let mut cache: Vec<Entry> = Vec::new();
         let mut reload = true;
-        let shared = this.spool.store().postgres().is_some();
-        // When the last read of the head took all there was (shared store).
+        let short_interval = this.spool.store().short_head_interval();
+        // When the last read of the head took all there was, on a store
+        // that paces such reads.
         let mut short_read: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
@@ -241,17 +234,18 @@ impl Drain {
                 let stored = Totals::get(&this.spool.store().totals.entries);
                 let wanted = this.view().replay.concurrency * per_request;
                 let head_limit = wanted + this.view().replay.concurrency * 16;
-                let deferred = short_read
-                    .map(|t| SHARED_CLAIM_INTERVAL.saturating_sub(t.elapsed()))
-                    .filter(|left| !left.is_zero());
                 let due = reload || (candidates < wanted && stored > cache.len() as u64);
-                if due && deferred.is_some() {
+                let deferred = short_read
+                    .map(|t| short_interval.saturating_sub(t.elapsed()))
+                    .filter(|left| due && !left.is_zero());
+                if deferred.is_some() {
                     read_due_in = deferred;
                 } else if due {
                     this.spool.head_read_starts();
                     match this.spool.store().head(head_limit, HEAD_MAX_BYTES).await {
                         Ok(batch) => {
-                            short_read = (shared && batch.len() < head_limit).then(Instant::now);
+                            short_read = (!short_interval.is_zero() && batch.len() < head_limit)
+                                .then(Instant::now);
                             cache = batch;
                             reload = false;
                         }

@@ -552,6 +552,24 @@ impl Store {
         }
     }
 
+    /// Whether an entry's id is the ticket its write was admitted with
+    /// (the local file). The shared store numbers entries itself, in commit
+    /// order, so a new commit always lands after everything read.
+    pub fn ids_are_tickets(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite { .. })
+    }
+
+    /// Least time between two reads of the head while the queue is short
+    /// (the last read took all there was): none for the local file; for the
+    /// shared store, where a read is a claim, see
+    /// [`pg::SHORT_CLAIM_INTERVAL`].
+    pub fn short_head_interval(&self) -> Duration {
+        match &self.backend {
+            Backend::Postgres(_) => pg::SHORT_CLAIM_INTERVAL,
+            Backend::Sqlite { .. } => Duration::ZERO,
+        }
+    }
+
     async fn call(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<Vec<Appended>, StoreError> {
         let Backend::Sqlite { tx: sender, .. } = &self.backend else {
             return Err(StoreError::Closed);

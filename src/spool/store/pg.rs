@@ -46,6 +46,15 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Appended, DeadInfo, DeadLetter, Entry, NewEntry, Stats, StoreError, Totals, now_ms};
 use crate::route::BARRIER_KEY;
 
+/// Least time between two claims while the queue is short (the last claim
+/// took all there was). A claim is one transaction whatever it returns, and
+/// costs the server about as much as a whole batch of appends; claiming
+/// after every commit at a steady write rate (a few entries each time) took
+/// more of the server than the writes did, and acknowledgements fell
+/// behind. Waiting this long lets a claim take what a few dozen commits
+/// stored.
+pub const SHORT_CLAIM_INTERVAL: Duration = Duration::from_millis(25);
+
 /// The settings the shared store is opened with.
 #[derive(Clone)]
 pub struct PgParams {
@@ -265,6 +274,33 @@ const CLAIMABLE: &str = "(l.seq IS NULL OR l.until_ms < $1 OR l.owner = $2)
 const ENTRY_COLUMNS: &str =
     "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
 
+/// A claim: the first claimable entries from `$5` on, leased to this
+/// replica. The row lock keeps a concurrent claim off these entries until
+/// this statement's leases are committed; the leases keep them off
+/// afterwards. Built once: the entry columns are prefixed with the table's
+/// alias.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let columns: Vec<String> = ENTRY_COLUMNS
+        .split(", ")
+        .map(|col| format!("t.{col}"))
+        .collect();
+    format!(
+        "WITH c AS (
+            SELECT e.seq FROM datalayer_sidecar.entries e
+              LEFT JOIN datalayer_sidecar.leases l ON l.seq = e.seq
+             WHERE e.seq >= $5 AND {CLAIMABLE}
+             ORDER BY e.seq LIMIT $3 FOR UPDATE OF e SKIP LOCKED),
+         claimed AS (
+            INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
+            SELECT seq, $2, $4 FROM c
+            ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
+             WHERE datalayer_sidecar.leases.owner <> EXCLUDED.owner
+                OR datalayer_sidecar.leases.until_ms < $6)
+         SELECT {} FROM datalayer_sidecar.entries t JOIN c ON c.seq = t.seq",
+        columns.join(", ")
+    )
+});
+
 fn entry_of(r: &tokio_postgres::Row) -> Entry {
     let body = Bytes::from(r.get::<_, Vec<u8>>(7));
     Entry {
@@ -477,28 +513,6 @@ impl PgStore {
         .await
         .map_err(sql)?;
         let now = now_ms();
-        // The row lock keeps a concurrent claim off these entries until
-        // this statement's leases are committed; the leases keep them off
-        // afterwards.
-        let q = format!(
-            "WITH c AS (
-                SELECT e.seq FROM datalayer_sidecar.entries e
-                  LEFT JOIN datalayer_sidecar.leases l ON l.seq = e.seq
-                 WHERE e.seq >= $5 AND {CLAIMABLE}
-                 ORDER BY e.seq LIMIT $3 FOR UPDATE OF e SKIP LOCKED),
-             claimed AS (
-                INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
-                SELECT seq, $2, $4 FROM c
-                ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
-                 WHERE datalayer_sidecar.leases.owner <> EXCLUDED.owner
-                    OR datalayer_sidecar.leases.until_ms < $6)
-             SELECT {} FROM datalayer_sidecar.entries t JOIN c ON c.seq = t.seq",
-            ENTRY_COLUMNS
-                .split(", ")
-                .map(|col| format!("t.{col}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
         let from = match self.scan.lock() {
             Ok(mut scan) => {
                 scan.claims = scan.claims.wrapping_add(1);
@@ -509,9 +523,10 @@ impl PgStore {
             }
             Err(_) => 0,
         };
+        let claim = t.prepare_cached(&CLAIM).await.map_err(sql)?;
         let rows = t
             .query(
-                &q,
+                &claim,
                 &[
                     &now,
                     &&*self.replica,
