@@ -4,6 +4,7 @@ WORKDIR /app
 COPY tests/e2e/requirements.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt
 COPY demo/app.py /app/app.py
+COPY tests/e2e/sent_steps.py /app/sent_steps.py
 RUN useradd --uid 10001 app && chown -R app /app
 USER app
 EXPOSE 8000

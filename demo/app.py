@@ -19,7 +19,13 @@ version any data layer sees last is the one that left last.
 import asyncio
 import json
 import os
-import time
+import sys
+from pathlib import Path
+
+# sent_steps.py sits next to this file in the image, in tests/e2e here.
+_here = Path(__file__).resolve().parent
+sys.path[:0] = [str(_here), str(_here.parent / "tests" / "e2e")]
+import sent_steps  # noqa: E402
 
 import chainlit as cl
 from chainlit.data.literalai import LiteralDataLayer
@@ -37,31 +43,11 @@ async def _recorded(self, step_dict):
 LiteralDataLayer.create_step = _recorded
 
 
-def _record_sends():
-    import httpcore._async.http11 as h11
-
-    send_body = h11.AsyncHTTP11Connection._send_request_body
-
-    async def recorded(self, request):
-        await send_body(self, request)
-        body = getattr(request.stream, "_stream", None)
-        if not isinstance(body, bytes):
-            return
-        try:
-            variables = json.loads(body).get("variables") or {}
-        except (ValueError, AttributeError):
-            return
-        at = time.monotonic()
-        for name, value in variables.items():
-            if name.startswith("id_") and isinstance(value, str):
-                out = variables.get(f"output_{name[3:]}")
-                content = out.get("content") if isinstance(out, dict) else out
-                _ledger.write(json.dumps({"sent": value, "output": content, "at": at}) + "\n")
-
-    h11.AsyncHTTP11Connection._send_request_body = recorded
+def _record_send(step_id, content, at):
+    _ledger.write(json.dumps({"sent": step_id, "output": content, "at": at}) + "\n")
 
 
-_record_sends()
+sent_steps.watch(_record_send)
 
 
 @cl.password_auth_callback

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import sys
-import time
 
 # Two versions of a step sent closer together than this are a race the app
 # itself ran: both requests were in flight at once, and which one reaches
@@ -43,38 +42,11 @@ RACE_WINDOW_S = 0.02
 
 
 def record_sent_steps():
-    """Record, for every step the SDK sends, when its request's last byte
-    was written to the socket and the content it carried.
-
-    Chainlit fires a step's create and update as separate un-awaited tasks,
-    and the SDK opens a new HTTP client per call; when the event loop
-    stalls (a busy machine) both can be in flight at once and the update
-    can leave first. The data layer — the sidecar, or the backend — can
-    only keep the order in which writes reach it, so "what the app wrote
-    last" is the version whose request left last."""
-    import httpcore._async.http11 as h11
+    """Step id -> [(when its request left, content)] (see sent_steps.py)."""
+    from sent_steps import watch
 
     sent = {}
-    original = h11.AsyncHTTP11Connection._send_request_body
-
-    async def send_body(self, request):
-        await original(self, request)
-        body = getattr(request.stream, "_stream", None)
-        if not isinstance(body, bytes):
-            return
-        try:
-            variables = json.loads(body).get("variables") or {}
-        except (ValueError, AttributeError):
-            return
-        at = time.monotonic()
-        for name, value in variables.items():
-            if name.startswith("id_") and isinstance(value, str):
-                n = name[3:]
-                out = variables.get(f"output_{n}")
-                content = out.get("content") if isinstance(out, dict) else out
-                sent.setdefault(value, []).append((at, content))
-
-    h11.AsyncHTTP11Connection._send_request_body = send_body
+    watch(lambda step_id, content, at: sent.setdefault(step_id, []).append((at, content)))
     return sent
 
 
