@@ -12,16 +12,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 VENV="${E2E_VENV:-$REPO/tests/e2e/.venv}"
-PY="${PYTHON:-python3}"
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import chainlit, literalai, graphql, socketio, aiohttp' 2>/dev/null; then
-    echo "demo: creating $VENV (chainlit==2.12.0, graphql-core)" >&2
-    "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO/tests/e2e/requirements.txt"
-fi
-if [ -z "${DLSC_BIN:-}" ]; then
-    echo "demo: building the sidecar" >&2
-    (cd "$REPO" && cargo build --release --locked --bin datalayer-sidecar 2>&1 | tail -n 1 >&2)
-    DLSC_BIN="$REPO/target/release/datalayer-sidecar"
-fi
+source "$REPO/tests/python-env.sh"
+ensure_venv "$VENV" "$REPO/tests/e2e/requirements.txt" demo
+ensure_sidecar "$REPO" release
 exec "$VENV/bin/python" "$HERE/demo.py" --sidecar "$DLSC_BIN" "$@"

@@ -9,13 +9,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 VENV="${E2E_VENV:-$HERE/.venv}"
-PY="${PYTHON:-python3}"
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import chainlit, literalai, pytest, graphql' 2>/dev/null; then
-    echo "e2e: creating $VENV (chainlit==2.12.0, pytest, graphql-core)" >&2
-    "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$HERE/requirements.txt"
-fi
+source "$REPO/tests/python-env.sh"
+ensure_venv "$VENV" "$HERE/requirements.txt" e2e
 
 SDK_LAST="$HERE/.sdk-0.1.300"
 if [ ! -f "$SDK_LAST/literalai/__init__.py" ]; then
@@ -23,10 +18,7 @@ if [ ! -f "$SDK_LAST/literalai/__init__.py" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --target "$SDK_LAST" literalai==0.1.300
 fi
 
-if [ -z "${DLSC_BIN:-}" ]; then
-    (cd "$REPO" && cargo build --locked --bin datalayer-sidecar >&2)
-    export DLSC_BIN="$REPO/target/debug/datalayer-sidecar"
-fi
+ensure_sidecar "$REPO" debug
 
 cd "$HERE"
 exec "$VENV/bin/python" -m pytest -s -q -p no:cacheprovider test_preset.py test_e2e.py "$@"
