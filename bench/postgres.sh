@@ -108,16 +108,25 @@ RESULTS="$RUN_DIR/results.jsonl"
 record() { python3 -c "import json,sys; d=json.loads(sys.argv[2]); d['phase']=sys.argv[1]; print(json.dumps(d))" "$@" | tee -a "$RESULTS"; }
 stop_pid() { kill "$1" 2>/dev/null || true; while alive "$1"; do sleep 0.1; done; }
 depth_at() { curl -s "http://127.0.0.1:$1/spool" | python3 -c 'import json,sys; print(json.load(sys.stdin)["depth"])' 2>/dev/null || echo "?"; }
+# A sidecar on a fresh store of this backend (sqlite | postgres), forwarding
+# to the upstream URL; sets SC (its pid), SC_PORT and ADMIN_PORT.
+fresh_sidecar() { # backend upstream_url
+    export SIDECAR_CONFIG="$RUN_DIR/sidecar-$1.toml"
+    bench_config "$SIDECAR_CONFIG" "$1"
+    [ "$1" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+    SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
+    SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "$2")
+}
+open_loop() { # port rate seconds: loadgen's JSON
+    taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" --url "http://127.0.0.1:$1/api/graphql" \
+        --body "$BODY_FILE" --rate "$2" --duration "$3" --connections "$CONNS" --unique
+}
 
 case " $PHASES " in *" W "*) W_ROUNDS=$ROUNDS ;; *) W_ROUNDS=0 ;; esac
 for r in $(seq 1 "$W_ROUNDS"); do
     for backend in sqlite postgres; do
         log "W round $r, $backend: backend down, closed loop, ${DURATION}s at $CONNS connections"
-        export SIDECAR_CONFIG="$RUN_DIR/sidecar-$backend.toml"
-        bench_config "$SIDECAR_CONFIG" "$backend"
-        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null
-        SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
-        SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$DOWN_PORT")
+        fresh_sidecar "$backend" "http://127.0.0.1:$DOWN_PORT"
         C0=$(cpu_ticks "$SC"); P0=$(cpu_ticks "$PG_PID")
         W=$(run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION")
         C1=$(cpu_ticks "$SC"); P1=$(cpu_ticks "$PG_PID")
@@ -131,9 +140,7 @@ print(json.dumps({'round':$r,'writes_per_s':a['rps'],'errors':a['errors']+a['non
  'sidecar_cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/n,1),
  'database_cpu_us_per_write':round(($P1-$P0)/$CLK_TCK*1e6/n,1) if '$backend'=='postgres' else None}))")"
         log "O round $r, $backend: open loop at $RATE/s for ${DURATION}s"
-        O=$(taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" \
-            --url "http://127.0.0.1:$SC_PORT/api/graphql" --body "$BODY_FILE" --rate "$RATE" \
-            --duration "$DURATION" --connections "$CONNS" --unique)
+        O=$(open_loop "$SC_PORT" "$RATE" "$DURATION")
         record "O_$backend" "$(python3 -c "
 import json; a=json.loads('$O')
 print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['achieved_rate'],
@@ -157,15 +164,9 @@ case " $PHASES " in *" L "*) L_ROUNDS=$ROUNDS ;; *) L_ROUNDS=0 ;; esac
 for r in $(seq 1 "$L_ROUNDS"); do
     for backend in sqlite postgres; do
         log "L round $r, $backend: backend up, open loop at $RATE/s for ${DURATION}s"
-        export SIDECAR_CONFIG="$RUN_DIR/sidecar-$backend.toml"
-        bench_config "$SIDECAR_CONFIG" "$backend"
-        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
-        SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
-        SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "http://127.0.0.1:$UP_PORT")
+        fresh_sidecar "$backend" "http://127.0.0.1:$UP_PORT"
         C0=$(cpu_ticks "$SC"); P0=$(cpu_ticks "$PG_PID")
-        L=$(taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" \
-            --url "http://127.0.0.1:$SC_PORT/api/graphql" --body "$BODY_FILE" --rate "$RATE" \
-            --duration "$DURATION" --connections "$CONNS" --unique)
+        L=$(open_loop "$SC_PORT" "$RATE" "$DURATION")
         C1=$(cpu_ticks "$SC"); P1=$(cpu_ticks "$PG_PID")
         sleep 1
         LEFT=$(depth_at "$ADMIN_PORT")
@@ -186,13 +187,9 @@ done
 export SIDECAR_CONFIG="$RUN_DIR/sidecar-postgres.toml"
 bench_config "$SIDECAR_CONFIG" postgres
 fill() { # entries: store them with the backend down, through one sidecar
-    psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null
-    local port admin pid
-    port=$(free_port); admin=$(free_port)
-    pid=$(start_sidecar "$port" "$admin" "http://127.0.0.1:$DOWN_PORT")
-    taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" --url "http://127.0.0.1:$port/api/graphql" \
-        --body "$BODY_FILE" --rate 4000 --duration $(( ($1 + 3999) / 4000 )) --connections "$CONNS" --unique >/dev/null
-    stop_pid "$pid"
+    fresh_sidecar postgres "http://127.0.0.1:$DOWN_PORT"
+    open_loop "$SC_PORT" 4000 $(( ($1 + 3999) / 4000 )) >/dev/null
+    stop_pid "$SC"
     waiting
 }
 # What waits, from the spool's ledger: counting the entries would scan the
