@@ -10,8 +10,10 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-# .cargo/config.toml carries build flags for the allocator and SQLite (see it).
+COPY Cargo.toml Cargo.lock build.rs ./
+# .cargo/config.toml carries build flags for the allocator and SQLite, and
+# .cargo/ordered-cc with .cargo/text-order.txt the layout of the machine code
+# (see build.rs).
 COPY .cargo ./.cargo
 COPY src ./src
 # Keep this the same command CI runs (.ci/run, "release build"): no Docker

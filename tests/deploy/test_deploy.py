@@ -10,6 +10,7 @@ and the rules name is one the binary exports.
 
 import json
 import os
+import platform
 import re
 import shutil
 import socket
@@ -303,3 +304,44 @@ def test_the_dashboard_covers_what_operators_watch():
                    "datalayer_sidecar_spool_depth", "datalayer_sidecar_spool_oldest_age_seconds",
                    "datalayer_sidecar_spool_dead_letters", "datalayer_sidecar_request_duration_seconds_bucket"]:
         assert needed in in_dashboard, needed
+
+
+def _normalised(name):
+    """A function's name without the parts that change from build to build
+    (the same rule as bench/text_order.py and .cargo/ordered-cc)."""
+    name = re.sub(r"17h[0-9a-f]{16}E$", "17hE", name)
+    name = re.sub(r"\.llvm\.[0-9]+$", "", name)
+    return re.sub(r"\.[0-9]+$", "", name)
+
+
+def test_the_release_binary_keeps_the_code_a_sidecar_runs_together():
+    """The image's binary (the Dockerfile's build step) places the functions a
+    running sidecar executes, .cargo/text-order.txt, at the start of its
+    text segment, so only those pages become resident (docs/benchmarks.md:
+    idle RSS). Fails if the layout is lost (build.rs or .cargo/ordered-cc
+    stopped working) or the file has gone stale: regenerate it with
+    `bash bench/text-order.sh`."""
+    if shutil.which("nm") is None:
+        pytest.fail("nm (binutils) is needed to read the binary's symbols")
+    if platform.machine() != "x86_64":
+        pytest.skip("the ordered layout is built on x86_64 Linux only (build.rs)")
+    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "datalayer-sidecar"],
+                   cwd=REPO, check=True, capture_output=True)
+    binary = REPO / "target" / "release" / "datalayer-sidecar"
+    ordered = {line.split()[0] for line in (REPO / ".cargo" / "text-order.txt").read_text().splitlines()
+               if line and not line.startswith("#")}
+    assert len(ordered) > 1000, "the order file lists too few functions to be a real profile"
+    nm = subprocess.run(["nm", "-n", "--defined-only", str(binary)], capture_output=True, text=True, check=True)
+    functions = [line.split()[2] for line in nm.stdout.splitlines()
+                 if len(line.split()) == 3 and line.split()[1] in "tTwW"]
+    names = [_normalised(f) for f in functions]
+    found = {n for n in names if n in ordered}
+    # Stale: most of what the file names no longer exists under that name.
+    assert len(found) >= 0.8 * len(ordered), (
+        f"only {len(found)} of {len(ordered)} functions in .cargo/text-order.txt exist in the binary: "
+        "regenerate it with bash bench/text-order.sh")
+    # Laid out: the functions at the start of the text are the ordered ones
+    # (in the compiler's own order about a fifth of them would be).
+    head = names[:len(found)]
+    share = sum(n in ordered for n in head) / len(head)
+    assert share >= 0.9, f"only {share:.0%} of the first {len(head)} functions are ones the order file names"
