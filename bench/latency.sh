@@ -15,6 +15,9 @@
 # runs on core $LOAD_CORE. The sidecar runs the shipped config (access log,
 # metrics, classification, retries, spool on standby).
 #
+# BASELINE_BIN=path adds a second sidecar built from other code (target
+# "baseline", same config) to every round: an A/B of a change in one run.
+#
 # "added" is a target's percentile minus the upstream alone's in the same
 # round. Writes bench/out/latency.jsonl; bench/report.py tabulates it.
 
@@ -46,6 +49,13 @@ SIDECAR=$(SIDECAR_CONFIG="$SIDECAR_RUN_CONFIG" start_sidecar "$SC_PORT" "$SC_ADM
 sleep 0.5
 declare -A PORT=([direct]=$UP_PORT [nginx]=$NG_PORT [hyper]=$HY_PORT [sidecar]=$SC_PORT)
 TARGETS="direct nginx hyper sidecar"
+if [ -n "${BASELINE_BIN:-}" ]; then
+    BL_PORT=$(free_port); BL_ADMIN=$(free_port)
+    sed -e "s|spool.sqlite3|baseline.sqlite3|" "$SIDECAR_RUN_CONFIG" > "$RUN_DIR/baseline.toml"
+    BASELINE=$(SIDECAR_BIN="$BASELINE_BIN" SIDECAR_CONFIG="$RUN_DIR/baseline.toml" start_sidecar "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT")
+    PORT[baseline]=$BL_PORT
+    TARGETS="$TARGETS baseline"
+fi
 
 load() { # port rate seconds
     taskset -c "$LOAD_CORE" "$LOADGEN" --url "http://127.0.0.1:$1/api/graphql" --body "$RUN_DIR/addstep.json" \
@@ -72,8 +82,10 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 for rate in sorted({r['rate'] for r in rows}):
     base = {r['round']: r for r in rows if r['rate'] == rate and r['target'] == 'direct'}
-    for t in ('nginx', 'hyper', 'sidecar'):
+    for t in ('nginx', 'hyper', 'sidecar', 'baseline'):
         mine = [r for r in rows if r['rate'] == rate and r['target'] == t]
+        if not mine:
+            continue
         add50 = statistics.median(r['p50_us'] - base[r['round']]['p50_us'] for r in mine)
         add99 = statistics.median(r['p99_us'] - base[r['round']]['p99_us'] for r in mine)
         print(f"{rate:5}/s {t:8} added p50 {add50:6.0f} us  p99 {add99:6.0f} us (median of {len(mine)} rounds)")

@@ -13,6 +13,9 @@
 # keep-alive. Proxy CPU per request comes from /proc/<pid>/stat (utime +
 # stime) before and after each run; peak RSS is VmHWM.
 #
+# BASELINE_BIN=path adds a second sidecar built from other code (target
+# "baseline", same config) to every round: an A/B of a change in one run.
+#
 # Writes bench/out/throughput.jsonl (one row per target, load and round) and
 # bench/out/env.json; bench/report.py turns them into docs/benchmarks.md.
 
@@ -60,17 +63,26 @@ for CONNS in $CONNS_LIST; do
     HAPROXY=$(start_haproxy "$HA_PORT" "$UP_PORT" 0)
     HYPER=$(start_bare_proxy "$HY_PORT" "$UP_PORT")
     SIDECAR=$(SIDECAR_CONFIG="$SIDECAR_RUN_CONFIG" start_sidecar "$SC_PORT" "$SC_ADMIN" "http://127.0.0.1:$UP_PORT")
-    sleep 0.5
     declare -A PORT=([direct]=$UP_PORT [nginx]=$NG_PORT [haproxy]=$HA_PORT [hyper]=$HY_PORT [sidecar]=$SC_PORT)
     declare -A PID=([direct]=$UPSTREAM [nginx]=$NGINX [haproxy]=$HAPROXY [hyper]=$HYPER [sidecar]=$SIDECAR)
+    PROXIES="nginx haproxy hyper sidecar"
+    BASELINE=""
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        BL_PORT=$(free_port); BL_ADMIN=$(free_port)
+        sed -e "s|spool.sqlite3|baseline.sqlite3|" "$SIDECAR_RUN_CONFIG" > "$RUN_DIR/baseline.toml"
+        BASELINE=$(SIDECAR_BIN="$BASELINE_BIN" SIDECAR_CONFIG="$RUN_DIR/baseline.toml" start_sidecar "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT")
+        PORT[baseline]=$BL_PORT; PID[baseline]=$BASELINE
+        PROXIES="$PROXIES baseline"
+    fi
+    sleep 0.5
     declare -A IDLE
-    for t in nginx haproxy hyper sidecar; do IDLE[$t]=$(rss_kib "${PID[$t]}"); done
-    log "connections=$CONNS: idle RSS KiB nginx=${IDLE[nginx]} haproxy=${IDLE[haproxy]} hyper=${IDLE[hyper]} sidecar=${IDLE[sidecar]}"
-    for t in direct nginx haproxy hyper sidecar; do
+    for t in $PROXIES; do IDLE[$t]=$(rss_kib "${PID[$t]}"); done
+    log "connections=$CONNS: idle RSS KiB $(for t in $PROXIES; do printf '%s=%s ' "$t" "${IDLE[$t]}"; done)"
+    for t in direct $PROXIES; do
         run_wrk "http://127.0.0.1:${PORT[$t]}" "$CONNS" "$WARMUP" >/dev/null
     done
     for r in $(seq 1 "$ROUNDS"); do
-        for t in direct nginx haproxy hyper sidecar; do
+        for t in direct $PROXIES; do
             c0=$(cpu_ticks "${PID[$t]}"); u0=$(cpu_ticks "$UPSTREAM")
             res=$(run_wrk "http://127.0.0.1:${PORT[$t]}" "$CONNS" "$DURATION")
             c1=$(cpu_ticks "${PID[$t]}"); u1=$(cpu_ticks "$UPSTREAM")
@@ -88,13 +100,13 @@ EOF
             tail -n 1 "$OUT" | python3 -c "import json,sys; r=json.load(sys.stdin); print(f\"  round {r['round']} {r['target']:8} {r['rps']:9.0f} req/s  p99 {r['p99_ms']:6.2f} ms  cpu/req {r['proxy_cpu_us_per_req'] or 0:5.1f} us  errors {r['errors']+r['non2xx']}\")" >&2
         done
     done
-    for t in nginx haproxy hyper sidecar; do
+    for t in $PROXIES; do
         python3 -c "import json; print(json.dumps({'target': '$t', 'conns': $CONNS, 'idle_rss_kib': ${IDLE[$t]}, 'peak_rss_kib': $(peak_rss_kib "${PID[$t]}")}))" >> "$OUT_DIR/memory-$CONNS.jsonl.tmp"
     done
     mv "$OUT_DIR/memory-$CONNS.jsonl.tmp" "$OUT_DIR/memory-$CONNS.jsonl"
-    kill "$SIDECAR" "$HAPROXY" "$HYPER" 2>/dev/null || true
+    kill "$SIDECAR" "$HAPROXY" "$HYPER" $BASELINE 2>/dev/null || true
     kill "$(cat "$RUN_DIR/proxy-nginx.pid")" 2>/dev/null || true
-    wait "$SIDECAR" "$HAPROXY" "$HYPER" 2>/dev/null || true
+    wait "$SIDECAR" "$HAPROXY" "$HYPER" $BASELINE 2>/dev/null || true
     sleep 0.5
 done
 cat "$OUT_DIR"/memory-*.jsonl > "$OUT_DIR/memory.jsonl"
