@@ -15,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import tomllib
@@ -306,14 +307,6 @@ def test_the_dashboard_covers_what_operators_watch():
         assert needed in in_dashboard, needed
 
 
-def _normalised(name):
-    """A function's name without the parts that change from build to build
-    (the same rule as bench/text_order.py and .cargo/ordered-cc)."""
-    name = re.sub(r"17h[0-9a-f]{16}E$", "17hE", name)
-    name = re.sub(r"\.llvm\.[0-9]+$", "", name)
-    return re.sub(r"\.[0-9]+$", "", name)
-
-
 def test_the_release_binary_keeps_the_code_a_sidecar_runs_together():
     """The image's binary (the Dockerfile's build step) places the functions a
     running sidecar executes, .cargo/text-order.txt, at the start of its
@@ -325,16 +318,21 @@ def test_the_release_binary_keeps_the_code_a_sidecar_runs_together():
         pytest.fail("nm (binutils) is needed to read the binary's symbols")
     if platform.machine() != "x86_64":
         pytest.skip("the ordered layout is built on x86_64 Linux only (build.rs)")
-    subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "datalayer-sidecar"],
-                   cwd=REPO, check=True, capture_output=True)
+    build = subprocess.run(["cargo", "build", "--release", "--locked", "--bin", "datalayer-sidecar"],
+                           cwd=REPO, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
     binary = REPO / "target" / "release" / "datalayer-sidecar"
+    # Names without the parts that change from build to build, by the rule
+    # of the script that wrote the order file.
+    sys.path.insert(0, str(REPO / "bench"))
+    from text_order import norm
     ordered = {line.split()[0] for line in (REPO / ".cargo" / "text-order.txt").read_text().splitlines()
                if line and not line.startswith("#")}
     assert len(ordered) > 1000, "the order file lists too few functions to be a real profile"
     nm = subprocess.run(["nm", "-n", "--defined-only", str(binary)], capture_output=True, text=True, check=True)
     functions = [line.split()[2] for line in nm.stdout.splitlines()
                  if len(line.split()) == 3 and line.split()[1] in "tTwW"]
-    names = [_normalised(f) for f in functions]
+    names = [norm(f) for f in functions]
     found = {n for n in names if n in ordered}
     # Stale: most of what the file names no longer exists under that name.
     assert len(found) >= 0.8 * len(ordered), (
