@@ -275,28 +275,43 @@ const ENTRY_COLUMNS: &str =
     "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
 
 /// A claim: the first claimable entries from `$5` on, leased to this
-/// replica. The row lock keeps a concurrent claim off these entries until
-/// this statement's leases are committed; the leases keep them off
-/// afterwards. Built once: the entry columns are prefixed with the table's
-/// alias.
+/// replica, and the entries it already holds on a lease with more than
+/// half its time left (`$6`), up to `$3` in all. The row lock keeps a
+/// concurrent claim off the new entries until this statement's leases are
+/// committed; the leases keep them off afterwards. Entries held on a fresh
+/// lease are neither locked nor checked again: no other replica may take
+/// them while the lease runs, and nothing older than them can join their
+/// keys (`seq` only grows). Locking and re-checking them was most of a
+/// claim's work while a deep queue drained: every claim walked the
+/// replica's whole window of deliveries in flight. Built once: the entry
+/// columns are prefixed with the table's alias.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let columns: Vec<String> = ENTRY_COLUMNS
         .split(", ")
         .map(|col| format!("t.{col}"))
         .collect();
     format!(
-        "WITH c AS (
+        "WITH mine AS (
+            SELECT l.seq FROM datalayer_sidecar.leases l
+             WHERE l.seq >= $5 AND l.owner = $2 AND l.until_ms >= $6
+             ORDER BY l.seq LIMIT $3),
+         c AS (
             SELECT e.seq FROM datalayer_sidecar.entries e
               LEFT JOIN datalayer_sidecar.leases l ON l.seq = e.seq
-             WHERE e.seq >= $5 AND {CLAIMABLE}
-             ORDER BY e.seq LIMIT $3 FOR UPDATE OF e SKIP LOCKED),
+             WHERE e.seq >= $5
+               AND NOT coalesce(l.owner = $2 AND l.until_ms >= $6, false)
+               AND {CLAIMABLE}
+             ORDER BY e.seq
+             LIMIT greatest(0, $3 - (SELECT count(*) FROM mine))
+             FOR UPDATE OF e SKIP LOCKED),
          claimed AS (
             INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
             SELECT seq, $2, $4 FROM c
             ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
              WHERE datalayer_sidecar.leases.owner <> EXCLUDED.owner
                 OR datalayer_sidecar.leases.until_ms < $6)
-         SELECT {} FROM datalayer_sidecar.entries t JOIN c ON c.seq = t.seq",
+         SELECT {} FROM datalayer_sidecar.entries t
+          WHERE t.seq IN (SELECT seq FROM mine UNION ALL SELECT seq FROM c)",
         columns.join(", ")
     )
 });
@@ -534,9 +549,9 @@ impl PgStore {
                     &(now + self.lease.as_millis() as i64),
                     &from,
                     // A lease of ours with more than half its time left is
-                    // not rewritten: every claim returns the entries this
-                    // replica already holds, and rewriting all of their
-                    // leases each time was most of a claim's writes.
+                    // neither rewritten nor locked: every claim returns the
+                    // entries this replica already holds, and rewriting
+                    // their leases each time was most of a claim's writes.
                     &(now + self.lease.as_millis() as i64 / 2),
                 ],
             )
