@@ -281,10 +281,12 @@ const ENTRY_COLUMNS: &str =
 /// committed; the leases keep them off afterwards. Entries held on a fresh
 /// lease are neither locked nor checked again: no other replica may take
 /// them while the lease runs, and nothing older than them can join their
-/// keys (`seq` only grows). Locking and re-checking them was most of a
-/// claim's work while a deep queue drained: every claim walked the
-/// replica's whole window of deliveries in flight. Built once: the entry
-/// columns are prefixed with the table's alias.
+/// keys (`seq` only grows). Locking and re-checking them made every claim
+/// walk the replica's whole window of deliveries in flight again while a
+/// deep queue drained (what that cost: docs/benchmarks.md). Their lease
+/// rows go with their entries (the `entries_removed` trigger), so none is
+/// counted here after its entry is gone. Built once: the entry columns are
+/// prefixed with the table's alias.
 static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let columns: Vec<String> = ENTRY_COLUMNS
         .split(", ")
