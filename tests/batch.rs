@@ -238,8 +238,15 @@ async fn mixed_answers_on_replay_settle_each_entry() {
             assert_eq!(st.steps.get(id).map(String::as_str), Some("v1"));
         }
         assert!(!st.steps.contains_key("r-bad"), "refused, never applied");
-        // The good steps went in the first request, with the others.
-        assert!(st.batches[0].len() >= 10, "{:?}", st.batches);
+        // The good steps went joined, not one by one: in one request, or
+        // two when a delivery that was under way while the backend came up
+        // took one of them ahead of the rest.
+        let carrying = st
+            .batches
+            .iter()
+            .filter(|b| b.iter().any(|i| ids.contains(i)))
+            .count();
+        assert!(carrying <= 2, "{:?}", st.batches);
         // Each good step was applied once: its alias was not sent again.
         for id in &ids {
             let n = st.applied.iter().filter(|(i, _)| i == id).count();
