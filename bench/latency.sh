@@ -51,8 +51,7 @@ declare -A PORT=([direct]=$UP_PORT [nginx]=$NG_PORT [hyper]=$HY_PORT [sidecar]=$
 TARGETS="direct nginx hyper sidecar"
 if [ -n "${BASELINE_BIN:-}" ]; then
     BL_PORT=$(free_port); BL_ADMIN=$(free_port)
-    sed -e "s|spool.sqlite3|baseline.sqlite3|" "$SIDECAR_RUN_CONFIG" > "$RUN_DIR/baseline.toml"
-    BASELINE=$(SIDECAR_BIN="$BASELINE_BIN" SIDECAR_CONFIG="$RUN_DIR/baseline.toml" start_sidecar "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT")
+    start_baseline "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT" "$SIDECAR_RUN_CONFIG" >/dev/null
     PORT[baseline]=$BL_PORT
     TARGETS="$TARGETS baseline"
 fi

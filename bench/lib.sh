@@ -121,6 +121,14 @@ start_sidecar() { # port admin_port upstream_url [extra args...]; echoes pid
     echo "$pid"
 }
 
+# A second sidecar from BASELINE_BIN with the run's config CONFIG (its own
+# spool file): the A/B peer of bench/run.sh and bench/latency.sh. Echoes its pid.
+start_baseline() { # port admin_port upstream_url config
+    local config="$RUN_DIR/baseline.toml"
+    sed -e "s|spool.sqlite3|baseline.sqlite3|" "$4" > "$config"
+    SIDECAR_BIN="$BASELINE_BIN" SIDECAR_CONFIG="$config" start_sidecar "$1" "$2" "$3"
+}
+
 # The bare hyper proxy (examples/bare_proxy.rs), the floor the sidecar is
 # compared with. Echoes its pid.
 start_bare_proxy() { # port upstream_port

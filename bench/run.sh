@@ -69,8 +69,7 @@ for CONNS in $CONNS_LIST; do
     BASELINE=""
     if [ -n "${BASELINE_BIN:-}" ]; then
         BL_PORT=$(free_port); BL_ADMIN=$(free_port)
-        sed -e "s|spool.sqlite3|baseline.sqlite3|" "$SIDECAR_RUN_CONFIG" > "$RUN_DIR/baseline.toml"
-        BASELINE=$(SIDECAR_BIN="$BASELINE_BIN" SIDECAR_CONFIG="$RUN_DIR/baseline.toml" start_sidecar "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT")
+        BASELINE=$(start_baseline "$BL_PORT" "$BL_ADMIN" "http://127.0.0.1:$UP_PORT" "$SIDECAR_RUN_CONFIG")
         PORT[baseline]=$BL_PORT; PID[baseline]=$BASELINE
         PROXIES="$PROXIES baseline"
     fi

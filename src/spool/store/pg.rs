@@ -309,9 +309,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          claimed AS (
             INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
             SELECT seq, $2, $4 FROM c
-            ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
-             WHERE datalayer_sidecar.leases.owner <> EXCLUDED.owner
-                OR datalayer_sidecar.leases.until_ms < $6)
+            ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms)
          SELECT {} FROM datalayer_sidecar.entries t
           WHERE t.seq IN (SELECT seq FROM mine UNION ALL SELECT seq FROM c)",
         columns.join(", ")
@@ -551,9 +549,10 @@ impl PgStore {
                     &(now + self.lease.as_millis() as i64),
                     &from,
                     // A lease of ours with more than half its time left is
-                    // neither rewritten nor locked: every claim returns the
-                    // entries this replica already holds, and rewriting
-                    // their leases each time was most of a claim's writes.
+                    // neither rewritten nor locked (`mine` in the claim):
+                    // every claim returns the entries this replica already
+                    // holds, and rewriting their leases each time was most
+                    // of a claim's writes.
                     &(now + self.lease.as_millis() as i64 / 2),
                 ],
             )
