@@ -1,7 +1,7 @@
 //! The floor for `bench/run.sh`: a plain hyper/hyper-util reverse proxy with
 //! none of the sidecar's layers — no body read, no GraphQL, no routes,
 //! timeouts, retries, breaker, spool, metrics or access log. Same allocator
-//! (mimalloc) and runtime (one current-thread tokio runtime) as the sidecar,
+//! (mimalloc, through `datalayer_sidecar::alloc`) and runtime (one current-thread tokio runtime) as the sidecar,
 //! hyper's HTTP/1 server, hyper-util's pooled client, bodies streamed. What
 //! the sidecar costs above this is what its reliability stack costs; what
 //! this costs above nginx is what the HTTP library costs.
@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: datalayer_sidecar::alloc::MiMalloc = datalayer_sidecar::alloc::MiMalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

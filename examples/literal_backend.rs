@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: datalayer_sidecar::alloc::MiMalloc = datalayer_sidecar::alloc::MiMalloc;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

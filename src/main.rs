@@ -11,7 +11,7 @@ use tokio::sync::watch;
 // mimalloc: fewer instructions per allocation than glibc's malloc on the
 // request path, and it returns freed memory to the OS more readily.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: datalayer_sidecar::alloc::MiMalloc = datalayer_sidecar::alloc::MiMalloc;
 
 /// `EX_USAGE`: the configuration is wrong.
 const EX_USAGE: u8 = 64;
