@@ -461,7 +461,13 @@ pub fn lookup(field: &str) -> Option<&'static Op> {
 /// the table does not know is its own entity.
 pub fn order_key(field: &str, id: &str) -> String {
     let entity = lookup(field).and_then(|o| o.entity).unwrap_or(field);
-    format!("{entity}:{id}")
+    // Pushed, not `format!`: this runs for every spoolable write, and the
+    // formatting machinery cost more than the rest of the key's work.
+    let mut key = String::with_capacity(entity.len() + 1 + id.len());
+    key.push_str(entity);
+    key.push(':');
+    key.push_str(id);
+    key
 }
 
 /// Whether a spooled write of this root field is a barrier.
