@@ -26,7 +26,8 @@
 # D  ENTRIES writes stored in the shared store with the backend down, then
 #    the backend up (examples/literal_backend.rs, answering every alias like
 #    LiteralAI): time to empty the queue with one sidecar, then (refilled)
-#    with two — the second on core 1.
+#    with two — the second on core 1. A drain still under way after
+#    DRAIN_LIMIT_S (300) seconds stops the run with what was left.
 # Writes bench/out/postgres.json; a run of only some phases (PHASES) writes
 # bench/out/postgres-<phases>.json instead, so it cannot replace the full
 # results the report is generated from.
@@ -210,6 +211,9 @@ for n in $DRAINS; do
     fi
     while [ "$(waiting)" != 0 ]; do
         alive "$A" || { log "sidecar exited while draining"; exit 1; }
+        # Bounded: a drain that stalls is a finding, not a wait.
+        python3 -c "import sys; sys.exit(0 if $(date +%s.%N) - $START < ${DRAIN_LIMIT_S:-300} else 1)" ||
+            { log "D: drain with $n sidecar(s) stalled: $(waiting) entries left after ${DRAIN_LIMIT_S:-300}s"; exit 1; }
         sleep 0.2
     done
     END=$(date +%s.%N)

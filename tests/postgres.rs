@@ -720,3 +720,81 @@ async fn the_shared_counts_agree_with_the_tables() {
     pgs.purge(true, false).await.unwrap();
     check("purged").await;
 }
+
+/// A group commit the server refuses part of keeps none of it, tells every
+/// writer in it, and leaves its connection clean, whichever statement is
+/// refused: the statements travel pipelined (`BEGIN` with the look-up, the
+/// insert with `COMMIT`), and the next commits on the same pool (two
+/// connections) store exactly what they are given.
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_group_commit_keeps_nothing_and_the_next_ones_commit() {
+    use datalayer_sidecar::spool::store::pg::PgParams;
+    use datalayer_sidecar::spool::store::{Appended, NewEntry, Store};
+
+    let pg = Postgres::start();
+    let params = PgParams {
+        config: pg.url().parse().unwrap(),
+        display: pg.url_without_password(),
+        ca_file: None,
+        pool: 2,
+        lease: Duration::from_secs(10),
+    };
+    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let entry = |key: &str, dedup: bool| NewEntry {
+        ticket: 0,
+        route: "r".to_string(),
+        request_id: "id".to_string(),
+        method: "POST".to_string(),
+        path: "/api/graphql".to_string(),
+        headers: Vec::new(),
+        body: bytes::Bytes::from(format!("body of {key}")),
+        keys: vec![key.to_string()],
+        dedup,
+    };
+    for round in 0..4 {
+        // Refused by the server for its NUL. Deduplicated, the batch's
+        // look-up meets it, before any `COMMIT` is sent; not deduplicated,
+        // only the insert does, pipelined with the `COMMIT`.
+        let batch = vec![
+            entry(&format!("a{round}"), true),
+            entry("bad\0key", round % 2 == 1),
+            entry(&format!("b{round}"), true),
+        ];
+        let got = futures_util::future::join_all(batch.into_iter().map(|e| store.append(e))).await;
+        assert!(
+            got.iter().all(Result::is_err),
+            "round {round}: every writer of the refused batch is told: {got:?}"
+        );
+        assert_eq!(
+            store
+                .append(entry(&format!("ok{round}"), true))
+                .await
+                .unwrap(),
+            Appended::Stored
+        );
+    }
+    assert_eq!(
+        pg.psql(
+            "SELECT string_agg(seq || ':' || array_to_string(keys, ','), ' ' ORDER BY seq) \
+             FROM datalayer_sidecar.entries"
+        ),
+        "1:ok0 2:ok1 3:ok2 4:ok3"
+    );
+    assert_eq!(pg.psql("SELECT seq FROM datalayer_sidecar.counter"), "4");
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entry_keys"),
+        "4"
+    );
+    assert_eq!(
+        pg.psql("SELECT sum(entries) FROM datalayer_sidecar.ledger"),
+        "4"
+    );
+    // No session is left inside a transaction.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'datalayer-sidecar' AND state LIKE 'idle in transaction%'"
+        ),
+        "0"
+    );
+}

@@ -263,10 +263,18 @@ HAVING sum(entries) <> 0 OR sum(bytes) <> 0 OR sum(dead) <> 0";
 /// Entries this replica may claim: not held by another replica's live
 /// lease, and first in line for every one of their keys (no older entry
 /// shares a key, no older barrier, and for a barrier no older entry at all).
+///
+/// The key check compares `o.seq + 0`, so the only index it can use is
+/// `(key, seq)`, looked up by the entry's keys. With `o.seq` bare, the
+/// planner could instead range-scan the `seq` index over every older key
+/// row, dead ones included, per entry walked; it chose that plan when its
+/// statistics described a small table, and a claim on a 100,000-entry
+/// queue then ran for minutes while holding row locks that blocked the
+/// other replica's deliveries. [`FIND_DUPLICATES`] does the same.
 const CLAIMABLE: &str = "(l.seq IS NULL OR l.until_ms < $1 OR l.owner = $2)
     AND NOT EXISTS (
         SELECT 1 FROM datalayer_sidecar.entry_keys o
-        WHERE o.key = ANY(e.keys) AND o.seq < e.seq)
+        WHERE o.key = ANY(e.keys) AND o.seq + 0 < e.seq)
     AND NOT EXISTS (
         SELECT 1 FROM datalayer_sidecar.entries b WHERE b.barrier AND b.seq < e.seq)
     AND (NOT e.barrier OR e.seq <= (SELECT min(f.seq) FROM datalayer_sidecar.entries f))";
@@ -602,14 +610,8 @@ impl PgStore {
     /// Remove delivered entries.
     pub async fn delivered_many(&self, ids: &[i64], totals: &Totals) -> Result<(), StoreError> {
         let c = self.client().await?;
-        let rows = c
-            .query(
-                "DELETE FROM datalayer_sidecar.entries WHERE seq = ANY($1)
-                 RETURNING octet_length(body)::bigint",
-                &[&ids],
-            )
-            .await
-            .map_err(sql)?;
+        let delete = c.prepare_cached(DELETE_DELIVERED).await.map_err(pg_error)?;
+        let rows = c.query(&delete, &[&ids]).await.map_err(sql)?;
         for &id in ids {
             self.let_go(id);
         }
@@ -625,10 +627,10 @@ impl PgStore {
     /// sent from what this replica read earlier.
     pub async fn renew_many(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         let c = self.client().await?;
+        let renew = c.prepare_cached(RENEW_LEASES).await.map_err(pg_error)?;
         let rows = c
             .query(
-                "UPDATE datalayer_sidecar.leases SET until_ms = $3
-                  WHERE seq = ANY($1) AND owner = $2 RETURNING seq",
+                &renew,
                 &[
                     &ids,
                     &&*self.replica,
@@ -1060,7 +1062,7 @@ SELECT q.i, d.seq, d.keys
         WHERE e.digest = q.digest AND e.route = q.route AND e.method = q.method
           AND e.path = q.path AND e.body = q.body AND e.keys = ($7::text[])[q.ks:q.ke]
           AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entry_keys o
-                           WHERE o.key = ANY(e.keys) AND o.seq > e.seq)
+                           WHERE o.key = ANY(e.keys) AND o.seq + 0 > e.seq)
           AND NOT EXISTS (SELECT 1 FROM datalayer_sidecar.entries b
                            WHERE b.barrier AND b.seq > e.seq)
         LIMIT 1) d";
@@ -1076,6 +1078,18 @@ SELECT r.seq, r.route, r.request_id, $12, r.method, r.path, r.headers, r.body,
   FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[],
               $7::bytea[], $9::int4[], $10::int4[], $11::bool[], $14::int8[])
        AS r(seq, route, request_id, method, path, headers, body, ks, ke, barrier, digest)";
+
+const LOCK_COUNTER: &str = "SELECT seq FROM datalayer_sidecar.counter FOR UPDATE";
+
+const SET_COUNTER: &str = "UPDATE datalayer_sidecar.counter SET seq = $1";
+
+/// A delivered batch leaves the queue (its keys, leases and counts go with
+/// it: the `entries_removed` trigger).
+const DELETE_DELIVERED: &str = "DELETE FROM datalayer_sidecar.entries WHERE seq = ANY($1)
+ RETURNING octet_length(body)::bigint";
+
+const RENEW_LEASES: &str = "UPDATE datalayer_sidecar.leases SET until_ms = $3
+ WHERE seq = ANY($1) AND owner = $2 RETURNING seq";
 
 const UPDATE_HEADERS: &str = "
 UPDATE datalayer_sidecar.entries e SET headers = u.headers
@@ -1096,29 +1110,58 @@ fn flat_keys<'a>(
     (keys, ks, ke)
 }
 
-/// One group commit in four round trips and at most five statements,
-/// whatever the batch size: `BEGIN`; the counter lock pipelined with one
-/// duplicate look-up for the batch; one insert for every new row, one
-/// header update for the folded ones and the counter update, pipelined;
-/// `COMMIT`. Entries that follow another entry of the batch on the same
+/// One group commit in two round trips and at most seven statements,
+/// whatever the batch size: `BEGIN`, the counter lock and one duplicate
+/// look-up for the batch, pipelined; then one insert for every new row, one
+/// header update for the folded ones, the counter update and `COMMIT`,
+/// pipelined. Entries that follow another entry of the batch on the same
 /// keys are decided here, in memory, from what the batch itself holds,
 /// because the look-up ran before those rows existed.
+///
+/// Why not tokio-postgres' `Transaction`: it waits for `BEGIN` and for the
+/// last statement before it sends `COMMIT`, two more round trips, and every
+/// round trip is time all the batch's writers wait (on a shared core, a
+/// wait for the server to be scheduled). Pipelined, a failed statement
+/// aborts the transaction and the server answers the `COMMIT` behind it
+/// with a rollback, so nothing of a failed batch is kept; after any error
+/// the connection is rolled back before it goes back to the pool.
 async fn commit(
     pool: &Pool,
     entries: &[&NewEntry],
     replica: &str,
 ) -> Result<Vec<Appended>, StoreError> {
-    use futures_util::future::{try_join, try_join3};
+    let c = pool.get().await.map_err(unavailable)?;
+    let result = commit_on(&c, entries, replica).await;
+    if result.is_err() && !c.is_closed() {
+        // Whatever was sent, the connection leaves no transaction open. (A
+        // `ROLLBACK` outside one only draws a warning.)
+        if c.batch_execute("ROLLBACK").await.is_err() {
+            let _ = deadpool_postgres::Object::take(c);
+        }
+    }
+    result
+}
 
-    let mut c = pool.get().await.map_err(unavailable)?;
-    let t = c.transaction().await.map_err(unavailable)?;
-    let (find_dups, insert, update_headers) = try_join3(
-        t.prepare_cached(FIND_DUPLICATES),
-        t.prepare_cached(INSERT_ROWS),
-        t.prepare_cached(UPDATE_HEADERS),
-    )
-    .await
-    .map_err(pg_error)?;
+async fn commit_on(
+    t: &deadpool_postgres::ClientWrapper,
+    entries: &[&NewEntry],
+    replica: &str,
+) -> Result<Vec<Appended>, StoreError> {
+    use futures_util::future::{try_join3, try_join4};
+
+    // Every statement prepared once per connection: a statement given as
+    // text is parsed, planned and described on every run, one more round
+    // trip each.
+    let (find_dups, insert, update_headers, lock_counter, set_counter) =
+        futures_util::future::try_join5(
+            t.prepare_cached(FIND_DUPLICATES),
+            t.prepare_cached(INSERT_ROWS),
+            t.prepare_cached(UPDATE_HEADERS),
+            t.prepare_cached(LOCK_COUNTER),
+            t.prepare_cached(SET_COUNTER),
+        )
+        .await
+        .map_err(pg_error)?;
 
     // Which entries ask the table: those no earlier entry of the batch
     // shares a key with (or precedes as a barrier); for the others the
@@ -1140,7 +1183,7 @@ async fn commit(
         after_barrier |= barriers[i];
     }
 
-    let lock = t.query_one("SELECT seq FROM datalayer_sidecar.counter FOR UPDATE", &[]);
+    let lock = t.query_one(&lock_counter, &[]);
     let lookup = async {
         if asked.is_empty() {
             return Ok(Vec::new());
@@ -1158,7 +1201,10 @@ async fn commit(
         )
         .await
     };
-    let (base, found) = try_join(lock, lookup).await.map_err(pg_error)?;
+    // Sent in this order on the first poll: the transaction opens first.
+    let (_, base, found) = try_join3(t.batch_execute("BEGIN"), lock, lookup)
+        .await
+        .map_err(pg_error)?;
     let base: i64 = base.get(0);
     let mut in_table: HashMap<usize, i64> = HashMap::new();
     for r in found {
@@ -1258,16 +1304,16 @@ async fn commit(
     };
     let counter = async {
         if next > base {
-            t.execute("UPDATE datalayer_sidecar.counter SET seq = $1", &[&next])
-                .await
+            t.execute(&set_counter, &[&next]).await
         } else {
             Ok(0)
         }
     };
-    try_join3(inserts, updates, counter)
+    // `COMMIT` last: if a statement before it failed, the server has
+    // aborted the transaction and answers it with a rollback.
+    try_join4(inserts, updates, counter, t.batch_execute("COMMIT"))
         .await
         .map_err(pg_error)?;
-    t.commit().await.map_err(unavailable)?;
     Ok(results)
 }
 
