@@ -14,6 +14,8 @@
 //!   transaction commits with `synchronous_commit = on`. Writes are group
 //!   committed: what queued while one transaction committed goes into the
 //!   next, all or nothing, and each caller is told what happened to its own.
+//!   A write the server refuses fails alone: the others of its batch are
+//!   committed again, one transaction each, in order.
 //! - **One order for the fleet.** Each transaction takes the single row of
 //!   `counter` `FOR UPDATE` and numbers its entries from it (`seq`), so
 //!   appending transactions are serialized and `seq` order is commit order:
@@ -1002,22 +1004,26 @@ async fn writer(
                 let mut results = results.into_iter();
                 for (es, reply) in batch {
                     let mine: Vec<Appended> = results.by_ref().take(es.len()).collect();
-                    for (e, result) in es.iter().zip(&mine) {
-                        match result {
-                            Appended::Stored => {
-                                let bytes = e.body.len() as u64;
-                                totals.entries.fetch_add(1, Ordering::Relaxed);
-                                for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes]
-                                {
-                                    t.fetch_add(bytes, Ordering::Relaxed);
-                                }
-                            }
-                            Appended::Duplicate(_) => {
-                                totals.deduplicated.fetch_add(1, Ordering::Relaxed);
-                            }
+                    settle(&totals, &es, mine, reply);
+                }
+            }
+            Err(StoreError::Sql(_)) if batch.len() > 1 => {
+                // The server refused something in the batch (a value it
+                // cannot store, say): the transaction is gone, but the
+                // other writers' entries are not at fault. Each write goes
+                // again in a transaction of its own, in the same order, so
+                // only the refused one fails.
+                for (es, reply) in batch {
+                    let one: Vec<&NewEntry> = es.iter().collect();
+                    match commit(&pool, &one, &replica).await {
+                        Ok(mine) => {
+                            totals.batches.fetch_add(1, Ordering::Relaxed);
+                            settle(&totals, &es, mine, reply);
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
                         }
                     }
-                    let _ = reply.send(Ok(mine));
                 }
             }
             Err(e) => {
@@ -1029,6 +1035,25 @@ async fn writer(
             }
         }
     }
+}
+
+/// Count a committed write's entries and answer its caller.
+fn settle(totals: &Totals, entries: &[NewEntry], results: Vec<Appended>, reply: Reply) {
+    for (e, result) in entries.iter().zip(&results) {
+        match result {
+            Appended::Stored => {
+                let bytes = e.body.len() as u64;
+                totals.entries.fetch_add(1, Ordering::Relaxed);
+                for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
+                    t.fetch_add(bytes, Ordering::Relaxed);
+                }
+            }
+            Appended::Duplicate(_) => {
+                totals.deduplicated.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let _ = reply.send(Ok(results));
 }
 
 /// Where a batch entry ends up: a new row at `seq`, or folded into the
