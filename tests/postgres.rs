@@ -15,6 +15,21 @@ use support::postgres::{PASSWORD, Postgres, server_pki};
 use support::proxy::config_text;
 use support::{Answer, Process};
 
+/// The shared store on `pg`, opened as a sidecar would (two connections, a
+/// 10 s lease, group commits of up to 256 writes), for the store-level tests.
+async fn open_store(pg: &Postgres) -> datalayer_sidecar::spool::store::Store {
+    let params = datalayer_sidecar::spool::store::pg::PgParams {
+        config: pg.url().parse().unwrap(),
+        display: pg.url_without_password(),
+        ca_file: None,
+        pool: 2,
+        lease: Duration::from_secs(10),
+    };
+    datalayer_sidecar::spool::store::Store::open_postgres(&params, 256)
+        .await
+        .unwrap()
+}
+
 fn shared(pg: &Postgres, backend: &str, extra: &str) -> String {
     config_text(
         backend,
@@ -528,18 +543,10 @@ async fn concurrent_writers_through_two_replicas_end_on_a_last_write() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_group_commit_folds_duplicates_as_one_by_one_appends_would() {
     use datalayer_sidecar::route::BARRIER_KEY;
-    use datalayer_sidecar::spool::store::pg::PgParams;
-    use datalayer_sidecar::spool::store::{Appended, NewEntry, Store};
+    use datalayer_sidecar::spool::store::{Appended, NewEntry};
 
     let pg = Postgres::start();
-    let params = PgParams {
-        config: pg.url().parse().unwrap(),
-        display: pg.url_without_password(),
-        ca_file: None,
-        pool: 2,
-        lease: Duration::from_secs(10),
-    };
-    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let store = open_store(&pg).await;
     let entry = |key: &str, body: &str, headers: &str| NewEntry {
         ticket: 0,
         route: "r".to_string(),
@@ -619,18 +626,10 @@ async fn a_group_commit_folds_duplicates_as_one_by_one_appends_would() {
 /// back to at most one row per route.
 #[tokio::test(flavor = "current_thread")]
 async fn the_shared_counts_agree_with_the_tables() {
-    use datalayer_sidecar::spool::store::pg::PgParams;
-    use datalayer_sidecar::spool::store::{Appended, DeadInfo, NewEntry, Store, Totals};
+    use datalayer_sidecar::spool::store::{Appended, DeadInfo, NewEntry, Totals};
 
     let pg = Postgres::start();
-    let params = PgParams {
-        config: pg.url().parse().unwrap(),
-        display: pg.url_without_password(),
-        ca_file: None,
-        pool: 2,
-        lease: Duration::from_secs(10),
-    };
-    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let store = open_store(&pg).await;
     let entry = |route: &str, key: &str, body: &str| NewEntry {
         ticket: 0,
         route: route.to_string(),
@@ -729,18 +728,10 @@ async fn the_shared_counts_agree_with_the_tables() {
 /// store exactly what they are given.
 #[tokio::test(flavor = "current_thread")]
 async fn a_refused_write_fails_alone_and_the_connection_stays_clean() {
-    use datalayer_sidecar::spool::store::pg::PgParams;
-    use datalayer_sidecar::spool::store::{Appended, NewEntry, Store};
+    use datalayer_sidecar::spool::store::{Appended, NewEntry};
 
     let pg = Postgres::start();
-    let params = PgParams {
-        config: pg.url().parse().unwrap(),
-        display: pg.url_without_password(),
-        ca_file: None,
-        pool: 2,
-        lease: Duration::from_secs(10),
-    };
-    let store = Store::open_postgres(&params, 256).await.unwrap();
+    let store = open_store(&pg).await;
     let entry = |key: &str, dedup: bool| NewEntry {
         ticket: 0,
         route: "r".to_string(),
