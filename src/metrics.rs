@@ -193,6 +193,9 @@ pub struct SpoolMetrics {
     /// Upstream requests the replay worker made (one may carry many
     /// entries, see `spool.replay_batch`).
     pub replay_requests: Counter,
+    /// Reads of the queue's head by the replay worker; on the shared store
+    /// each is a claim, a transaction on the database.
+    pub queue_reads: Counter,
     /// `spool.max_entries`, for "how full" (alerts divide by it).
     pub capacity_entries: Gauge,
     /// `spool.max_bytes`.
@@ -402,6 +405,11 @@ impl Metrics {
             "spool_replay_requests",
             "Upstream requests made by the replay worker (one carries up to spool.replay_batch entries)",
             spool.replay_requests.clone(),
+        );
+        registry.register(
+            "spool_queue_reads",
+            "Reads of the queue's head by the replay worker (on the postgres backend, claims)",
+            spool.queue_reads.clone(),
         );
         let replays = Family::<OutcomeLabels, Counter>::default();
         registry.register(

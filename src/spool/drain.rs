@@ -230,11 +230,32 @@ impl Drain {
             };
             let per_request = this.view().replay.batch.max(1);
             if !waiting && tasks.len() < window {
-                let candidates = cache.len().saturating_sub(in_flight.len());
+                let free = window.saturating_sub(tasks.len());
+                let per = if pacing.paused.is_some() {
+                    1
+                } else {
+                    per_request
+                };
                 let stored = Totals::get(&this.spool.store().totals.entries);
                 let wanted = this.view().replay.concurrency * per_request;
-                let head_limit = wanted + this.view().replay.concurrency * 16;
-                let due = reload || (candidates < wanted && stored > cache.len() as u64);
+                // A read takes what is in flight and a whole window more, and
+                // the next comes only when what was read cannot fill the free
+                // slots: about one read per window delivered. Reading whenever
+                // fewer than a window's worth waited, with a quarter window
+                // more per read, meant a read per delivery or two ended while a
+                // deep queue drained, and on the shared store every read is a
+                // claim that sends again each row the replica already holds
+                // (what that cost: docs/benchmarks.md).
+                let head_limit = 2 * wanted;
+                let mut ready = None;
+                let mut due = reload;
+                if !due && stored > cache.len() as u64 {
+                    let end = cache.last().map_or(-1, |e| e.id);
+                    match this.spool.eligible(&cache, end, &in_flight, free * per) {
+                        Ok(start) if start.len() >= free * per => ready = Some(start),
+                        _ => due = true,
+                    }
+                }
                 let deferred = short_read
                     .map(|t| short_interval.saturating_sub(t.elapsed()))
                     .filter(|left| due && !left.is_zero());
@@ -242,6 +263,7 @@ impl Drain {
                     read_due_in = deferred;
                 } else if due {
                     this.spool.head_read_starts();
+                    this.spool.inner.metrics.queue_reads.inc();
                     match this.spool.store().head(head_limit, HEAD_MAX_BYTES).await {
                         Ok(batch) => {
                             short_read = (!short_interval.is_zero() && batch.len() < head_limit)
@@ -261,16 +283,14 @@ impl Drain {
                 if let Some(wait) = this.view().breaker.retry_after().filter(|w| !w.is_zero()) {
                     pacing.until = Some(Instant::now() + wait);
                 } else if pacing.until.is_none_or(|t| t <= Instant::now()) {
-                    let free = window.saturating_sub(tasks.len());
-                    let per = if pacing.paused.is_some() {
-                        1
-                    } else {
-                        per_request
+                    // What the check above found, when the cache was not read again.
+                    let start = match ready.take() {
+                        Some(start) => Ok(start),
+                        None => this
+                            .spool
+                            .eligible(&cache, cache_end, &in_flight, free * per),
                     };
-                    match this
-                        .spool
-                        .eligible(&cache, cache_end, &in_flight, free * per)
-                    {
+                    match start {
                         Ok(start) => {
                             for batch in this.group(start, free, per, &solo) {
                                 let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
