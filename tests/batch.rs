@@ -197,7 +197,7 @@ async fn a_deep_queue_is_read_a_window_at_a_time_not_once_per_delivery() {
         let m = client::get(sc.admin, "/metrics").await.text();
         sample(&m, "datalayer_sidecar_spool_queue_reads_total").unwrap_or(0.0)
     };
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let before = reads().await;
     backend.up().await;
     backend
