@@ -9,7 +9,8 @@
 # A throwaway PostgreSQL cluster (Debian's server, initdb in the run
 # directory as the postgres user, a loopback port, fsync and
 # synchronous_commit on) shares core 0 with the sidecar under test; the
-# load generator gets core 1. The sidecar runs the shipped config with the
+# load generator gets core 1 (PG_CORE=1 puts the server there instead, with
+# the load generator: the database on a core apart from the sidecar's). The sidecar runs the shipped config with the
 # preset's spooled writes in write-behind mode (what the postgres backend
 # always does), so every write is committed before its acknowledgement.
 #
@@ -63,7 +64,7 @@ chmod 755 "$RUN_DIR"
 as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=scram-sha-256 --pwfile "$RUN_DIR/pgpass" -E UTF8 >/dev/null
 pg_stop() { as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
 trap 'pg_stop; cleanup' EXIT
-as_pg taskset -c "$PROXY_CORE" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
+as_pg taskset -c "${PG_CORE:-$PROXY_CORE}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
     -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100 ${PG_EXTRA:-}" \
     start >/dev/null
 PG_PID=$(head -n 1 "$PGDIR/data/postmaster.pid")

@@ -238,15 +238,16 @@ impl Drain {
                 };
                 let stored = Totals::get(&this.spool.store().totals.entries);
                 let wanted = this.view().replay.concurrency * per_request;
-                // A read takes what is in flight and a whole window more, and
-                // the next comes only when what was read cannot fill the free
-                // slots: about one read per window delivered. Reading whenever
-                // fewer than a window's worth waited, with a quarter window
-                // more per read, meant a read per delivery or two ended while a
+                // A read takes what is in flight and a whole window more (at
+                // least 16 entries per slot, for small batches), and the next
+                // comes only when what was read cannot fill the free slots:
+                // about one read per window delivered. Reading whenever fewer
+                // than a window's worth waited, with a third of a window more
+                // per read, meant a read per delivery or two ended while a
                 // deep queue drained, and on the shared store every read is a
                 // claim that sends again each row the replica already holds
                 // (what that cost: docs/benchmarks.md).
-                let head_limit = 2 * wanted;
+                let head_limit = wanted + wanted.max(this.view().replay.concurrency * 16);
                 let mut ready = None;
                 let mut due = reload;
                 if !due && stored > cache.len() as u64 {
