@@ -10,9 +10,10 @@
 # directory as the postgres user, a loopback port, fsync and
 # synchronous_commit on) shares core 0 with the sidecar under test; the
 # load generator gets core 1 (PG_CORE=1 puts the server there instead, with
-# the load generator: the database on a core apart from the sidecar's). The sidecar runs the shipped config with the
-# preset's spooled writes in write-behind mode (what the postgres backend
-# always does), so every write is committed before its acknowledgement.
+# the load generator: the database on a core apart from the sidecar's). The
+# sidecar runs the shipped config with the preset's spooled writes in
+# write-behind mode (what the postgres backend always does), so every write
+# is committed before its acknowledgement.
 #
 # W  backend down, closed loop (wrk, CONNS connections), DURATION s, ROUNDS
 #    rounds alternating sqlite / postgres: writes/s, p50/p99, CPU per write
