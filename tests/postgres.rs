@@ -30,6 +30,22 @@ async fn open_store(pg: &Postgres) -> datalayer_sidecar::spool::store::Store {
         .unwrap()
 }
 
+/// A spooled write of `body` on `route` with one key, for the store-level
+/// tests; each overrides what it checks.
+fn new_entry(route: &str, key: &str, body: &str) -> datalayer_sidecar::spool::store::NewEntry {
+    datalayer_sidecar::spool::store::NewEntry {
+        ticket: 0,
+        route: route.to_string(),
+        request_id: "id".to_string(),
+        method: "POST".to_string(),
+        path: "/api/graphql".to_string(),
+        headers: Vec::new(),
+        body: bytes::Bytes::from(body.to_string()),
+        keys: vec![key.to_string()],
+        dedup: true,
+    }
+}
+
 fn shared(pg: &Postgres, backend: &str, extra: &str) -> String {
     config_text(
         backend,
@@ -548,15 +564,9 @@ async fn a_group_commit_folds_duplicates_as_one_by_one_appends_would() {
     let pg = Postgres::start();
     let store = open_store(&pg).await;
     let entry = |key: &str, body: &str, headers: &str| NewEntry {
-        ticket: 0,
-        route: "r".to_string(),
         request_id: headers.to_string(),
-        method: "POST".to_string(),
-        path: "/api/graphql".to_string(),
         headers: headers.as_bytes().to_vec(),
-        body: bytes::Bytes::from(body.to_string()),
-        keys: vec![key.to_string()],
-        dedup: true,
+        ..new_entry("r", key, body)
     };
     // Waiting before the batch: s3 = X, s4 = X.
     assert_eq!(
@@ -631,15 +641,9 @@ async fn the_shared_counts_agree_with_the_tables() {
     let pg = Postgres::start();
     let store = open_store(&pg).await;
     let entry = |route: &str, key: &str, body: &str| NewEntry {
-        ticket: 0,
-        route: route.to_string(),
         request_id: "r".to_string(),
-        method: "POST".to_string(),
-        path: "/api/graphql".to_string(),
         headers: b"x-h\0v\0".to_vec(),
-        body: bytes::Bytes::from(body.to_string()),
-        keys: vec![key.to_string()],
-        dedup: true,
+        ..new_entry(route, key, body)
     };
     let check = |what: &str| {
         let store = store.clone();
@@ -733,15 +737,8 @@ async fn a_refused_write_fails_alone_and_the_connection_stays_clean() {
     let pg = Postgres::start();
     let store = open_store(&pg).await;
     let entry = |key: &str, dedup: bool| NewEntry {
-        ticket: 0,
-        route: "r".to_string(),
-        request_id: "id".to_string(),
-        method: "POST".to_string(),
-        path: "/api/graphql".to_string(),
-        headers: Vec::new(),
-        body: bytes::Bytes::from(format!("body of {key}")),
-        keys: vec![key.to_string()],
         dedup,
+        ..new_entry("r", key, &format!("body of {key}"))
     };
     for round in 0..4 {
         // Refused by the server for its NUL. Deduplicated, the batch's

@@ -248,11 +248,14 @@ impl Drain {
                 // claim that sends again each row the replica already holds
                 // (what that cost: docs/benchmarks.md).
                 let head_limit = wanted + wanted.max(this.view().replay.concurrency * 16);
+                let mut cache_end = cache.last().map_or(-1, |e| e.id);
                 let mut ready = None;
                 let mut due = reload;
                 if !due && stored > cache.len() as u64 {
-                    let end = cache.last().map_or(-1, |e| e.id);
-                    match this.spool.eligible(&cache, end, &in_flight, free * per) {
+                    match this
+                        .spool
+                        .eligible(&cache, cache_end, &in_flight, free * per)
+                    {
                         Ok(start) if start.len() >= free * per => ready = Some(start),
                         _ => due = true,
                     }
@@ -270,6 +273,7 @@ impl Drain {
                             short_read = (!short_interval.is_zero() && batch.len() < head_limit)
                                 .then(Instant::now);
                             cache = batch;
+                            cache_end = cache.last().map_or(-1, |e| e.id);
                             reload = false;
                         }
                         Err(e) => {
@@ -278,7 +282,6 @@ impl Drain {
                         }
                     }
                 }
-                let cache_end = cache.last().map_or(-1, |e| e.id);
                 // While the breaker is open, wait out its open time; once it
                 // is over, the next delivery is the probe.
                 if let Some(wait) = this.view().breaker.retry_after().filter(|w| !w.is_zero()) {

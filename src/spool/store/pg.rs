@@ -1172,21 +1172,20 @@ async fn commit_on(
     entries: &[&NewEntry],
     replica: &str,
 ) -> Result<Vec<Appended>, StoreError> {
-    use futures_util::future::{try_join3, try_join4};
+    use futures_util::future::{try_join3, try_join4, try_join5};
 
     // Every statement prepared once per connection: a statement given as
     // text is parsed, planned and described on every run, one more round
     // trip each.
-    let (find_dups, insert, update_headers, lock_counter, set_counter) =
-        futures_util::future::try_join5(
-            t.prepare_cached(FIND_DUPLICATES),
-            t.prepare_cached(INSERT_ROWS),
-            t.prepare_cached(UPDATE_HEADERS),
-            t.prepare_cached(LOCK_COUNTER),
-            t.prepare_cached(SET_COUNTER),
-        )
-        .await
-        .map_err(pg_error)?;
+    let (find_dups, insert, update_headers, lock_counter, set_counter) = try_join5(
+        t.prepare_cached(FIND_DUPLICATES),
+        t.prepare_cached(INSERT_ROWS),
+        t.prepare_cached(UPDATE_HEADERS),
+        t.prepare_cached(LOCK_COUNTER),
+        t.prepare_cached(SET_COUNTER),
+    )
+    .await
+    .map_err(pg_error)?;
 
     // Which entries ask the table: those no earlier entry of the batch
     // shares a key with (or precedes as a barrier); for the others the
