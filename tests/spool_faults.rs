@@ -99,6 +99,14 @@ fn code(a: &Answer) -> String {
         .to_string()
 }
 
+/// Write `path` until the filesystem has no room left.
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 4096];
+    while f.write_all(&chunk).and_then(|()| f.sync_data()).is_ok() {}
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_quickly_keeps_traffic_flowing_and_recovers_by_itself() {
     let tmp = tempfile::tempdir().unwrap();
@@ -139,6 +147,9 @@ async fn a_full_disk_refuses_writes_quickly_keeps_traffic_flowing_and_recovers_b
     let q = client::post_json(sc.addr, "/api/graphql", &query()).await;
     assert_eq!(q.status, 200, "{}", q.text());
     // Still full: still refused, nothing acknowledged without a commit.
+    // The store may give back pages of its log meanwhile (a checkpoint),
+    // so take what is left first.
+    fill_up(&fs.dir.join("ballast"));
     let a = write(sc.addr, "while-full", &filler).await;
     assert_eq!(a.status, 503, "{}", a.text());
 
@@ -200,12 +211,22 @@ impl Ext4 {
 
     fn mount(&self) {
         std::fs::create_dir_all(&self.dir).unwrap();
-        let ok = Command::new("mount")
-            .args(["-o", "loop,errors=remount-ro"])
-            .arg(&self.image)
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
+        // After an unmount the kernel lets go of the image's loop device a
+        // moment later; until then `mount` says the image "is already
+        // mounted". Seen on a loaded machine: try again for a while.
+        let mut ok = false;
+        for _ in 0..50 {
+            ok = Command::new("mount")
+                .args(["-o", "loop,errors=remount-ro"])
+                .arg(&self.image)
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(ok, "mounting a loop device needs root (CI runs as root)");
     }
 
@@ -222,8 +243,20 @@ impl Ext4 {
             .expect("the kernel exposes trigger_fs_error");
     }
 
+    /// Unmount, waiting out a "target is busy" while the stopped sidecar's
+    /// files are still being closed.
     fn unmount(&self) {
-        let _ = Command::new("umount").arg(&self.dir).status();
+        for _ in 0..50 {
+            if Command::new("umount")
+                .arg(&self.dir)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{} stays mounted", self.dir.display());
     }
 }
 
