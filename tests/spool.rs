@@ -676,6 +676,87 @@ async fn a_refusal_of_everything_pauses_the_queue_and_never_dead_letters_it() {
     sc.stop().await;
 }
 
+/// Tries per entry, from `spool list --json`.
+fn tries(p: &Process) -> Vec<(i64, u64)> {
+    let out = p.cli(&["spool", "list", "--json", "--limit", "1000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_i64().unwrap(), e["attempts"].as_u64().unwrap()))
+        .collect()
+}
+
+/// While the breaker is open or probing, the worker starts no more
+/// deliveries than the breaker lets through, and each probe takes an entry
+/// no earlier probe failed with; once the breaker closes the window opens
+/// again. A whole window of deliveries per try, all but the probe turned
+/// away by the breaker, cost the store a burst of claim renewals and
+/// failure records each time (acknowledged writes waited behind it) and
+/// charged a try to entries that were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_breaker_is_open_replays_start_only_its_probes_and_the_window_reopens_after() {
+    let mut backend = Backend::down(None);
+    let dir = tempfile::tempdir().unwrap();
+    let text = settings(&spool_section(
+        dir.path(),
+        "replay_concurrency = 8\nreplay_batch = 1",
+    ))
+    .replace("open_for = \"300ms\"", "open_for = \"300ms\"\nprobes = 1");
+    let cfg = config_text(&backend.url(), &text);
+    let p = Process::spawn_at(dir.path(), &cfg, &[], &[]).await;
+    let ids: Vec<String> = (0..40).map(|i| format!("probe-{i}")).collect();
+    for id in &ids {
+        let a = write(p.addr, id, "acked while down").await;
+        assert_acked(&a);
+        assert!(spooled(&a));
+    }
+    // Past the first tries (the breaker opens), then two looks two seconds
+    // apart. Each probe that fails opens the breaker for 300 ms, so two
+    // seconds hold at most seven probes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: HashMap<i64, u64> = tries(&p).into_iter().collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = tries(&p);
+    assert_eq!(after.len(), 40);
+    let grew: Vec<(i64, u64)> = after
+        .iter()
+        .map(|(id, n)| (*id, n - before.get(id).copied().unwrap_or(0)))
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    let charged: u64 = grew.iter().map(|(_, d)| d).sum();
+    assert!(
+        (1..=8).contains(&charged),
+        "{charged} tries charged in two seconds of a down backend (id, tries): {grew:?}"
+    );
+    assert!(
+        grew.iter().all(|(_, d)| *d == 1),
+        "a probe took an entry an earlier probe had failed with: {grew:?}"
+    );
+    // The backend returns, slow to answer: one delivery at a time would
+    // take 40 × 150 ms = 6 s; the reopened window of eight takes about one.
+    backend
+        .answer_delay_ms
+        .store(150, std::sync::atomic::Ordering::SeqCst);
+    backend.up().await;
+    let started = tokio::time::Instant::now();
+    backend
+        .wait_for(Duration::from_secs(30), "every write delivered", |st| {
+            ids.iter().all(|id| st.steps.contains_key(id))
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "40 deliveries took {took:?}: the window did not open again"
+    );
+}
+
 /// The SDK sends a failed batch again, byte for byte: while both copies
 /// wait in the spool, the backend gets the write once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

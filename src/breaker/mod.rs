@@ -307,6 +307,15 @@ impl Breaker {
         }
     }
 
+    /// While the breaker is open or probing, how many requests it lets
+    /// through at once (its probes); `None` while closed or off. Callers
+    /// that start work per request (the replay worker) start no more than
+    /// this: the breaker would turn the rest away.
+    pub fn probe_limit(&self) -> Option<usize> {
+        (self.shared.cfg.enabled && self.state() != State::Shut)
+            .then(|| self.shared.cfg.probes.max(1) as usize)
+    }
+
     /// Time until an open breaker lets probes through.
     pub fn retry_after(&self) -> Option<Duration> {
         if self.state() != State::Open {

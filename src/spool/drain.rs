@@ -11,6 +11,10 @@
 //! - **transient** (5xx the config calls transient, resets, timeouts, ...):
 //!   it stays at the head; no new delivery starts for a while, the wait
 //!   doubling from `spool.replay_backoff_base` to `replay_backoff_max`.
+//!   While the breaker is open or probing, the worker starts no more
+//!   deliveries than the breaker's probes, taking entries an earlier probe
+//!   did not fail with first; the window opens again when the breaker
+//!   closes.
 //! - **refused for its content** (a GraphQL error or an `ok: false` with a
 //!   permanent message for this write, a status in
 //!   `spool.dead_letter_statuses`): moved to the dead-letter table with the
@@ -171,6 +175,11 @@ struct Pacing {
     until: Option<Instant>,
     /// Set while paused: one probe at a time until one goes through.
     paused: Option<Paused>,
+    /// Entries whose delivery failed while the breaker was not closed,
+    /// since the last delivery that went through: the next probes take
+    /// other entries first, so one entry that keeps failing on its own
+    /// (slow, too large) cannot keep the breaker from closing.
+    probed: HashSet<i64>,
 }
 
 impl Drain {
@@ -192,6 +201,7 @@ impl Drain {
             backoff: this.view().replay.backoff_base,
             until: None,
             paused: None,
+            probed: HashSet::new(),
         };
         let mut last_resync = Instant::now();
         let mut tasks: JoinSet<Finished> = JoinSet::new();
@@ -222,12 +232,22 @@ impl Drain {
             }
             let waiting = pacing.until.is_some_and(|t| t > Instant::now());
             let mut read_due_in = None;
+            // While the breaker is not closed, only as many deliveries as
+            // it lets through as probes. Each delivery renews its claims and
+            // records its failure in the store, and those the breaker turns
+            // away still did so and were charged a try: against a down
+            // backend a whole window of them per try cost the store a burst
+            // of work that acknowledgements of live writes waited behind
+            // (docs/benchmarks.md).
+            let probes = this.view().breaker.probe_limit();
             // Paused: one probe at a time.
             let window = if pacing.paused.is_some() {
                 1
             } else {
-                this.view().replay.concurrency
+                let concurrency = this.view().replay.concurrency;
+                probes.map_or(concurrency, |p| p.min(concurrency))
             };
+            let probing = probes.is_some() && pacing.paused.is_none();
             let per_request = this.view().replay.batch.max(1);
             if !waiting && tasks.len() < window {
                 let free = window.saturating_sub(tasks.len());
@@ -237,7 +257,12 @@ impl Drain {
                     per_request
                 };
                 let stored = Totals::get(&this.spool.store().totals.entries);
-                let wanted = this.view().replay.concurrency * per_request;
+                // While probing, what the probes need: a claim of two whole
+                // windows per try would hold (and, on the shared store,
+                // lease) entries no delivery is going to take.
+                let wanted = window * per;
+                // Probes skip the entries earlier probes failed with.
+                let take = free * per + if probing { pacing.probed.len() } else { 0 };
                 // A read takes what is in flight and a whole window more (at
                 // least 16 entries per slot, for small batches), and the next
                 // comes only when what was read cannot fill the free slots:
@@ -247,16 +272,23 @@ impl Drain {
                 // deep queue drained, and on the shared store every read is a
                 // claim that sends again each row the replica already holds
                 // (what that cost: docs/benchmarks.md).
-                let head_limit = wanted + wanted.max(this.view().replay.concurrency * 16);
+                let head_limit = wanted + wanted.max(window * 16);
                 let mut cache_end = cache.last().map_or(-1, |e| e.id);
                 let mut ready = None;
                 let mut due = reload;
                 if !due && stored > cache.len() as u64 {
-                    match this
-                        .spool
-                        .eligible(&cache, cache_end, &in_flight, free * per)
-                    {
-                        Ok(start) if start.len() >= free * per => ready = Some(start),
+                    match this.spool.eligible(&cache, cache_end, &in_flight, take) {
+                        // Probes count only entries no earlier probe failed
+                        // with: the rest of the queue may hold some.
+                        Ok(start)
+                            if start
+                                .iter()
+                                .filter(|e| !probing || !pacing.probed.contains(&e.id))
+                                .count()
+                                >= free * per =>
+                        {
+                            ready = Some(start)
+                        }
                         _ => due = true,
                     }
                 }
@@ -290,12 +322,23 @@ impl Drain {
                     // What the check above found, when the cache was not read again.
                     let start = match ready.take() {
                         Some(start) => Ok(start),
-                        None => this
-                            .spool
-                            .eligible(&cache, cache_end, &in_flight, free * per),
+                        None => this.spool.eligible(&cache, cache_end, &in_flight, take),
                     };
                     match start {
-                        Ok(start) => {
+                        Ok(mut start) => {
+                            if probing {
+                                let fresh: Vec<Entry> = start
+                                    .iter()
+                                    .filter(|e| !pacing.probed.contains(&e.id))
+                                    .cloned()
+                                    .collect();
+                                // Every entry at hand failed a probe: round again.
+                                if fresh.is_empty() {
+                                    pacing.probed.clear();
+                                } else {
+                                    start = fresh;
+                                }
+                            }
                             for batch in this.group(start, free, per, &solo) {
                                 let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
                                 for (e, _) in &batch {
@@ -338,8 +381,14 @@ impl Drain {
                             Ok((task, f)) => (task, f),
                             Err(e) => (e.id(), Finished::of(&[], Done::Retry(Duration::ZERO))),
                         };
-                        for id in task_entries.remove(&task).unwrap_or_default() {
-                            in_flight.remove(&id);
+                        let ids = task_entries.remove(&task).unwrap_or_default();
+                        for id in &ids {
+                            in_flight.remove(id);
+                        }
+                        if matches!(finished.done, Done::Retry(_))
+                            && this.view().breaker.probe_limit().is_some()
+                        {
+                            pacing.probed.extend(ids);
                         }
                         if !finished.gone.is_empty() {
                             let gone: HashSet<i64> = finished.gone.iter().copied().collect();
@@ -371,6 +420,7 @@ impl Drain {
             Done::Lost => {}
             Done::Gone => {
                 pacing.backoff = self.view().replay.backoff_base;
+                pacing.probed.clear();
                 if let Some(p) = pacing.paused.take() {
                     tracing::warn!(
                         target: "spool",
