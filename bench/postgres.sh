@@ -8,7 +8,7 @@
 #
 # A throwaway PostgreSQL cluster (Debian's server, initdb in the run
 # directory as the postgres user, a loopback port, fsync and
-# synchronous_commit on) shares core 0 with the sidecar under test; the
+# synchronous_commit on, min_wal_size=PG_MIN_WAL) shares core 0 with the sidecar under test; the
 # load generator gets core 1 (PG_CORE=1 puts the server there instead, with
 # the load generator: the database on a core apart from the sidecar's). The
 # sidecar runs the shipped config with the preset's spooled writes in
@@ -17,7 +17,9 @@
 #
 # W  backend down, closed loop (wrk, CONNS connections), DURATION s, ROUNDS
 #    rounds alternating sqlite / postgres: writes/s, p50/p99, CPU per write
-#    of the sidecar (and of the database server, for postgres).
+#    of the sidecar (and of the database server, for postgres). After one
+#    unmeasured postgres round (PG_WARMUP=1, the default), so the server
+#    has WAL segment files to reuse, as one that has run a while does.
 # O  then, on the same sidecar, open loop at RATE writes/s (bench loadgen,
 #    CONNS connections) for DURATION s: acknowledgement p50/p99 measured
 #    from each write's scheduled time, below saturation.
@@ -66,7 +68,7 @@ as_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres --auth=scram-sha-256 --pwfile
 pg_stop() { as_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true; }
 trap 'pg_stop; cleanup' EXIT
 as_pg taskset -c "${PG_CORE:-$PROXY_CORE}" "$PGBIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w \
-    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100 ${PG_EXTRA:-}" \
+    -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$PGDIR -c fsync=on -c synchronous_commit=on -c max_connections=100 -c min_wal_size=${PG_MIN_WAL:-1GB} ${PG_EXTRA:-}" \
     start >/dev/null
 PG_PID=$(head -n 1 "$PGDIR/data/postmaster.pid")
 PGURL="postgres://postgres:$PGPASS@127.0.0.1:$PGPORT/postgres"
@@ -126,6 +128,22 @@ open_loop() { # port rate seconds: loadgen's JSON
 }
 
 case " $PHASES " in *" W "*) W_ROUNDS=$ROUNDS ;; *) W_ROUNDS=0 ;; esac
+# A server that has run a while reuses its old WAL segment files; a fresh
+# cluster creates (and zero-fills) a new 16 MB file every second or so at
+# these rates, and the commit that waits for it stalls every writer for
+# ~15 ms. One unmeasured round first (PG_WARMUP=0 skips it) writes the files,
+# and min_wal_size (PG_MIN_WAL, 1GB; the server's default is 80MB, which kept
+# 7 of them) keeps them all for reuse at each checkpoint, so the measured
+# rounds see the steady state of a write-heavy server.
+if [ "$W_ROUNDS" -gt 0 ] && [ "${PG_WARMUP:-1}" = 1 ]; then
+    log "W warm-up, postgres: one unmeasured round of ${DURATION}s"
+    fresh_sidecar postgres "http://127.0.0.1:$DOWN_PORT"
+    run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION" >/dev/null
+    stop_pid "$SC"
+    psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+    psql_q "CHECKPOINT" >/dev/null
+    sync
+fi
 for r in $(seq 1 "$W_ROUNDS"); do
     for backend in sqlite postgres; do
         log "W round $r, $backend: backend down, closed loop, ${DURATION}s at $CONNS connections"
