@@ -279,13 +279,18 @@ impl Drain {
                 if !due && stored > cache.len() as u64 {
                     match this.spool.eligible(&cache, cache_end, &in_flight, take) {
                         // Probes count only entries no earlier probe failed
-                        // with: the rest of the queue may hold some.
+                        // with, and look for more in the queue only while
+                        // what was read is less than a probes' read: past
+                        // that they start over from the head.
                         Ok(start)
-                            if start
-                                .iter()
-                                .filter(|e| !probing || !pacing.probed.contains(&e.id))
-                                .count()
-                                >= free * per =>
+                            if start.len() >= free * per
+                                && (!probing
+                                    || cache.len() >= head_limit
+                                    || start
+                                        .iter()
+                                        .filter(|e| !pacing.probed.contains(&e.id))
+                                        .count()
+                                        >= free * per) =>
                         {
                             ready = Some(start)
                         }
