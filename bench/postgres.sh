@@ -122,6 +122,14 @@ fresh_sidecar() { # backend upstream_url
     SC_PORT=$(free_port); ADMIN_PORT=$(free_port)
     SC=$(start_sidecar "$SC_PORT" "$ADMIN_PORT" "$2")
 }
+# After a round: the store dropped (postgres) and the server checkpointed,
+# so the next round's disk is quiet: no checkpoint of this round's rows
+# during the other backend's run.
+end_round() { # backend
+    [ "$1" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
+    psql_q "CHECKPOINT" >/dev/null
+    sync
+}
 open_loop() { # port rate seconds: loadgen's JSON
     taskset -c "$LOAD_CORE" "$REPO_DIR/target/release/examples/loadgen" --url "http://127.0.0.1:$1/api/graphql" \
         --body "$BODY_FILE" --rate "$2" --duration "$3" --connections "$CONNS" --unique
@@ -140,9 +148,7 @@ if [ "$W_ROUNDS" -gt 0 ] && [ "${PG_WARMUP:-1}" = 1 ]; then
     fresh_sidecar postgres "http://127.0.0.1:$DOWN_PORT"
     run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION" >/dev/null
     stop_pid "$SC"
-    psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
-    psql_q "CHECKPOINT" >/dev/null
-    sync
+    end_round postgres
 fi
 for r in $(seq 1 "$W_ROUNDS"); do
     for backend in sqlite postgres; do
@@ -168,11 +174,7 @@ print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['ac
  'errors':a['errors']+a['non2xx'],'p50_ms':a['p50_us']/1e3,'p99_ms':a['p99_us']/1e3,
  'p999_ms':a['p999_us']/1e3,'max_ms':a['max_us']/1e3}))")"
         stop_pid "$SC"
-        # Leave the disk quiet for the next round: no server checkpoint of
-        # this round's rows during the other backend's run.
-        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
-        psql_q "CHECKPOINT" >/dev/null
-        sync
+        end_round "$backend"
     done
 done
 
@@ -199,9 +201,7 @@ print(json.dumps({'round':$r,'target_rate':a['target_rate'],'writes_per_s':a['ac
  'sidecar_cpu_us_per_write':round(($C1-$C0)/$CLK_TCK*1e6/n,1),
  'database_cpu_us_per_write':round(($P1-$P0)/$CLK_TCK*1e6/n,1) if '$backend'=='postgres' else None}))")"
         stop_pid "$SC"
-        [ "$backend" = postgres ] && psql_q "DROP SCHEMA IF EXISTS datalayer_sidecar CASCADE" >/dev/null 2>&1
-        psql_q "CHECKPOINT" >/dev/null
-        sync
+        end_round "$backend"
     done
 done
 

@@ -214,19 +214,13 @@ impl Ext4 {
         // After an unmount the kernel lets go of the image's loop device a
         // moment later; until then `mount` says the image "is already
         // mounted". Seen on a loaded machine: try again for a while.
-        let mut ok = false;
-        for _ in 0..50 {
-            ok = Command::new("mount")
-                .args(["-o", "loop,errors=remount-ro"])
+        let ok = succeeds_within_5s(|| {
+            let mut c = Command::new("mount");
+            c.args(["-o", "loop,errors=remount-ro"])
                 .arg(&self.image)
-                .arg(&self.dir)
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+                .arg(&self.dir);
+            c
+        });
         assert!(ok, "mounting a loop device needs root (CI runs as root)");
     }
 
@@ -246,18 +240,24 @@ impl Ext4 {
     /// Unmount, waiting out a "target is busy" while the stopped sidecar's
     /// files are still being closed.
     fn unmount(&self) {
-        for _ in 0..50 {
-            if Command::new("umount")
-                .arg(&self.dir)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("{} stays mounted", self.dir.display());
+        let ok = succeeds_within_5s(|| {
+            let mut c = Command::new("umount");
+            c.arg(&self.dir);
+            c
+        });
+        assert!(ok, "{} stays mounted", self.dir.display());
     }
+}
+
+/// Run the command `make` builds until it succeeds, every 100 ms for 5 s.
+fn succeeds_within_5s(make: impl Fn() -> Command) -> bool {
+    for _ in 0..50 {
+        if make().status().is_ok_and(|s| s.success()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
 }
 
 impl Drop for Ext4 {

@@ -182,6 +182,16 @@ struct Pacing {
     probed: HashSet<i64>,
 }
 
+impl Pacing {
+    /// How many of `start` no earlier probe failed with.
+    fn unprobed(&self, start: &[Entry]) -> usize {
+        start
+            .iter()
+            .filter(|e| !self.probed.contains(&e.id))
+            .count()
+    }
+}
+
 impl Drain {
     /// The generation in force.
     fn view(&self) -> arc_swap::Guard<Arc<ReplayView>> {
@@ -286,11 +296,7 @@ impl Drain {
                             if start.len() >= free * per
                                 && (!probing
                                     || cache.len() >= head_limit
-                                    || start
-                                        .iter()
-                                        .filter(|e| !pacing.probed.contains(&e.id))
-                                        .count()
-                                        >= free * per) =>
+                                    || pacing.unprobed(&start) >= free * per) =>
                         {
                             ready = Some(start)
                         }
@@ -332,16 +338,11 @@ impl Drain {
                     match start {
                         Ok(mut start) => {
                             if probing {
-                                let fresh: Vec<Entry> = start
-                                    .iter()
-                                    .filter(|e| !pacing.probed.contains(&e.id))
-                                    .cloned()
-                                    .collect();
                                 // Every entry at hand failed a probe: round again.
-                                if fresh.is_empty() {
+                                if pacing.unprobed(&start) == 0 {
                                     pacing.probed.clear();
                                 } else {
-                                    start = fresh;
+                                    start.retain(|e| !pacing.probed.contains(&e.id));
                                 }
                             }
                             for batch in this.group(start, free, per, &solo) {
