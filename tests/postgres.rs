@@ -335,8 +335,8 @@ async fn sidecars_starting_together_migrate_once() {
         p.wait_ready(Duration::from_secs(20)).await;
     }
     assert_eq!(
-        pg.psql("SELECT count(*) FROM datalayer_sidecar.schema_version"),
-        "1"
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM datalayer_sidecar.schema_version"),
+        "1,2"
     );
     for (i, p) in ps.iter().enumerate() {
         assert!(acked(&write(p, &format!("m-{i}"), 1).await));
@@ -791,4 +791,72 @@ async fn a_refused_write_fails_alone_and_the_connection_stays_clean() {
         ),
         "0"
     );
+}
+
+/// Autoanalyze of a deep queue stays cheap: the server samples at most
+/// 3,000 rows of the entries table (with the default target it read every
+/// page of a 10,000-entry queue and sorted each column, bodies included),
+/// keeps statistics on the columns the statements compare, and a store
+/// made by the first schema version gets the same when a sidecar starts.
+#[tokio::test(flavor = "current_thread")]
+async fn analyzing_a_deep_queue_samples_a_bounded_number_of_rows() {
+    let pg = Postgres::start();
+    let store = open_store(&pg).await;
+    // Bodies differ as step writes do (an identical body on every key
+    // would make each commit compare against every row with its digest).
+    let padding = "x".repeat(1_300);
+    for chunk in 0..40 {
+        let entries = (0..250)
+            .map(|i| {
+                let key = format!("deep-{chunk}-{i}");
+                new_entry("a", &key, &format!("{key}{padding}"))
+            })
+            .collect();
+        store.append_many(entries).await.unwrap();
+    }
+    let sampled = |pg: &Postgres| -> u64 {
+        let notices = pg.psql_notices("ANALYZE VERBOSE datalayer_sidecar.entries");
+        notices
+            .split(" rows in sample")
+            .next()
+            .and_then(|head| head.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no sample size in: {notices}"))
+    };
+    let n = sampled(&pg);
+    assert!(n <= 3_000, "ANALYZE sampled {n} rows");
+    let buckets = pg.psql(
+        "SELECT array_length(histogram_bounds::text::text[], 1) FROM pg_stats \
+         WHERE schemaname = 'datalayer_sidecar' AND tablename = 'entries' AND attname = 'seq'",
+    );
+    assert_eq!(buckets, "11", "the order column keeps its histogram");
+    let wide = pg.psql(
+        "SELECT count(*) FROM pg_stats WHERE schemaname = 'datalayer_sidecar' \
+         AND tablename = 'entries' AND attname IN ('body', 'headers')",
+    );
+    assert_eq!(wide, "0", "bodies and headers are not analyzed");
+    drop(store);
+
+    // A store from schema version 1: default targets, no version 2.
+    pg.psql(
+        "DO $$ DECLARE c text; BEGIN
+           FOR c IN SELECT attname FROM pg_attribute
+                     WHERE attrelid = 'datalayer_sidecar.entries'::regclass AND attnum > 0
+                       AND NOT attisdropped LOOP
+             EXECUTE format('ALTER TABLE datalayer_sidecar.entries ALTER COLUMN %I SET STATISTICS -1', c);
+           END LOOP;
+         END $$;
+         DELETE FROM datalayer_sidecar.schema_version WHERE version > 1",
+    );
+    assert!(
+        sampled(&pg) > 3_000,
+        "the version-1 store samples every row"
+    );
+    let _store = open_store(&pg).await;
+    assert_eq!(
+        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM datalayer_sidecar.schema_version"),
+        "1,2"
+    );
+    let n = sampled(&pg);
+    assert!(n <= 3_000, "after the upgrade ANALYZE sampled {n} rows");
 }

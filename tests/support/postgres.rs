@@ -251,6 +251,18 @@ impl Postgres {
 
     /// Run SQL with psql; its output.
     pub fn psql(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.psql_output(sql).stdout)
+            .trim()
+            .to_string()
+    }
+
+    /// `sql` run as [`Postgres::psql`] does, returning the server's notices
+    /// (what `VERBOSE` reports) rather than the rows.
+    pub fn psql_notices(&self, sql: &str) -> String {
+        String::from_utf8_lossy(&self.psql_output(sql).stderr).to_string()
+    }
+
+    fn psql_output(&self, sql: &str) -> std::process::Output {
         let out = Command::new(self.bin.join("psql"))
             .arg(self.url())
             .args(["-At", "-c", sql])
@@ -261,7 +273,7 @@ impl Postgres {
             "psql: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        out
     }
 }
 
