@@ -139,14 +139,17 @@ case " $PHASES " in *" W "*) W_ROUNDS=$ROUNDS ;; *) W_ROUNDS=0 ;; esac
 # A server that has run a while reuses its old WAL segment files; a fresh
 # cluster creates (and zero-fills) a new 16 MB file every second or so at
 # these rates, and the commit that waits for it stalls every writer for
-# ~15 ms. One unmeasured round first (PG_WARMUP=0 skips it) writes the files,
-# and min_wal_size (PG_MIN_WAL, 1GB; the server's default is 80MB, which kept
+# ~15 ms. One unmeasured round first (PG_WARMUP=0 skips it), its W and its O
+# (a warm-up of W alone wrote half the files a round uses, and O then
+# created the rest, one stall every 1.4 s), writes the files, and
+# min_wal_size (PG_MIN_WAL, 1GB; the server's default is 80MB, which kept
 # 7 of them) keeps them all for reuse at each checkpoint, so the measured
 # rounds see the steady state of a write-heavy server.
 if [ "$W_ROUNDS" -gt 0 ] && [ "${PG_WARMUP:-1}" = 1 ]; then
-    log "W warm-up, postgres: one unmeasured round of ${DURATION}s"
+    log "W warm-up, postgres: one unmeasured round of ${DURATION}s closed and ${DURATION}s open loop"
     fresh_sidecar postgres "http://127.0.0.1:$DOWN_PORT"
     run_wrk "http://127.0.0.1:$SC_PORT" "$CONNS" "$DURATION" >/dev/null
+    open_loop "$SC_PORT" "$RATE" "$DURATION" >/dev/null
     stop_pid "$SC"
     end_round postgres
 fi
