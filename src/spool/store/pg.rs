@@ -42,7 +42,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, DeadInfo, DeadLetter, Entry, NewEntry, Stats, StoreError, Totals, now_ms};
@@ -496,6 +496,12 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(p.pool.max(2))
+            // The connection used last goes out first: the group commit
+            // keeps to one server process with its caches warm, and the
+            // pool opens only as many connections as are used at once.
+            // (First in, first out rotated the writer through every
+            // connection, each cold on its first commits after a start.)
+            .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(Duration::from_secs(5)))
             .create_timeout(Some(Duration::from_secs(5)))
             .runtime(deadpool_postgres::Runtime::Tokio1)
