@@ -496,11 +496,10 @@ impl PgStore {
         );
         let pool = Pool::builder(manager)
             .max_size(p.pool.max(2))
-            // The connection used last goes out first: the group commit
-            // keeps to one server process with its caches warm, and the
-            // pool opens only as many connections as are used at once.
-            // (First in, first out rotated the writer through every
-            // connection, each cold on its first commits after a start.)
+            // The connection used last goes out first, so the group commit
+            // keeps to one server process with its caches warm. (First in,
+            // first out moved it to another process on every commit; the
+            // server spent a quarter more CPU per write: docs/spool.md.)
             .queue_mode(QueueMode::Lifo)
             .wait_timeout(Some(Duration::from_secs(5)))
             .create_timeout(Some(Duration::from_secs(5)))
