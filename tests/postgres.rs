@@ -46,6 +46,13 @@ fn new_entry(route: &str, key: &str, body: &str) -> datalayer_sidecar::spool::st
     }
 }
 
+/// The schema versions applied to the store, in order: "1,2".
+fn schema_versions(pg: &Postgres) -> String {
+    pg.psql(
+        "SELECT string_agg(version::text, ',' ORDER BY version) FROM datalayer_sidecar.schema_version",
+    )
+}
+
 fn shared(pg: &Postgres, backend: &str, extra: &str) -> String {
     config_text(
         backend,
@@ -334,10 +341,7 @@ async fn sidecars_starting_together_migrate_once() {
     for p in &mut ps {
         p.wait_ready(Duration::from_secs(20)).await;
     }
-    assert_eq!(
-        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM datalayer_sidecar.schema_version"),
-        "1,2"
-    );
+    assert_eq!(schema_versions(&pg), "1,2");
     for (i, p) in ps.iter().enumerate() {
         assert!(acked(&write(p, &format!("m-{i}"), 1).await));
     }
@@ -853,10 +857,7 @@ async fn analyzing_a_deep_queue_samples_a_bounded_number_of_rows() {
         "the version-1 store samples every row"
     );
     let _store = open_store(&pg).await;
-    assert_eq!(
-        pg.psql("SELECT string_agg(version::text, ',' ORDER BY version) FROM datalayer_sidecar.schema_version"),
-        "1,2"
-    );
+    assert_eq!(schema_versions(&pg), "1,2");
     let n = sampled(&pg);
     assert!(n <= 3_000, "after the upgrade ANALYZE sampled {n} rows");
 }
