@@ -192,6 +192,30 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 }
 
 #[tokio::test]
+async fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    // The answer comes after the client's FIN has arrived: the request is
+    // delivered and answered, not cut off as an aborted exchange.
+    let up =
+        FakeUpstream::start(|_, _| Reply::text(200, "stored").delayed(Duration::from_millis(300)))
+            .await;
+    let sc = Sidecar::start(&up.url(), "").await;
+    let mut s = TcpStream::connect(sc.addr).await.unwrap();
+    s.write_all(b"POST /items HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the sidecar answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nstored\r\n"), "{answer}");
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
 async fn absolute_uri_and_foreign_host_still_go_to_the_upstream() {
     let up = FakeUpstream::start(|r, _| Reply::text(200, r.uri.path())).await;
     let sc = Sidecar::start(&up.url(), "").await;

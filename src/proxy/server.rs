@@ -72,12 +72,19 @@ pub async fn serve<M, S>(
     let graceful = GracefulShutdown::new();
     let max_header = cfg.max_header_bytes;
     let mut h1 = hyper::server::conn::http1::Builder::new();
+    // Half-close: a client's FIN after its request is not an abort. The
+    // request runs to its answer (delivered or spooled; a write the client
+    // stopped waiting for is still worth keeping), and hyper does not read
+    // ahead on a busy connection, which would make it allocate a second
+    // read buffer while the request still holds the first.
     h1.timer(TokioTimer::new())
+        .half_close(true)
         .header_read_timeout(cfg.header_read_timeout)
         .max_header_size(max_header);
     let mut auto = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     auto.http1()
         .timer(TokioTimer::new())
+        .half_close(true)
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(max_header.max(8192));
     auto.http2()
