@@ -34,9 +34,10 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-/// `TE` is handled apart: `TE: trailers` is kept so trailers can flow.
-fn hop_by_hop() -> [&'static HeaderName; 6] {
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// and the two handled with them: `TE` (kept as `TE: trailers` so trailers
+/// can flow) and `Proxy-Authenticate`.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
         &header::CONNECTION,
         &KEEP_ALIVE,
@@ -44,19 +45,30 @@ fn hop_by_hop() -> [&'static HeaderName; 6] {
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
         &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+        &header::TE,
     ]
 }
 
-/// Whether `name` is a hop-by-hop header (or `TE`, which is handled apart).
-fn is_hop(name: &HeaderName) -> bool {
-    hop_by_hop().contains(&name) || name == header::TE || name == header::PROXY_AUTHENTICATE
+/// The hop-by-hop name `name` is, if it is one.
+fn as_hop(name: &HeaderName) -> Option<&'static HeaderName> {
+    hop_by_hop().into_iter().find(|h| *h == name)
 }
 
 /// Remove hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names (standard ones compare as integers) instead
-    // of a hash lookup per hop-by-hop name: most messages have none.
-    if !headers.keys().any(is_hop) {
+    // One pass over the names (standard ones compare as integers) finds the
+    // few present; only those are looked up again to be removed. Nearly
+    // every message carries `Connection: keep-alive` and nothing else.
+    let mut present: [Option<&'static HeaderName>; 8] = [None; 8];
+    let mut n = 0;
+    for name in headers.keys() {
+        if let Some(hop) = as_hop(name) {
+            present[n] = Some(hop);
+            n += 1;
+        }
+    }
+    if n == 0 {
         return;
     }
     if let Some(conn) = headers.get(header::CONNECTION) {
@@ -64,7 +76,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .to_str()
             .unwrap_or("")
             .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            // The usual tokens name no header (`close`) or one removed
+            // below anyway (`keep-alive`): no name to build for them.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             // Never let `Connection` strip what the proxy must keep.
@@ -73,18 +89,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    for name in hop_by_hop() {
-        headers.remove(name);
+    let te = present[..n].contains(&Some(&header::TE));
+    for hop in present[..n].iter().flatten() {
+        if *hop != header::TE {
+            headers.remove(*hop);
+        }
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
-    if let Some(te) = headers.get(header::TE) {
-        let trailers_only = te
-            .to_str()
-            .map(|v| {
+    if te {
+        let trailers_only = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
                 v.split(',')
                     .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
-            .unwrap_or(false);
+            });
         headers.remove(header::TE);
         if trailers_only {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -506,5 +524,42 @@ mod tests {
         ] {
             assert!(!h.contains_key(gone), "{gone} was kept");
         }
+    }
+
+    #[test]
+    fn strip_hop_by_hop_removes_exactly_the_connection_headers() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            (
+                "connection",
+                "Keep-Alive, close, Host, content-length, X-Hop",
+            ),
+            ("x-hop", "1"),
+            ("host", "h"),
+            ("content-length", "3"),
+            ("te", "deflate"),
+            ("proxy-authenticate", "Basic"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        // `TE` without `trailers` goes; `Connection` never strips Host or
+        // Content-Length.
+        assert_eq!(left, ["content-length", "host", "x-kept"]);
+
+        // The common message: only `Connection: keep-alive` goes.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
     }
 }
