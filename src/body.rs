@@ -18,6 +18,11 @@ use crate::error::{BadUpstreamResponse, BodyTooLarge, ClientBodyError, Error, Up
 use crate::proxy::pool::Lease;
 
 /// A request body on its way to the upstream.
+///
+/// Small on purpose: every request is moved through the layers by value,
+/// and hyper's client keeps a block of 32 requests per upstream connection
+/// in its dispatch channel, so the rare parts (trailers, a streamed body)
+/// are boxed.
 #[derive(Debug)]
 pub enum RequestBody {
     /// Held whole; replayable.
@@ -25,19 +30,23 @@ pub enum RequestBody {
         /// The bytes, taken when sent.
         data: Option<Bytes>,
         /// Trailers, if the client sent any.
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// Streamed from the client after an already-read prefix.
-    Stream {
-        /// Bytes read before deciding to stream.
-        prefix: Option<Bytes>,
-        /// The rest of the client's body.
-        inner: Incoming,
-        /// Bytes seen so far, the prefix included.
-        seen: u64,
-        /// Limit on the total.
-        limit: u64,
-    },
+    Stream(Box<Streaming>),
+}
+
+/// The state of a streamed request body.
+#[derive(Debug)]
+pub struct Streaming {
+    /// Bytes read before deciding to stream.
+    prefix: Option<Bytes>,
+    /// The rest of the client's body.
+    inner: Incoming,
+    /// Bytes seen so far, the prefix included.
+    seen: u64,
+    /// Limit on the total.
+    limit: u64,
 }
 
 impl RequestBody {
@@ -56,7 +65,7 @@ impl RequestBody {
                 data: data.clone(),
                 trailers: trailers.clone(),
             }),
-            RequestBody::Stream { .. } => None,
+            RequestBody::Stream(_) => None,
         }
     }
 
@@ -64,7 +73,7 @@ impl RequestBody {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             RequestBody::Full { data, .. } => Some(data.as_deref().unwrap_or(&[])),
-            RequestBody::Stream { .. } => None,
+            RequestBody::Stream(_) => None,
         }
     }
 
@@ -72,7 +81,7 @@ impl RequestBody {
     pub fn full_bytes(&self) -> Option<Bytes> {
         match self {
             RequestBody::Full { data, .. } => Some(data.clone().unwrap_or_default()),
-            RequestBody::Stream { .. } => None,
+            RequestBody::Stream(_) => None,
         }
     }
 
@@ -105,12 +114,12 @@ impl RequestBody {
             });
         }
         if content_length.is_some_and(|n| n > keep) {
-            return Ok(RequestBody::Stream {
+            return Ok(RequestBody::Stream(Box::new(Streaming {
                 prefix: None,
                 inner: incoming,
                 seen: 0,
                 limit,
-            });
+            })));
         }
         let p = read_prefix(&mut incoming, keep, limit, content_length)
             .await
@@ -121,15 +130,15 @@ impl RequestBody {
         if p.complete {
             return Ok(RequestBody::Full {
                 data: p.data,
-                trailers: p.trailers,
+                trailers: p.trailers.map(Box::new),
             });
         }
-        Ok(RequestBody::Stream {
+        Ok(RequestBody::Stream(Box::new(Streaming {
             prefix: p.data,
             inner: incoming,
             seen: p.seen,
             limit,
-        })
+        })))
     }
 }
 
@@ -146,14 +155,15 @@ impl Body for RequestBody {
                 if let Some(d) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(d))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
-            RequestBody::Stream {
-                prefix,
-                inner,
-                seen,
-                limit,
-            } => {
+            RequestBody::Stream(stream) => {
+                let Streaming {
+                    prefix,
+                    inner,
+                    seen,
+                    limit,
+                } = &mut **stream;
                 if let Some(p) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(p))));
                 }
@@ -182,14 +192,14 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Full { data, trailers } => data.is_none() && trailers.is_none(),
-            RequestBody::Stream { prefix, inner, .. } => prefix.is_none() && inner.is_end_stream(),
+            RequestBody::Stream(s) => s.prefix.is_none() && s.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Full { data, trailers } => full_size_hint(data, trailers),
-            RequestBody::Stream { prefix, inner, .. } => prefixed_size_hint(prefix, inner),
+            RequestBody::Full { data, trailers } => full_size_hint(data, trailers.is_some()),
+            RequestBody::Stream(s) => prefixed_size_hint(&s.prefix, &s.inner),
         }
     }
 }
@@ -332,7 +342,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full { data, trailers } => full_size_hint(data, trailers),
+            ResponseBody::Full { data, trailers } => full_size_hint(data, trailers.is_some()),
             ResponseBody::Stream { prefix, inner, .. } => prefixed_size_hint(prefix, inner),
         }
     }
@@ -416,9 +426,9 @@ enum ReadError {
 
 /// Exact for a plain body; open-ended when trailers follow, so HTTP/1 uses
 /// chunked framing (the only one that can carry them).
-fn full_size_hint(data: &Option<Bytes>, trailers: &Option<HeaderMap>) -> SizeHint {
+fn full_size_hint(data: &Option<Bytes>, trailers: bool) -> SizeHint {
     let len = data.as_ref().map_or(0, |d| d.len() as u64);
-    if trailers.is_some() {
+    if trailers {
         let mut h = SizeHint::new();
         h.set_lower(len);
         h
