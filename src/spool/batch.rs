@@ -28,13 +28,30 @@ use crate::route::Route;
 
 /// The parts of a request a spooled copy needs.
 pub(super) struct Head {
-    pub(super) method: http::Method,
-    pub(super) uri: http::Uri,
-    pub(super) headers: http::HeaderMap,
-    pub(super) request_id: http::HeaderValue,
+    method: http::Method,
+    uri: http::Uri,
+    /// The headers to keep, already in the form the store holds them: a
+    /// few hundred bytes where a copy of the header map is over a
+    /// kilobyte, kept by every spooling write while it is delivered.
+    headers: Vec<u8>,
+    request_id: http::HeaderValue,
 }
 
 impl Spool {
+    /// What a write on a spooling route keeps in case it has to be stored.
+    pub(super) fn head_of<B>(
+        &self,
+        req: &http::Request<B>,
+        request_id: &http::HeaderValue,
+    ) -> Head {
+        Head {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: record::encode_headers(req.headers(), &self.inner.live.load().skip),
+            request_id: request_id.clone(),
+        }
+    }
+
     /// The entries a write on `route` becomes: one per root field (only
     /// those at `only`, when given) if its document can be cut, else the
     /// whole write under `keys`.
@@ -56,7 +73,7 @@ impl Spool {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_string(),
-            headers: record::encode_headers(&head.headers, &self.inner.live.load().skip),
+            headers: head.headers.clone(),
             body: body.clone(),
             keys: keys.to_vec(),
         };

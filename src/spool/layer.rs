@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
-use super::batch::{Head, partly_spooled};
+use super::batch::partly_spooled;
 use super::{Admit, Spool, record};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::aliases::AliasVerdicts;
@@ -152,12 +152,7 @@ where
             return inner.ready().await?.call(req).await;
         };
         let route = routed.route.clone();
-        let head = Head {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            headers: req.headers().clone(),
-            request_id: ex.request_id.clone(),
-        };
+        let head = spool.head_of(&req, &ex.request_id);
         let bytes = body.len() as u64;
         // A write of n aliases may become n entries: it takes n tickets.
         let tickets = op.root_fields.len() as u64;

@@ -19,7 +19,13 @@ pub const SPOOLED_MESSAGE: &str = "stored by datalayer-sidecar; delivery to the 
 
 /// Encode `headers`, leaving out those in `skip`.
 pub fn encode_headers(headers: &HeaderMap, skip: &[HeaderName]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(headers.len() * 32);
+    // Sized exactly: a spooling write keeps this while it is delivered.
+    let len = headers
+        .iter()
+        .filter(|(name, _)| !skip.contains(name))
+        .map(|(name, value)| name.as_str().len() + value.len() + 2)
+        .sum();
+    let mut out = Vec::with_capacity(len);
     for (name, value) in headers {
         if skip.contains(name) {
             continue;
