@@ -62,13 +62,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // every message carries `Connection: keep-alive` and nothing else.
     let mut present: [Option<&'static HeaderName>; 8] = [None; 8];
     let mut n = 0;
+    let mut te = false;
     for name in headers.keys() {
-        if let Some(hop) = as_hop(name) {
-            present[n] = Some(hop);
-            n += 1;
+        match as_hop(name) {
+            Some(hop) if hop == header::TE => te = true,
+            Some(hop) => {
+                present[n] = Some(hop);
+                n += 1;
+            }
+            None => {}
         }
     }
-    if n == 0 {
+    if n == 0 && !te {
         return;
     }
     if let Some(conn) = headers.get(header::CONNECTION) {
@@ -89,11 +94,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-    let te = present[..n].contains(&Some(&header::TE));
     for hop in present[..n].iter().flatten() {
-        if *hop != header::TE {
-            headers.remove(*hop);
-        }
+        headers.remove(*hop);
     }
     if te {
         let trailers_only = headers

@@ -19,10 +19,10 @@ pub const SPOOLED_MESSAGE: &str = "stored by datalayer-sidecar; delivery to the 
 
 /// Encode `headers`, leaving out those in `skip`.
 pub fn encode_headers(headers: &HeaderMap, skip: &[HeaderName]) -> Vec<u8> {
-    // Sized exactly: a spooling write keeps this while it is delivered.
+    // Sized once, for every header: a spooling write keeps this while it
+    // is delivered, and the few skipped ones (host, credentials) are short.
     let len = headers
         .iter()
-        .filter(|(name, _)| !skip.contains(name))
         .map(|(name, value)| name.as_str().len() + value.len() + 2)
         .sum();
     let mut out = Vec::with_capacity(len);
