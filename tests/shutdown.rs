@@ -74,7 +74,15 @@ async fn sigterm_delivers_the_spool_then_exits_zero_within_the_grace_period() {
         .await;
     let started = tokio::time::Instant::now();
     p.signal("TERM");
-    let ready = client::try_get(p.admin, "/readyz").await;
+    // `kill` returns once the signal is queued; the sidecar's signal task
+    // and this probe's connection can reach its runtime in either order,
+    // so readiness is given a moment to drop (the drain takes ~3 s).
+    let mut ready = client::try_get(p.admin, "/readyz").await;
+    let until = started + Duration::from_secs(1);
+    while ready == Some(200) && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ready = client::try_get(p.admin, "/readyz").await;
+    }
     assert_ne!(ready, Some(200), "not ready once shutdown began");
     let status = p.wait_exit(Duration::from_secs(25)).await;
     let took = started.elapsed();
