@@ -226,7 +226,6 @@ impl Core {
             service: stack::replay_service(shared),
             prepare: shared.prepare.clone(),
             breaker: shared.breaker.clone(),
-            classifier: shared.classifier.clone(),
             api_key: cfg.spool.replay_key.clone(),
             replay: cfg.spool.replay.clone(),
         });

@@ -177,7 +177,6 @@ pub fn delivery(
         .layer(RetryLayer::new(RetryPolicy::new(
             shared.budget.clone(),
             shared.breaker.clone(),
-            shared.classifier.clone(),
         )))
         // Judge each attempt once, for retry, breaker, metrics and logs;
         // above the per-try timeout so a timeout is judged like any failure.

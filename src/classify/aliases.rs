@@ -8,17 +8,65 @@
 //! can be retried, spooled or dead-lettered alias by alias. An error that
 //! names no alias concerns the whole request; then there is no per-alias
 //! answer and the request is judged as a whole.
+//!
+//! The judgement is made once per attempt, by the classify layer, and
+//! travels on the response as [`AliasAnswers`]; the retry policy merges
+//! the attempts' answers into the final one, and the spool layer and the
+//! replay worker settle each alias from it. Nobody reads a merged body
+//! again to decide what happened to an alias: the answers the sidecar
+//! writes itself (an alias whose last attempt failed as a whole) carry
+//! their verdict here, not in a code someone would have to recognise.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Classifier, Kind, Verdict, matches_any};
+use super::{Class, Classifier, Kind, Verdict, matches_any};
 
-/// Each alias's final verdict, in document order, on an answer the retry
-/// policy assembled from several attempts (see [`crate::retry`]): the
-/// spool stores the aliases still open, one entry each.
+/// Each alias's result, in document order: for one attempt (set by the
+/// classify layer), or final (set by the retry policy when it settled a
+/// batched write over several attempts, see [`crate::retry`]).
 #[derive(Debug, Clone)]
-pub struct AliasVerdicts(pub std::sync::Arc<[Verdict]>);
+pub struct AliasAnswers(pub Arc<[AliasResult]>);
+
+impl AliasAnswers {
+    /// The class of the whole answer: success when every alias succeeded,
+    /// else transient when one may pass on a retry, else permanent; the
+    /// kind is the first failing alias's.
+    pub fn class(&self) -> Class {
+        merged_class(&self.0)
+    }
+
+    /// Indexes of the aliases whose verdict is `v`.
+    pub fn with_verdict(&self, v: Verdict) -> Vec<usize> {
+        (0..self.0.len())
+            .filter(|&i| self.0[i].verdict == v)
+            .collect()
+    }
+}
+
+/// On a request: the aliases this attempt carries, when the retry policy
+/// rewrote it to the aliases still open (see [`crate::retry::partial`]).
+/// The classify layer judges the answer against these, one by one.
+#[derive(Debug, Clone)]
+pub struct AttemptAliases(pub Arc<[Box<str>]>);
+
+/// See [`AliasAnswers::class`].
+pub(crate) fn merged_class(results: &[AliasResult]) -> Class {
+    let first = |v: Verdict| results.iter().find(|r| r.verdict == v).map(|r| r.kind);
+    let (verdict, kind) = match (first(Verdict::Transient), first(Verdict::Permanent)) {
+        (Some(k), _) => (Verdict::Transient, k),
+        (None, Some(k)) => (Verdict::Permanent, k),
+        (None, None) => return Class::OK,
+    };
+    Class {
+        verdict,
+        kind,
+        ..Class::OK
+    }
+}
 
 /// What the backend said about one alias.
 #[derive(Debug, Clone)]
@@ -31,6 +79,18 @@ pub struct AliasResult {
     pub data: Option<Box<RawValue>>,
     /// The errors whose `path` starts with the alias, as written.
     pub errors: Vec<Box<RawValue>>,
+}
+
+impl AliasResult {
+    /// An alias the backend took (its answer not kept).
+    pub fn success() -> Self {
+        AliasResult {
+            verdict: Verdict::Success,
+            kind: Kind::Ok,
+            data: None,
+            errors: Vec::new(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,6 +134,12 @@ impl Classifier {
     pub fn aliases(&self, body: &[u8], keys: &[&str]) -> Option<Vec<AliasResult>> {
         let answer: Answer<'_> = serde_json::from_slice(body).ok()?;
         let mut data = answer.data.unwrap_or_default();
+        // By key, so an answer with an error per alias is read in linear
+        // time (the first alias of a repeated key takes its errors).
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            index.entry(*k).or_insert(i);
+        }
         let mut out: Vec<AliasResult> = keys
             .iter()
             .map(|k| AliasResult {
@@ -91,7 +157,7 @@ impl Classifier {
                 .as_ref()
                 .and_then(|p| p.first())
                 .and_then(|v| v.as_str());
-            let i = first.and_then(|f| keys.iter().position(|k| *k == f))?;
+            let i = first.and_then(|f| index.get(f).copied())?;
             if head
                 .extensions
                 .and_then(|e| e.code)

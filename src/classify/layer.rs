@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use super::aliases::AttemptAliases;
 use super::{Class, Classified, Classifier, Kind, Verdict};
 use crate::body::ResponseBody;
 use crate::breaker::Breaker;
@@ -81,9 +82,11 @@ where
         if let Some(ex) = &ex {
             ex.start_attempt();
         }
+        let subset = req.extensions().get::<AttemptAliases>().cloned();
         ResponseFuture {
             inner: self.inner.call(req),
             ex,
+            subset,
             started: Instant::now(),
             layer: self.layer.clone(),
         }
@@ -97,6 +100,8 @@ pin_project! {
         #[pin]
         inner: F,
         ex: Option<Arc<Exchange>>,
+        // The aliases a rewritten attempt carries.
+        subset: Option<AttemptAliases>,
         started: Instant,
         layer: ClassifyLayer,
     }
@@ -116,9 +121,19 @@ where
         let (class, out) = match result {
             Ok(mut resp) => {
                 let mut class = layer.classifier.status(resp.status(), resp.headers());
-                if class == Class::OK && routed.is_some_and(|r| r.operation.is_some()) {
+                let op = routed.and_then(|r| r.operation.as_deref());
+                if let (true, Some(op)) = (class == Class::OK, op) {
                     class = match resp.body().bytes() {
-                        Some(bytes) => layer.classifier.graphql_body(bytes),
+                        Some(bytes) => {
+                            let (class, aliases) = match this.subset.as_ref() {
+                                Some(s) => layer.classifier.graphql_attempt(bytes, &s.0),
+                                None => layer.classifier.graphql_answer(bytes, op),
+                            };
+                            if let Some(a) = aliases {
+                                resp.extensions_mut().insert(a);
+                            }
+                            class
+                        }
                         None => {
                             tracing::warn!(
                                 request_id = ?this.ex.as_ref().map(|e| &e.request_id),

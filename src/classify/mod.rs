@@ -414,8 +414,62 @@ impl Classifier {
         class
     }
 
+    /// Judge a buffered GraphQL answer to `op`: the class of the whole
+    /// and, for a batched mutation, each alias's result. The per-alias
+    /// reading runs only when the allocation-free scan finds a failure or
+    /// fewer members in `data` than the request has root fields (an alias
+    /// left unanswered was not written); then the whole's class is the
+    /// merge of the aliases', so the two can never disagree.
+    pub fn graphql_answer(
+        &self,
+        body: &[u8],
+        op: &crate::graphql::Operation,
+    ) -> (Class, Option<aliases::AliasAnswers>) {
+        let (class, members) = self.scan(body);
+        let fields = op.root_fields.len();
+        let batched = op.kind == crate::graphql::OperationType::Mutation && fields >= 2;
+        if !batched || class.kind == Kind::BadJson || (!class.is_failure() && members >= fields) {
+            return (class, None);
+        }
+        let keys: Vec<&str> = op.root_fields.iter().map(|f| &*f.response_key).collect();
+        match self.aliases(body, &keys) {
+            Some(results) => {
+                let answers = aliases::AliasAnswers(results.into());
+                (answers.class(), Some(answers))
+            }
+            None => (class, None),
+        }
+    }
+
+    /// Judge an answer to an attempt that carries only `aliases` (the
+    /// retry policy's rewrite to the aliases still open): always alias by
+    /// alias, so each alias's answer is kept as written.
+    pub fn graphql_attempt(
+        &self,
+        body: &[u8],
+        aliases: &[Box<str>],
+    ) -> (Class, Option<aliases::AliasAnswers>) {
+        let (class, _) = self.scan(body);
+        if class.kind == Kind::BadJson {
+            return (class, None);
+        }
+        let keys: Vec<&str> = aliases.iter().map(|a| &**a).collect();
+        match self.aliases(body, &keys) {
+            Some(results) => {
+                let answers = aliases::AliasAnswers(results.into());
+                (answers.class(), Some(answers))
+            }
+            None => (class, None),
+        }
+    }
+
     /// Judge a buffered GraphQL response body as the SDK would.
     pub fn graphql_body(&self, body: &[u8]) -> Class {
+        self.scan(body).0
+    }
+
+    /// The class of a whole answer, and how many members its `data` has.
+    fn scan(&self, body: &[u8]) -> (Class, usize) {
         let mut scan = ScanState::default();
         let mut de = serde_json::Deserializer::from_slice(body);
         let parsed = TopSeed {
@@ -426,15 +480,16 @@ impl Classifier {
         .deserialize(&mut de)
         .and_then(|()| de.end());
         if parsed.is_err() {
-            return Class::new(Verdict::Transient, Kind::BadJson, true);
+            return (Class::new(Verdict::Transient, Kind::BadJson, true), 0);
         }
+        let members = scan.data_members;
         if scan.errors > 0 {
             let verdict = if scan.transient_error {
                 Verdict::Transient
             } else {
                 Verdict::Permanent
             };
-            return Class::new(verdict, Kind::GraphqlError, true);
+            return (Class::new(verdict, Kind::GraphqlError, true), members);
         }
         if scan.item_not_ok {
             let verdict = if scan.permanent_item {
@@ -442,9 +497,9 @@ impl Classifier {
             } else {
                 Verdict::Transient
             };
-            return Class::new(verdict, Kind::ItemNotOk, true);
+            return (Class::new(verdict, Kind::ItemNotOk, true), members);
         }
-        Class::OK
+        (Class::OK, members)
     }
 }
 
@@ -477,6 +532,8 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 #[derive(Default)]
 struct ScanState {
     errors: usize,
+    /// Members of `data`, when it is an object.
+    data_members: usize,
     transient_error: bool,
     item_not_ok: bool,
     permanent_item: bool,
@@ -564,6 +621,7 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while map.next_key::<IgnoredAny>()?.is_some() {
+            self.state.data_members += 1;
             map.next_value_seed(ItemSeed {
                 state: self.state,
                 patterns: self.patterns,

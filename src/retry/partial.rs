@@ -11,12 +11,21 @@
 //! aliases still open ([`Batch::subset`]: their fields and the variables
 //! they use, as sent), and when it stops — everything settled, or no retry
 //! allowed — answers one response in which every alias carries its true
-//! final result, tagged with [`AliasVerdicts`] for the spool.
+//! final result, tagged with [`AliasAnswers`] for the spool.
+//!
+//! Each attempt's aliases are judged once, by the classify layer (told by
+//! [`AttemptAliases`] which aliases a rewritten attempt carries); this
+//! module only merges those judgements.
 //!
 //! Order within a batch: when an alias is sent again, every later alias of
-//! the same step (or with no known step) is sent again after it, even if it
-//! had succeeded, so a step named twice still ends on its last version.
+//! the same step (or of a barrier, or with no known step) is sent again
+//! after it, even if it had succeeded, so a step named twice still ends on
+//! its last version. If the earlier one is still open when the policy
+//! stops, the later one stays open too (transient), whatever its last
+//! answer: the spool then stores both, in order, and the version the
+//! backend holds last is the one the app sent last.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -24,20 +33,21 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use serde_json::value::RawValue;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::classify::aliases::{AliasResult, AliasVerdicts};
-use crate::classify::{Class, Classifier, Kind, Verdict};
+use crate::classify::aliases::{AliasAnswers, AliasResult, AttemptAliases, merged_class};
+use crate::classify::{Class, Kind, Verdict};
 use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql::split::Batch;
 use crate::graphql::{self, OperationType};
+use crate::route::BARRIER_KEY;
 
 /// One request's batched write, while its aliases are being settled.
 #[derive(Debug, Clone)]
 pub(super) struct Partial {
     batch: Batch,
     keys: Vec<String>,
-    /// Each field's step (`entity:id`), when it names one.
-    order: Vec<Option<String>>,
+    /// Each field's ordering keys (as the spool stores its entry).
+    order: Vec<Vec<String>>,
     settled: Vec<Option<AliasResult>>,
     /// The fields sent in the attempt now running.
     pending: Vec<usize>,
@@ -66,15 +76,13 @@ pub(super) fn eligible(routed: &Routed) -> bool {
             .is_some_and(|op| op.kind == OperationType::Mutation && op.root_fields.len() >= 2)
 }
 
-fn answers(
-    classifier: &Classifier,
-    result: &Result<Response<ResponseBody>, Error>,
-    keys: &[&str],
-) -> Option<Vec<AliasResult>> {
+/// The attempt's per-alias answers, as the classify layer judged them.
+fn answers(result: &Result<Response<ResponseBody>, Error>) -> Option<Vec<AliasResult>> {
     match result {
-        Ok(resp) if resp.status() == StatusCode::OK => {
-            classifier.aliases(resp.body().bytes()?, keys)
-        }
+        Ok(resp) if resp.status() == StatusCode::OK => resp
+            .extensions()
+            .get::<AliasAnswers>()
+            .map(|a| a.0.to_vec()),
         _ => None,
     }
 }
@@ -83,15 +91,11 @@ impl Partial {
     /// After a first attempt: a partial state when the answer mixes
     /// aliases that are settled with aliases that may pass on a retry.
     pub(super) fn start(
-        classifier: &Classifier,
+        routed: &Routed,
         req: &Request<RequestBody>,
         result: &Result<Response<ResponseBody>, Error>,
     ) -> Option<Partial> {
-        let body = req.body().bytes()?;
-        let request = graphql::parse_request(body).ok()?;
-        let op = request.operation.clone();
-        let keys: Vec<&str> = op.root_fields.iter().map(|f| &*f.response_key).collect();
-        let got = answers(classifier, result, &keys)?;
+        let got = answers(result)?;
         let transient = got
             .iter()
             .filter(|a| a.verdict == Verdict::Transient)
@@ -101,19 +105,25 @@ impl Partial {
             // says it.
             return None;
         }
+        let body = req.body().bytes()?;
+        let request = graphql::parse_request(body).ok()?;
+        let op = request.operation.clone();
+        if got.len() != op.root_fields.len() {
+            return None;
+        }
         let batch = Batch::parse(body)?;
-        let order = op
+        let order = routed.route.field_keys(&op, &request.root_ids());
+        let keys: Vec<String> = op
             .root_fields
             .iter()
-            .zip(request.root_ids())
-            .map(|(f, id)| id.map(|id| crate::route::literalai::order_key(&f.name, &id)))
+            .map(|f| f.response_key.to_string())
             .collect();
         let mut p = Partial {
             batch,
-            keys: keys.iter().map(|k| k.to_string()).collect(),
-            order,
             settled: vec![None; keys.len()],
             pending: (0..keys.len()).collect(),
+            keys,
+            order,
             answered: true,
         };
         p.take(got);
@@ -123,55 +133,46 @@ impl Partial {
     /// Take an attempt's answers for the pending fields: settled ones are
     /// kept, the rest (and what must follow them) stay pending.
     fn take(&mut self, got: Vec<AliasResult>) {
-        let mut open = Vec::new();
+        let mut open = vec![false; self.keys.len()];
         for (&i, a) in self.pending.iter().zip(got) {
-            if a.verdict == Verdict::Transient {
-                open.push(i);
-                self.settled[i] = Some(a);
-            } else {
-                self.settled[i] = Some(a);
-            }
+            open[i] = a.verdict == Verdict::Transient;
+            self.settled[i] = Some(a);
         }
         self.pending = self.close_over(open);
     }
 
-    /// `open` and every later field that must be sent again after one of
-    /// them: the same step, or a step that is not known.
-    fn close_over(&self, open: Vec<usize>) -> Vec<usize> {
-        let mut out = vec![false; self.keys.len()];
-        for &i in &open {
-            out[i] = true;
-        }
-        for i in 0..self.keys.len() {
-            if !out[i] {
-                continue;
+    /// The fields in `open` and every later field that must be sent again
+    /// after one of them: one sharing an ordering key, a barrier, or one
+    /// with no key. One pass, whatever the number of fields.
+    fn close_over(&self, mut open: Vec<bool>) -> Vec<usize> {
+        let mut open_keys: HashSet<&str> = HashSet::new();
+        // An open field that orders against everything (a barrier, or no
+        // key at all): every later field follows it.
+        let mut all_follow = false;
+        for (i, keys) in self.order.iter().enumerate() {
+            let barrier = keys.is_empty() || keys.iter().any(|k| k == BARRIER_KEY);
+            if !open[i]
+                && (all_follow
+                    || (barrier && !open_keys.is_empty())
+                    || keys.iter().any(|k| open_keys.contains(k.as_str())))
+            {
+                open[i] = true;
             }
-            for (j, flag) in out.iter_mut().enumerate().skip(i + 1) {
-                let same = match (&self.order[i], &self.order[j]) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => true,
-                };
-                if same {
-                    *flag = true;
-                }
+            if open[i] {
+                all_follow |= barrier;
+                open_keys.extend(keys.iter().map(String::as_str));
             }
         }
-        (0..out.len()).filter(|&i| out[i]).collect()
+        (0..open.len()).filter(|&i| open[i]).collect()
     }
 
     /// After a later attempt (which sent the pending fields).
     pub(super) fn next(
         &mut self,
-        classifier: &Classifier,
         result: &Result<Response<ResponseBody>, Error>,
         class: &Class,
     ) -> Step {
-        let keys: Vec<&str> = self
-            .pending
-            .iter()
-            .map(|&i| self.keys[i].as_str())
-            .collect();
-        let got = answers(classifier, result, &keys);
+        let got = answers(result).filter(|g| g.len() == self.pending.len());
         self.answered = got.is_some();
         match got {
             Some(got) => {
@@ -198,7 +199,12 @@ impl Partial {
         let kind = self
             .pending
             .iter()
-            .find_map(|&i| self.settled[i].as_ref().map(|a| a.kind))
+            .find_map(|&i| {
+                self.settled[i]
+                    .as_ref()
+                    .filter(|a| a.verdict == Verdict::Transient)
+                    .map(|a| a.kind)
+            })
             .unwrap_or(Kind::ItemNotOk);
         Class {
             verdict: Verdict::Transient,
@@ -207,11 +213,18 @@ impl Partial {
         }
     }
 
-    /// The next attempt: only the open fields.
+    /// The next attempt: only the open fields, and the classify layer told
+    /// which aliases it carries.
     pub(super) fn rewrite(&self, req: &mut Request<RequestBody>) {
         let body = self.batch.subset(&self.pending);
         req.headers_mut().remove(http::header::CONTENT_LENGTH);
         *req.body_mut() = RequestBody::full(body);
+        let aliases: Arc<[Box<str>]> = self
+            .pending
+            .iter()
+            .map(|&i| self.keys[i].as_str().into())
+            .collect();
+        req.extensions_mut().insert(AttemptAliases(aliases));
     }
 
     /// The one answer for the client, from every field's final result.
@@ -230,6 +243,10 @@ impl Partial {
             answered,
             ..
         } = self;
+        let mut still_open = vec![false; keys.len()];
+        for &i in &pending {
+            still_open[i] = true;
+        }
         // Open fields whose last attempt carried no answer of their own.
         let whole = if answered {
             None
@@ -238,29 +255,38 @@ impl Partial {
         };
         let mut data = String::from("{");
         let mut errors: Vec<Box<RawValue>> = Vec::new();
-        let mut verdicts = Vec::with_capacity(keys.len());
+        let mut results = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
-            let answered = settled[i].take();
-            let (verdict, value) = match answered {
-                Some(a) if !(pending.contains(&i) && whole.is_some()) => {
-                    errors.extend(a.errors);
-                    (a.verdict, a.data)
-                }
-                _ => match &whole {
-                    Some(w) => {
-                        errors.push(w.error_for(key));
-                        (w.class, None)
-                    }
-                    None => (Verdict::Transient, None),
+            let mut r = match (settled[i].take(), &whole) {
+                (Some(a), None) => a,
+                (Some(a), Some(_)) if !still_open[i] => a,
+                (_, Some(w)) => AliasResult {
+                    verdict: w.class,
+                    kind: class.kind,
+                    data: None,
+                    errors: vec![w.error_for(key)],
+                },
+                (None, None) => AliasResult {
+                    verdict: Verdict::Transient,
+                    kind: Kind::ItemNotOk,
+                    data: None,
+                    errors: Vec::new(),
                 },
             };
-            verdicts.push(verdict);
+            // A field held behind an earlier open version of its step is
+            // open too, whatever its last answer said: stored after the
+            // earlier one, it is applied after it.
+            if still_open[i] && r.verdict == Verdict::Success {
+                r.verdict = Verdict::Transient;
+            }
             if i > 0 {
                 data.push(',');
             }
             data.push_str(&serde_json::Value::String(key.clone()).to_string());
             data.push(':');
-            data.push_str(value.as_deref().map_or("null", RawValue::get));
+            data.push_str(r.data.as_deref().map_or("null", RawValue::get));
+            errors.extend(r.errors.iter().cloned());
+            results.push(r);
         }
         data.push('}');
         let mut body = format!("{{\"data\":{data}");
@@ -275,7 +301,12 @@ impl Partial {
             body.push(']');
         }
         body.push('}');
-        let merged_class = merged(&verdicts, class);
+        let merged = merged_class(&results);
+        let merged_class = Class {
+            retry_after: class.retry_after,
+            may_have_reached: class.may_have_reached,
+            ..merged
+        };
         let mut resp = Response::new(ResponseBody::full(Bytes::from(body)));
         if let Ok(last) = result.as_ref() {
             *resp.headers_mut() = last.headers().clone();
@@ -288,31 +319,8 @@ impl Partial {
         );
         resp.extensions_mut().insert(merged_class);
         resp.extensions_mut()
-            .insert(AliasVerdicts(Arc::from(verdicts)));
+            .insert(AliasAnswers(Arc::from(results)));
         *result = Ok(resp);
-    }
-}
-
-/// The class of the merged answer: success when every alias succeeded,
-/// else transient if one is still open, else permanent.
-fn merged(verdicts: &[Verdict], last: &Class) -> Class {
-    if verdicts.iter().all(|v| *v == Verdict::Success) {
-        return Class::OK;
-    }
-    let verdict = if verdicts.contains(&Verdict::Transient) {
-        Verdict::Transient
-    } else {
-        Verdict::Permanent
-    };
-    let kind = if last.is_failure() {
-        last.kind
-    } else {
-        Kind::ItemNotOk
-    };
-    Class {
-        verdict,
-        kind,
-        ..*last
     }
 }
 

@@ -11,7 +11,7 @@ use super::RetryBudget;
 use super::partial::{self, Partial, Step};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::{Breaker, State};
-use crate::classify::{Class, Classifier, Verdict};
+use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange::{self, Exchange, NotRetried, Routed};
 
@@ -21,8 +21,8 @@ use crate::exchange::{self, Exchange, NotRetried, Routed};
 /// request, and the clone keeps that request's state.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    // One reference count for the three: tower clones the policy for
-    // every request.
+    // One reference count for both: tower clones the policy for every
+    // request.
     shared: Arc<PolicyShared>,
     /// Set on a request's own copy once it has retried, so the request's
     /// deposit into the budget is made exactly once.
@@ -36,19 +36,15 @@ pub struct RetryPolicy {
 struct PolicyShared {
     budget: Arc<RetryBudget>,
     breaker: Breaker,
-    classifier: Arc<Classifier>,
 }
 
 impl RetryPolicy {
-    /// A policy sharing `budget` and `breaker` with every other request,
-    /// reading batched answers alias by alias with `classifier`.
-    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker, classifier: Arc<Classifier>) -> Self {
+    /// A policy sharing `budget` and `breaker` with every other request.
+    /// Batched answers are merged alias by alias from the judgement the
+    /// classify layer attached to each attempt.
+    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker) -> Self {
         RetryPolicy {
-            shared: Arc::new(PolicyShared {
-                budget,
-                breaker,
-                classifier,
-            }),
+            shared: Arc::new(PolicyShared { budget, breaker }),
             retrying: false,
             partial: None,
         }
@@ -69,11 +65,10 @@ impl RetryPolicy {
         }
         let ex = exchange::of(req)?.clone();
         let routed = ex.routed()?;
-        let classifier = &self.shared.classifier;
         let step = match self.partial.as_mut() {
-            Some(p) => p.next(classifier, result, class),
+            Some(p) => p.next(result, class),
             None if class.is_failure() && partial::eligible(routed) => {
-                let p = Partial::start(classifier, req, result)?;
+                let p = Partial::start(routed, req, result)?;
                 let open = p.open_class();
                 self.partial = Some(Box::new(p));
                 Step::Retry(open)

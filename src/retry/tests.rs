@@ -51,11 +51,7 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
     let svc = ServiceBuilder::new()
         .layer(TimeoutLayer::deadline())
         .layer(BreakerGateLayer::new(breaker.clone()))
-        .layer(RetryLayer::new(RetryPolicy::new(
-            budget,
-            breaker.clone(),
-            classifier.clone(),
-        )))
+        .layer(RetryLayer::new(RetryPolicy::new(budget, breaker.clone())))
         .layer(ClassifyLayer::new(classifier, breaker))
         .layer(TimeoutLayer::per_try())
         .service(mock);

@@ -65,7 +65,8 @@ use super::store::{DeadInfo, Entry, Totals, now_ms};
 use super::{Paused, ReplayParams, Spool};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
-use crate::classify::{Class, Classifier, Kind, Verdict};
+use crate::classify::aliases::{AliasAnswers, AliasResult};
+use crate::classify::{Class, Kind, Verdict};
 use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql::{self, split};
@@ -105,8 +106,6 @@ pub struct ReplayView {
     pub prepare: Arc<PrepareShared>,
     /// The breaker, to wait out an open state.
     pub breaker: Breaker,
-    /// Reads a joined request's answer alias by alias.
-    pub classifier: Arc<Classifier>,
     /// Credential sent on replay when credentials are not stored.
     pub api_key: Option<(HeaderName, HeaderValue)>,
     /// Backoff, concurrency and dead-letter statuses.
@@ -598,7 +597,6 @@ impl Drain {
             Err(_) => None,
         };
         let keys: Vec<String> = (0..batch.len()).map(split::joined_key).collect();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let (result, attempts) = match outcome {
             Some(o) => o,
             None => {
@@ -618,18 +616,28 @@ impl Drain {
                     .copied()
                     .unwrap_or(Class::OK);
                 let body = resp.body().bytes().map(<[u8]>::to_vec);
-                let answers = (resp.status() == http::StatusCode::OK)
-                    .then_some(body.as_deref())
-                    .flatten()
-                    .and_then(|b| view.classifier.aliases(b, &key_refs));
+                // Each alias's verdict as the classify layer and the retry
+                // policy reached it: never judged again from the body.
+                let answers = resp
+                    .extensions()
+                    .get::<AliasAnswers>()
+                    .filter(|a| a.0.len() == batch.len())
+                    .map(|a| a.0.to_vec());
                 (answers, class, Some(resp.status().as_u16()), body)
             }
             Err(e) => (None, Class::of_error(e), None, None),
         };
-        let Some(answers) = answers else {
-            return self
-                .joined_as_a_whole(&ids, &result, class, status, body, attempts)
-                .await;
+        let answers: Vec<AliasResult> = match answers {
+            Some(answers) => answers,
+            // The classify layer reads an answer alias by alias unless every
+            // alias answered and none failed: a success without per-alias
+            // answers is every alias delivered.
+            None if class.verdict == Verdict::Success => vec![AliasResult::success(); batch.len()],
+            None => {
+                return self
+                    .joined_as_a_whole(&ids, &result, class, status, body, attempts)
+                    .await;
+            }
         };
         let mut delivered = Vec::new();
         let mut open = Vec::new();

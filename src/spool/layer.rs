@@ -12,7 +12,7 @@ use tower::{Layer, Service, ServiceExt};
 use super::batch::partly_spooled;
 use super::{Admit, Spool, record};
 use crate::body::{RequestBody, ResponseBody};
-use crate::classify::aliases::AliasVerdicts;
+use crate::classify::aliases::AliasAnswers;
 use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange;
@@ -176,14 +176,12 @@ where
                 // store the aliases still open, answer the rest as the
                 // backend did.
                 let open: Option<Vec<usize>> = result.as_ref().ok().and_then(|r| {
-                    let v = r.extensions().get::<AliasVerdicts>()?;
-                    Some(
-                        (0..v.0.len())
-                            .filter(|&i| v.0[i] == Verdict::Transient)
-                            .collect(),
-                    )
+                    let answers = r.extensions().get::<AliasAnswers>()?;
+                    Some(answers.with_verdict(Verdict::Transient))
                 });
                 match open {
+                    // Every alias open: stored whole, answered as spooled.
+                    Some(open) if open.len() == op.root_fields.len() => {}
                     Some(open) if !open.is_empty() => {
                         let place = guard.into_reservation();
                         let writes =

@@ -1,0 +1,159 @@
+//! The promise where features meet: batches, partial answers, joined
+//! replays, backend-chosen waits, refusals of everything, hot keys. Each
+//! test is a write the sidecar acknowledged that was once lost, overwritten
+//! by an older version, or stuck.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use support::backend::{AliasFault, AliasReply, Backend, RequestFault};
+use support::client::{self, add_step_with};
+use support::proxy::{config, spooled_route};
+use support::{Answer, Reply, Sidecar};
+
+/// A spooling sidecar with short timeouts; `extra` goes before the route.
+async fn start(backend: &Backend, extra: &str) -> Sidecar {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = if extra.contains("[spool]") {
+        extra.replace(
+            "[spool]",
+            &format!(
+                "[spool]\npath = \"{}\"",
+                dir.path().join("spool.sqlite3").display()
+            ),
+        )
+    } else {
+        format!(
+            "[spool]\npath = \"{}\"\n{extra}",
+            dir.path().join("spool.sqlite3").display()
+        )
+    };
+    let text = format!(
+        "[timeouts]\nper_try = \"500ms\"\ndeadline = \"2s\"\n[retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\nmin_attempt_time = \"10ms\"\njitter = 0.0\n{spool}\n{}",
+        spooled_route(
+            "idempotent = true\non_failure = \"spool\"\ntimeouts = { per_try = \"300ms\" }\nretry = { max_attempts = 2 }"
+        )
+    );
+    Sidecar::start_in(config(&backend.url(), &text), dir).await
+}
+
+async fn write(addr: std::net::SocketAddr, list: &[(&str, &str)]) -> Answer {
+    let body = add_step_with(
+        list.iter()
+            .map(|(id, c)| (id.to_string(), c.to_string()))
+            .collect(),
+    );
+    client::post_json(addr, "/api/graphql", &body).await
+}
+
+async fn spool(sc: &Sidecar) -> serde_json::Value {
+    client::get(sc.admin, "/spool").await.json()
+}
+
+/// Wait until `/spool` satisfies `pred`, or fail with what it said.
+async fn wait_spool(sc: &Sidecar, within: Duration, pred: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let s = spool(sc).await;
+        if pred(&s) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "spool: {s}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Defect 1: a step that only ever failed transiently — `ok:false, "db
+/// busy"` inside a joined replay, then 503 when the retry layer sent it
+/// alone — was dead-lettered, because the worker judged the merged answer
+/// again and took the retry layer's own per-alias error for a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replay_keeps_a_step_that_only_failed_transiently() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let alias: AliasFault = Arc::new(move |id, _| {
+        (id == "victim" && f.load(Ordering::SeqCst)).then(|| AliasReply::NotOk("db busy".into()))
+    });
+    let f = failing.clone();
+    let alone: RequestFault = Arc::new(move |ids| {
+        (ids == ["victim".to_string()] && f.load(Ordering::SeqCst))
+            .then(|| Reply::text(503, "busy"))
+    });
+    let mut backend = Backend::down(None)
+        .with_alias_fault(alias)
+        .with_request_fault(alone);
+    let sc = start(
+        &backend,
+        "[breaker]\nenabled = false\n[spool]\nreplay_backoff_base = \"4s\"\nreplay_backoff_max = \"4s\"",
+    )
+    .await;
+    let a = write(
+        sc.addr,
+        &[("a", "a v1"), ("b", "b v1"), ("victim", "victim v1")],
+    )
+    .await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    wait_spool(&sc, Duration::from_secs(5), |s| s["depth"] == 3).await;
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(10), "a and b", |st| {
+            st.steps.contains_key("a") && st.steps.contains_key("b")
+        })
+        .await;
+    // The joined delivery and its retry of `victim` alone are over.
+    wait_spool(&sc, Duration::from_secs(5), |s| s["depth"] == 1).await;
+    let s = spool(&sc).await;
+    assert_eq!(
+        s["dead_letters"], 0,
+        "a transient failure is not a refusal: {s}"
+    );
+    failing.store(false, Ordering::SeqCst);
+    backend
+        .wait_for(Duration::from_secs(15), "victim delivered", |st| {
+            st.steps.get("victim").map(String::as_str) == Some("victim v1")
+        })
+        .await;
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["depth"] == 0 && s["dead_letters"] == 0
+    })
+    .await;
+    sc.stop().await;
+}
+
+/// Defect 2: one AddStep names step `s` twice, `v1` then `v2`. The backend
+/// keeps failing `v1` and takes `v2`; the spool stored only `v1`, whose
+/// replay then overwrote `v2`. Every later version of a step whose earlier
+/// version stays open is stored after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_version_in_a_partly_answered_batch_is_not_overwritten_by_the_earlier() {
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    // In every request `s` appears as v1 then v2: fail each first one.
+    let alias: AliasFault = Arc::new(move |id, seen| {
+        (id == "s" && seen % 2 == 0 && f.load(Ordering::SeqCst))
+            .then(|| AliasReply::NotOk("db busy".into()))
+    });
+    let mut backend = Backend::down(None).with_alias_fault(alias);
+    backend.up().await;
+    let sc = start(&backend, "").await;
+    let a = write(sc.addr, &[("s", "s v1"), ("t", "t v1"), ("s", "s v2")]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let j = a.json();
+    for k in ["step0", "step1", "step2"] {
+        assert_eq!(j["data"][k]["ok"], true, "{j}");
+    }
+    failing.store(false, Ordering::SeqCst);
+    wait_spool(&sc, Duration::from_secs(10), |s| s["depth"] == 0).await;
+    let applied = backend.applied();
+    let last_s = applied.iter().rev().find(|(id, _)| id == "s").cloned();
+    assert_eq!(
+        last_s.map(|(_, c)| c).as_deref(),
+        Some("s v2"),
+        "the step ends on the version the app sent last: {applied:?}"
+    );
+    assert_eq!(backend.steps()["s"], "s v2");
+    sc.stop().await;
+}
