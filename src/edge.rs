@@ -241,7 +241,7 @@ impl AccessBody {
             board.spooled();
         } else if class.is_failure() || r.error_code.is_some() {
             board.failed(r.error_code.map(|code| ErrorEntry {
-                at_ms: crate::spool::store::now_ms(),
+                at_ms: crate::clock::now_ms(),
                 code,
                 route: routed.map_or_else(|| "-".to_string(), |x| x.route.name.to_string()),
                 status: r.status,

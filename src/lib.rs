@@ -21,6 +21,7 @@
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
 //! - [`sidecar`]: wiring and the run loop; [`cli`]: the command line.
 //! - [`alloc`]: the global allocator the binaries install.
+//! - [`clock`]: time arithmetic that cannot overflow.
 
 // Unsafe code only where a trait demands it: `alloc` (the global allocator).
 #![deny(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod body;
 pub mod breaker;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod edge;
 pub mod error;

@@ -190,6 +190,12 @@ pub struct SpoolMetrics {
     pub paused: Gauge,
     /// Pauses, by reason.
     pub pauses: Family<PauseLabels, Counter>,
+    /// 1 while the replay worker runs; 0 while it is down and about to be
+    /// restarted.
+    pub worker_up: Gauge,
+    /// Times the replay worker ended without being asked and was started
+    /// again.
+    pub worker_restarts: Counter,
     /// Upstream requests the replay worker made (one may carry many
     /// entries, see `spool.replay_batch`).
     pub replay_requests: Counter,
@@ -390,6 +396,16 @@ impl Metrics {
             "spool_pauses",
             "Times the replay worker paused, by reason",
             spool.pauses.clone(),
+        );
+        registry.register(
+            "spool_worker_up",
+            "1 while the replay worker runs, 0 while it is down and being restarted",
+            spool.worker_up.clone(),
+        );
+        registry.register(
+            "spool_worker_restarts",
+            "Times the replay worker stopped without being asked and was started again",
+            spool.worker_restarts.clone(),
         );
         registry.register(
             "spool_capacity_entries",

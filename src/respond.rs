@@ -185,7 +185,9 @@ pub fn failure_response(failure: &Failure, ex: &Exchange) -> Response<ResponseBo
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     if let Some(wait) = failure.retry_after {
         // Round up: answering "0" would invite an immediate retry.
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         resp.headers_mut()
             .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }

@@ -25,6 +25,7 @@ use crate::admin::status::{SAMPLE_EVERY, StatusBoard};
 use crate::admin::{self, AdminState, AdminView, Phase};
 use crate::breaker::Breaker;
 use crate::classify::Classifier;
+use crate::clock::now_ms;
 use crate::config::{Config, Source};
 use crate::edge::{AccessBody, EdgeShared};
 use crate::error::Error;
@@ -37,7 +38,6 @@ use crate::retry::RetryBudget;
 use crate::route::Routes;
 use crate::spool::Spool;
 use crate::spool::drain::{Drain, ReplayView};
-use crate::spool::store::now_ms;
 use crate::stack::{self, Shared};
 
 /// Why the sidecar could not start or stopped with an error.
@@ -238,7 +238,12 @@ impl Core {
                     spool: spool.clone(),
                     view: current.clone(),
                 };
-                self.worker = Some(tokio::spawn(drain.run(self.worker_stop.clone())));
+                let run = move |stop| drain.clone().run(stop);
+                self.worker = Some(tokio::spawn(crate::spool::supervise::supervise(
+                    spool.clone(),
+                    run,
+                    self.worker_stop.clone(),
+                )));
                 self.replay = Some(current);
             }
         }

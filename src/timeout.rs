@@ -86,7 +86,7 @@ where
         let routed = exchange::of(&req).and_then(|e| e.routed());
         let (until, scope, label) = match (routed, self.scope) {
             (Some(r), Scope::PerTry) => {
-                let own = Instant::now() + r.route.per_try;
+                let own = crate::clock::after(Instant::now(), r.route.per_try);
                 // An attempt cut short by the deadline ran out of the
                 // request's time, not its own: say so.
                 if own > r.deadline {

@@ -157,3 +157,58 @@ async fn a_later_version_in_a_partly_answered_batch_is_not_overwritten_by_the_ea
     assert_eq!(backend.steps()["s"], "s v2");
     sc.stop().await;
 }
+
+/// The backend answers 429 with `retry_after` while `on`, then takes writes.
+fn rate_limited(retry_after: &'static str, on: Arc<AtomicBool>) -> support::backend::Fault {
+    Arc::new(move |_, _| {
+        on.load(Ordering::SeqCst)
+            .then(|| Reply::text(429, "slow down").with_header("retry-after", retry_after))
+    })
+}
+
+/// Defect 3: a `Retry-After` the worker cannot add to the clock killed it
+/// (every later write acknowledged, stored and never sent, `/readyz`
+/// still 200), and a day-long one stalled the queue for a day. On replay
+/// a wait the backend asks for is capped by `spool.replay_backoff_max`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_the_backend_asks_for_on_replay_is_capped() {
+    for retry_after in ["18446744073709551615", "86400"] {
+        let limiting = Arc::new(AtomicBool::new(true));
+        let mut backend = Backend::down(Some(rate_limited(retry_after, limiting.clone())));
+        let sc = start(
+            &backend,
+            "[breaker]\nenabled = false\n[spool]\nreplay_backoff_base = \"100ms\"\nreplay_backoff_max = \"1s\"",
+        )
+        .await;
+        let a = write(sc.addr, &[("waited", "waited v1")]).await;
+        assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+        backend.up().await;
+        backend
+            .wait_for(Duration::from_secs(5), "a replay answered 429", |st| {
+                st.requests > 0
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        limiting.store(false, Ordering::SeqCst);
+        // Within a few replay_backoff_max, not a day (nor never).
+        backend
+            .wait_for(
+                Duration::from_secs(5),
+                &format!("delivery after Retry-After: {retry_after}"),
+                |st| st.steps.contains_key("waited"),
+            )
+            .await;
+        // The worker is alive: a later write is delivered too.
+        backend.take_down();
+        let a = write(sc.addr, &[("later", "later v1")]).await;
+        assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+        backend.up().await;
+        backend
+            .wait_for(Duration::from_secs(5), "a later write delivered", |st| {
+                st.steps.contains_key("later")
+            })
+            .await;
+        assert_eq!(client::get(sc.admin, "/readyz").await.status, 200);
+        sc.stop().await;
+    }
+}

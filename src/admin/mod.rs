@@ -209,14 +209,23 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => {
             let phase = state.phase();
-            let ready = phase == Phase::Serving;
+            // Serving, and the replay worker runs: a sidecar that stores
+            // writes nobody delivers is not ready.
+            let worker = state.spool.get().map(Spool::worker_health);
+            let worker_down = worker.as_ref().filter(|w| !w.is_running());
+            let ready = phase == Phase::Serving && worker_down.is_none();
+            let mut body = serde_json::json!({"ready": ready, "phase": phase.as_str()});
+            if let Some(w) = worker_down {
+                body["reason"] = "spool_worker_down".into();
+                body["worker"] = serde_json::to_value(w).unwrap_or_default();
+            }
             json(
                 if ready {
                     StatusCode::OK
                 } else {
                     StatusCode::SERVICE_UNAVAILABLE
                 },
-                &serde_json::json!({"ready": ready, "phase": phase.as_str()}),
+                &body,
             )
         }
         "/metrics" => {

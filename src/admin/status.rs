@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::breaker::Snapshot;
+use crate::clock::now_ms;
 use crate::exchange::NotRetried;
 use crate::generation::ReloadReport;
 use crate::metrics::RouteMetrics;
 use crate::spool::SpoolStatus;
-use crate::spool::store::now_ms;
 
 /// How often the board takes a sample.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
@@ -333,6 +333,12 @@ pub fn render(p: &PageInput<'_>) -> String {
         }
         Some(Ok(s)) => {
             let paused = match &s.paused {
+                _ if !s.worker.is_running() => format!(
+                    "{}: {} ({} restarts)",
+                    s.worker.state,
+                    esc(s.worker.last_failure.as_deref().unwrap_or("-")),
+                    s.worker.restarts
+                ),
                 Some(x) => format!(
                     "paused: {} ({}) since {}",
                     esc(&x.reason),

@@ -201,7 +201,7 @@ impl Breaker {
                     probes_in_flight: 0,
                     probe_successes: 0,
                     last_reason: "",
-                    since_ms: crate::spool::store::now_ms(),
+                    since_ms: crate::clock::now_ms(),
                 }),
                 metrics,
             }),
@@ -386,7 +386,7 @@ impl Breaker {
         let wait = retry_after
             .map_or(cfg.open_for, |ra| ra.max(cfg.open_for))
             .min(cfg.max_open_for);
-        m.open_until = now + wait;
+        m.open_until = crate::clock::after(now, wait);
         m.last_reason = reason;
         self.transition(m, State::Open, reason);
     }
@@ -397,7 +397,7 @@ impl Breaker {
             return;
         }
         m.state = to;
-        m.since_ms = crate::spool::store::now_ms();
+        m.since_ms = crate::clock::now_ms();
         m.probes_in_flight = 0;
         m.probe_successes = 0;
         if to == State::Shut {

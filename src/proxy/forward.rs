@@ -427,7 +427,7 @@ async fn prepare(
                 // and log under the route the head matches.
                 let route = routes.find(&parts.method, path, None).clone();
                 ex.set_routed(Routed {
-                    deadline: ex.started + route.deadline,
+                    deadline: crate::clock::after(ex.started, route.deadline),
                     metrics: shared.route_metrics[route.index].clone(),
                     route,
                     operation: None,
@@ -459,7 +459,7 @@ async fn prepare(
     } else {
         Duration::ZERO
     };
-    let deadline = ex.started + route.deadline.saturating_sub(margin);
+    let deadline = crate::clock::after(ex.started, route.deadline.saturating_sub(margin));
     let error_format = route.error_format_for(operation.as_deref());
     let idempotent = route.is_idempotent(&parts.method, operation.as_deref());
     let client = parts.extensions.remove::<ClientIp>();

@@ -133,7 +133,8 @@ impl RetryPolicy {
             }
             delay = delay.max(asked);
         }
-        if Instant::now() + delay + route.retry.min_attempt_time > routed.deadline {
+        let earliest_end = delay.saturating_add(route.retry.min_attempt_time);
+        if crate::clock::after(Instant::now(), earliest_end) > routed.deadline {
             return Err(NotRetried::Deadline);
         }
         if !self.shared.budget.withdraw() {

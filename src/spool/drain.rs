@@ -67,6 +67,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
 use crate::classify::aliases::{AliasAnswers, AliasResult};
 use crate::classify::{Class, Kind, Verdict};
+use crate::clock;
 use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql::{self, split};
@@ -86,7 +87,7 @@ const HEAD_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub type ReplayService = BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Error>;
 
 /// What the worker needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Drain {
     /// The spool.
     pub spool: Spool,
@@ -320,14 +321,15 @@ impl Drain {
                         }
                         Err(e) => {
                             tracing::error!(error = %e, "spool: cannot read the queue");
-                            pacing.until = Some(Instant::now() + Duration::from_secs(1));
+                            pacing.until =
+                                Some(clock::after(Instant::now(), Duration::from_secs(1)));
                         }
                     }
                 }
                 // While the breaker is open, wait out its open time; once it
                 // is over, the next delivery is the probe.
                 if let Some(wait) = this.view().breaker.retry_after().filter(|w| !w.is_zero()) {
-                    pacing.until = Some(Instant::now() + wait);
+                    pacing.until = Some(clock::after(Instant::now(), wait));
                 } else if pacing.until.is_none_or(|t| t <= Instant::now()) {
                     // What the check above found, when the cache was not read again.
                     let start = match ready.take() {
@@ -437,7 +439,12 @@ impl Drain {
                 }
             }
             Done::Retry(wait) => {
-                let until = now + wait.max(pacing.backoff);
+                // A wait the backend asked for (`Retry-After`) is honoured
+                // up to replay_backoff_max: past that one entry would stall
+                // the whole queue, and a value past the clock's range would
+                // stop the worker.
+                let wait = wait.min(self.view().replay.backoff_max);
+                let until = clock::after(now, wait.max(pacing.backoff));
                 // Failures of deliveries that ran side by side are one
                 // event: back off further once per pause.
                 if pacing.until.is_none_or(|t| t <= now) {
@@ -448,8 +455,8 @@ impl Drain {
             Done::Pause { reason, detail } => {
                 let wait = pacing.backoff;
                 pacing.backoff = (pacing.backoff * 2).min(self.view().replay.backoff_max);
-                pacing.until = Some(now + wait);
-                let next_probe_ms = now_ms() + wait.as_millis() as i64;
+                pacing.until = Some(clock::after(now, wait));
+                let next_probe_ms = clock::ms_after(wait);
                 let paused = match pacing.paused.take() {
                     Some(p) => Paused {
                         next_probe_ms,
@@ -931,7 +938,7 @@ impl Drain {
             .unwrap_or_else(|_| HeaderValue::from_static("-"));
         let ex = Exchange::new(request_id);
         ex.set_routed(Routed {
-            deadline: ex.started + route.deadline,
+            deadline: clock::after(ex.started, route.deadline),
             metrics: view.prepare.route_metrics[route.index].clone(),
             route,
             operation: op,

@@ -29,6 +29,7 @@ pub mod drain;
 pub mod layer;
 pub mod record;
 pub mod store;
+pub mod supervise;
 
 pub use admission::{Admit, LiveGuard, Reservation};
 pub use layer::{SpoolLayer, SpoolService};
@@ -141,6 +142,8 @@ struct Inner {
     metrics: SpoolMetrics,
     /// Set by the worker while the backend refuses everything.
     paused: Mutex<Option<Paused>>,
+    /// Whether the replay worker runs (see [`supervise`]).
+    worker: Mutex<supervise::WorkerHealth>,
 }
 
 /// A cheap handle to the open spool.
@@ -199,6 +202,8 @@ pub struct SpoolStatus {
     pub max_bytes: u64,
     /// Set while the backend refuses every write and the worker waits.
     pub paused: Option<Paused>,
+    /// Whether the replay worker runs.
+    pub worker: supervise::WorkerHealth,
 }
 
 /// A write ready to be spooled.
@@ -245,6 +250,7 @@ impl Spool {
                 wake: Notify::new(),
                 metrics,
                 paused: Mutex::new(None),
+                worker: Mutex::new(supervise::WorkerHealth::starting()),
             }),
         };
         spool.update_gauges();
@@ -424,6 +430,7 @@ impl Spool {
             max_entries: self.inner.live.load().limits.max_entries,
             max_bytes: self.inner.live.load().limits.max_bytes,
             paused: self.paused(),
+            worker: self.worker_health(),
         })
     }
 

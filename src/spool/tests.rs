@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 fn write(route: &Arc<str>, n: u64) -> Write {
     Write {
@@ -119,4 +120,61 @@ async fn a_repeat_is_not_folded_over_a_write_still_being_committed() {
         .map(|e| String::from_utf8(e.body.to_vec()).unwrap())
         .collect();
     assert_eq!(bodies, ["X", "Y", "X"]);
+}
+
+/// A worker that ends without being asked (here: a panic on its first
+/// start) is seen — not running, the reason kept, the gauge at 0 — and
+/// started again; a shutdown stops it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_is_seen_and_started_again() {
+    use std::sync::atomic::AtomicU32;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = settings(&dir.path().join("spool.sqlite3"));
+    let metrics = SpoolMetrics::default();
+    let spool = Spool::open(&cfg, &[], metrics.clone(), false).unwrap();
+    let starts = Arc::new(AtomicU32::new(0));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (died_tx, mut died) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let s = starts.clone();
+    let worker = move |mut stop: tokio::sync::watch::Receiver<bool>| {
+        let n = s.fetch_add(1, Ordering::SeqCst);
+        let died = died_tx.clone();
+        async move {
+            if n == 0 {
+                let _ = died.send(());
+                panic!("worker bug");
+            }
+            let _ = stop.wait_for(|v| *v).await;
+        }
+    };
+    let task = tokio::spawn(supervise::supervise(spool.clone(), worker, rx));
+    died.recv().await.unwrap();
+    // Down until the restart: not running, with the reason.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let down = loop {
+        let h = spool.worker_health();
+        if h.state == "restarting" {
+            break h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{h:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    assert_eq!(down.restarts, 1);
+    assert!(
+        down.last_failure.as_deref().unwrap().contains("worker bug"),
+        "{down:?}"
+    );
+    // Started again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !spool.worker_health().is_running() || starts.load(Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(metrics.worker_up.get(), 1);
+    assert_eq!(metrics.worker_restarts.get(), 1);
+    assert!(spool.stats().await.unwrap().worker.is_running());
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    assert_eq!(spool.worker_health().state, "stopped");
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
 }

@@ -46,6 +46,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Appended, DeadInfo, DeadLetter, Entry, NewEntry, Stats, StoreError, Totals, now_ms};
+use crate::clock;
 use crate::route::BARRIER_KEY;
 
 /// Least time between two claims while the queue is short (the last claim
@@ -592,14 +593,14 @@ impl PgStore {
                     &now,
                     &&*self.replica,
                     &(limit as i64),
-                    &(now + self.lease.as_millis() as i64),
+                    &now.saturating_add(clock::millis(self.lease)),
                     &from,
                     // A lease of ours with more than half its time left is
                     // neither rewritten nor locked (`mine` in the claim):
                     // every claim returns the entries this replica already
                     // holds, and rewriting their leases each time was most
                     // of a claim's writes.
-                    &(now + self.lease.as_millis() as i64 / 2),
+                    &now.saturating_add(clock::millis(self.lease) / 2),
                 ],
             )
             .await
@@ -669,11 +670,7 @@ impl PgStore {
         let rows = c
             .query(
                 &renew,
-                &[
-                    &ids,
-                    &&*self.replica,
-                    &(now_ms() + self.lease.as_millis() as i64),
-                ],
+                &[&ids, &&*self.replica, &clock::ms_after(self.lease)],
             )
             .await
             .map_err(unavailable)?;
