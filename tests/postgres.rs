@@ -18,12 +18,20 @@ use support::{Answer, Process};
 /// The shared store on `pg`, opened as a sidecar would (two connections, a
 /// 10 s lease, group commits of up to 256 writes), for the store-level tests.
 async fn open_store(pg: &Postgres) -> datalayer_sidecar::spool::store::Store {
+    open_store_leasing(pg, Duration::from_secs(10)).await
+}
+
+/// [`open_store`] with its own lease.
+async fn open_store_leasing(
+    pg: &Postgres,
+    lease: Duration,
+) -> datalayer_sidecar::spool::store::Store {
     let params = datalayer_sidecar::spool::store::pg::PgParams {
         config: pg.url().parse().unwrap(),
         display: pg.url_without_password(),
         ca_file: None,
         pool: 2,
-        lease: Duration::from_secs(10),
+        lease,
     };
     datalayer_sidecar::spool::store::Store::open_postgres(&params, 256)
         .await
@@ -860,4 +868,80 @@ async fn analyzing_a_deep_queue_samples_a_bounded_number_of_rows() {
     assert_eq!(schema_versions(&pg), "1,2");
     let n = sampled(&pg);
     assert!(n <= 3_000, "after the upgrade ANALYZE sampled {n} rows");
+}
+
+/// Four waiting entries of different steps, appended through `store`.
+async fn four_entries(store: &datalayer_sidecar::spool::store::Store) -> Vec<i64> {
+    let entries = (0..4)
+        .map(|i| {
+            new_entry(
+                "spooled_writes",
+                &format!("step:l{i}"),
+                &"x".repeat(1024 + i),
+            )
+        })
+        .collect();
+    store.append_many(entries).await.unwrap();
+    let ids: Vec<i64> = store
+        .head(10, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 4);
+    ids
+}
+
+/// Issue 18's fourth finding: a claim whose bodies pass the byte budget
+/// gave back this replica's leases on the rest, entries it may be
+/// delivering, and another replica then claimed them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cut_by_its_byte_budget_keeps_the_leases_the_replica_holds() {
+    let pg = Postgres::start();
+    let a = open_store(&pg).await;
+    let b = open_store(&pg).await;
+    let held = four_entries(&a).await;
+    // The replica reads the head again with a small budget: one entry.
+    let cut = a.head(10, 1).await.unwrap();
+    assert_eq!(cut.len(), 1);
+    // The other replica may take none of them: all four are a's.
+    let taken = b.head(10, usize::MAX).await.unwrap();
+    assert!(
+        taken.is_empty(),
+        "b claimed {:?} of a's {held:?}",
+        taken.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(a.renew_many(&held).await.unwrap(), held);
+}
+
+/// A lease that ran out is given up: its renewal fails, so a replica never
+/// delivers on a lease another may have taken over (or may take while the
+/// delivery runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_not_renewed_and_another_replica_takes_it_over() {
+    let pg = Postgres::start();
+    let a = open_store_leasing(&pg, Duration::from_secs(1)).await;
+    let b = open_store_leasing(&pg, Duration::from_secs(1)).await;
+    let held = four_entries(&a).await;
+    assert_eq!(
+        a.renew_many(&held).await.unwrap(),
+        held,
+        "fresh leases renew"
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        a.renew_many(&held).await.unwrap().is_empty(),
+        "a lease that ran out is not renewed"
+    );
+    let taken: Vec<i64> = b
+        .head(10, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(taken, held, "the other replica takes them over");
+    assert!(a.renew_many(&held).await.unwrap().is_empty());
+    assert_eq!(b.renew_many(&held).await.unwrap(), held);
 }

@@ -309,6 +309,17 @@ impl Routes {
         &self.routes
     }
 
+    /// The deadline of the route called `name`; the longest of any route
+    /// when none is (a stored entry of a route a reload removed).
+    pub fn deadline_of(&self, name: &str) -> Duration {
+        self.routes
+            .iter()
+            .find(|r| &*r.name == name)
+            .map(|r| r.deadline)
+            .or_else(|| self.routes.iter().map(|r| r.deadline).max())
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Whether the body must be parsed as GraphQL to choose a route.
     pub fn needs_graphql(&self, method: &Method, path: &str) -> bool {
         self.routes

@@ -539,6 +539,7 @@ impl Drain {
     /// and commit what the backend said about each.
     async fn deliver_batch(&self, batch: Vec<(Entry, Option<Joinable>)>) -> Finished {
         let ids: Vec<i64> = batch.iter().map(|(e, _)| e.id).collect();
+        let asked = Instant::now();
         let held: HashSet<i64> = match self.spool.store().renew_many(&ids).await {
             Ok(held) => held.into_iter().collect(),
             Err(e) => {
@@ -546,6 +547,28 @@ impl Drain {
                 return Finished::of(&ids, Done::Retry(Duration::from_secs(1)));
             }
         };
+        // The renewal holds the entries for `lease` from when the database
+        // ran it, at most `asked.elapsed()` ago; the delivery may take its
+        // route's deadline. Config keeps the lease longer than every
+        // deadline, but a slow renewal eats that margin: deliver only if the
+        // lease outlives the delivery, so no other replica can take the
+        // entry over while this one may still send it.
+        if let Some(lease) = self.spool.store().lease() {
+            let view = self.view();
+            let longest = batch
+                .iter()
+                .map(|(e, _)| view.prepare.routes.deadline_of(&e.route))
+                .max()
+                .unwrap_or(Duration::ZERO);
+            if lease.saturating_sub(asked.elapsed()) <= longest {
+                tracing::warn!(
+                    entries = ids.len(),
+                    renewal_ms = asked.elapsed().as_millis() as u64,
+                    "spool: the claims' renewal took too long to deliver on them safely; trying later"
+                );
+                return Finished::of(&ids, Done::Retry(Duration::ZERO));
+            }
+        }
         // Entries another replica took over are its to deliver.
         let lost: Vec<i64> = ids
             .iter()

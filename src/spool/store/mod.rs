@@ -554,6 +554,12 @@ impl Store {
         matches!(self.backend, Backend::Sqlite { .. })
     }
 
+    /// How long a renewal holds an entry for this replica (the shared
+    /// store); `None` for the local file, which one sidecar holds alone.
+    pub fn lease(&self) -> Option<Duration> {
+        self.postgres().map(pg::PgStore::lease)
+    }
+
     /// Least time between two reads of the head while the queue is short
     /// (the last read took all there was): none for the local file; for the
     /// shared store, where a read is a claim, see

@@ -305,7 +305,7 @@ HAVING sum(entries) <> 0 OR sum(bytes) <> 0 OR sum(dead) <> 0";
 /// statistics described a small table, and a claim on a 100,000-entry
 /// queue then ran for minutes while holding row locks that blocked the
 /// other replica's deliveries. [`FIND_DUPLICATES`] does the same.
-const CLAIMABLE: &str = "(l.seq IS NULL OR l.until_ms < $1 OR l.owner = $2)
+const CLAIMABLE: &str = "(l.seq IS NULL OR l.until_ms < k.now OR l.owner = $2)
     AND NOT EXISTS (
         SELECT 1 FROM datalayer_sidecar.entry_keys o
         WHERE o.key = ANY(e.keys) AND o.seq + 0 < e.seq)
@@ -316,9 +316,18 @@ const CLAIMABLE: &str = "(l.seq IS NULL OR l.until_ms < $1 OR l.owner = $2)
 const ENTRY_COLUMNS: &str =
     "seq, route, request_id, created_ms, method, path, headers, body, keys, attempts, last_error";
 
-/// A claim: the first claimable entries from `$5` on, leased to this
-/// replica, and the entries it already holds on a lease with more than
-/// half its time left (`$6`), up to `$3` in all. The row lock keeps a
+/// Lease times are the database's clock (`k.now`, the statement's start,
+/// in ms), never a replica's: replicas whose clocks disagree still agree
+/// on when a lease ran out.
+const CLOCK: &str =
+    "clock AS (SELECT (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS now)";
+
+/// A claim: the first claimable entries from `$4` on, leased to this
+/// replica for `$1` ms, and the entries it already holds on a lease with
+/// more than half its time left, up to `$3` in all. A lease row that
+/// exists is taken over only if, once locked, it is still expired (or
+/// ours): a renewal that committed while this claim ran wins, and the
+/// entry is not returned. The row lock keeps a
 /// concurrent claim off the new entries until this statement's leases are
 /// committed; the leases keep them off afterwards. Entries held on a fresh
 /// lease are neither locked nor checked again: no other replica may take
@@ -335,25 +344,29 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         .map(|col| format!("t.{col}"))
         .collect();
     format!(
-        "WITH mine AS (
-            SELECT l.seq FROM datalayer_sidecar.leases l
-             WHERE l.seq >= $5 AND l.owner = $2 AND l.until_ms >= $6
+        "WITH {CLOCK},
+         mine AS (
+            SELECT l.seq FROM datalayer_sidecar.leases l CROSS JOIN clock k
+             WHERE l.seq >= $4 AND l.owner = $2 AND l.until_ms >= k.now + $1::bigint / 2
              ORDER BY l.seq LIMIT $3),
          c AS (
             SELECT e.seq FROM datalayer_sidecar.entries e
               LEFT JOIN datalayer_sidecar.leases l ON l.seq = e.seq
-             WHERE e.seq >= $5
-               AND NOT coalesce(l.owner = $2 AND l.until_ms >= $6, false)
+              CROSS JOIN clock k
+             WHERE e.seq >= $4
+               AND NOT coalesce(l.owner = $2 AND l.until_ms >= k.now + $1::bigint / 2, false)
                AND {CLAIMABLE}
              ORDER BY e.seq
              LIMIT greatest(0, $3 - (SELECT count(*) FROM mine))
              FOR UPDATE OF e SKIP LOCKED),
          claimed AS (
-            INSERT INTO datalayer_sidecar.leases (seq, owner, until_ms)
-            SELECT seq, $2, $4 FROM c
-            ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms)
+            INSERT INTO datalayer_sidecar.leases AS held (seq, owner, until_ms)
+            SELECT seq, $2, (SELECT now FROM clock) + $1::bigint FROM c
+            ON CONFLICT (seq) DO UPDATE SET owner = EXCLUDED.owner, until_ms = EXCLUDED.until_ms
+             WHERE held.owner = EXCLUDED.owner OR held.until_ms < EXCLUDED.until_ms - $1::bigint
+            RETURNING seq)
          SELECT {} FROM datalayer_sidecar.entries t
-          WHERE t.seq IN (SELECT seq FROM mine UNION ALL SELECT seq FROM c)",
+          WHERE t.seq IN (SELECT seq FROM mine UNION ALL SELECT seq FROM claimed)",
         columns.join(", ")
     )
 });
@@ -541,6 +554,11 @@ impl PgStore {
         &self.display
     }
 
+    /// How long a claim or a renewal holds an entry.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// This replica's name in `leases.owner`.
     pub fn replica(&self) -> &str {
         &self.replica
@@ -574,7 +592,6 @@ impl PgStore {
         )
         .await
         .map_err(sql)?;
-        let now = now_ms();
         let from = match self.scan.lock() {
             Ok(mut scan) => {
                 scan.claims = scan.claims.wrapping_add(1);
@@ -589,18 +606,16 @@ impl PgStore {
         let rows = t
             .query(
                 &claim,
+                // A lease of ours with more than half its time left is
+                // neither rewritten nor locked (`mine` in the claim): every
+                // claim returns the entries this replica already holds, and
+                // rewriting their leases each time was most of a claim's
+                // writes.
                 &[
-                    &now,
+                    &clock::millis(self.lease),
                     &&*self.replica,
                     &(limit as i64),
-                    &now.saturating_add(clock::millis(self.lease)),
                     &from,
-                    // A lease of ours with more than half its time left is
-                    // neither rewritten nor locked (`mine` in the claim):
-                    // every claim returns the entries this replica already
-                    // holds, and rewriting their leases each time was most
-                    // of a claim's writes.
-                    &now.saturating_add(clock::millis(self.lease) / 2),
                 ],
             )
             .await
@@ -612,7 +627,10 @@ impl PgStore {
             // Nothing found from here: walk from the start next time.
             scan.from = out.first().map_or(0, |e| e.id);
         }
-        // Within the byte budget (always at least one); give the rest back.
+        // Within the byte budget (always at least one); give back what this
+        // claim newly took past it. Never an entry held before it: the
+        // worker may be delivering that one, and a lease given back is one
+        // another replica may take while the delivery runs.
         let mut bytes = 0usize;
         let mut keep = out.len();
         for (i, e) in out.iter().enumerate() {
@@ -623,7 +641,14 @@ impl PgStore {
             }
         }
         if keep < out.len() {
-            let rest: Vec<i64> = out[keep..].iter().map(|e| e.id).collect();
+            let rest: Vec<i64> = match self.held.lock() {
+                Ok(held) => out[keep..]
+                    .iter()
+                    .map(|e| e.id)
+                    .filter(|id| !held.contains(id))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
             out.truncate(keep);
             c.execute(
                 "DELETE FROM datalayer_sidecar.leases WHERE seq = ANY($1) AND owner = $2",
@@ -668,10 +693,7 @@ impl PgStore {
         let c = self.client().await?;
         let renew = c.prepare_cached(RENEW_LEASES).await.map_err(pg_error)?;
         let rows = c
-            .query(
-                &renew,
-                &[&ids, &&*self.replica, &clock::ms_after(self.lease)],
-            )
+            .query(&renew, &[&ids, &&*self.replica, &clock::millis(self.lease)])
             .await
             .map_err(unavailable)?;
         let kept: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
@@ -1146,8 +1168,13 @@ const SET_COUNTER: &str = "UPDATE datalayer_sidecar.counter SET seq = $1";
 const DELETE_DELIVERED: &str = "DELETE FROM datalayer_sidecar.entries WHERE seq = ANY($1)
  RETURNING octet_length(body)::bigint";
 
-const RENEW_LEASES: &str = "UPDATE datalayer_sidecar.leases SET until_ms = $3
- WHERE seq = ANY($1) AND owner = $2 RETURNING seq";
+/// Extend this replica's leases on `$1` by `$3` ms, those still running
+/// only: a lease that ran out is up for any replica to take, so its holder
+/// gives it up rather than deliver on it.
+const RENEW_LEASES: &str = "WITH clock AS (
+    SELECT (extract(epoch FROM statement_timestamp()) * 1000)::bigint AS now)
+UPDATE datalayer_sidecar.leases l SET until_ms = k.now + $3::bigint FROM clock k
+ WHERE l.seq = ANY($1) AND l.owner = $2 AND l.until_ms >= k.now RETURNING l.seq";
 
 const UPDATE_HEADERS: &str = "
 UPDATE datalayer_sidecar.entries e SET headers = u.headers
