@@ -45,6 +45,23 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 #[error("invalid GraphQL request: {0}")]
 pub struct InvalidGraphql(pub String);
 
+/// A GraphQL request over one of the `[limits]` counts: refused before
+/// anything else reads it, so no per-request work grows without bound.
+#[derive(Debug, thiserror::Error)]
+#[error("the request has {found} {what}, more than {key} ({limit})")]
+pub struct LimitExceeded {
+    /// Stable machine code (`too_many_root_fields`, `too_many_variables`).
+    pub code: &'static str,
+    /// What was counted.
+    pub what: &'static str,
+    /// The config key that sets the limit.
+    pub key: &'static str,
+    /// The limit.
+    pub limit: usize,
+    /// What the request has.
+    pub found: usize,
+}
+
 /// The client asked the sidecar to tunnel (`CONNECT`): it is not a proxy
 /// for arbitrary destinations.
 #[derive(Debug, thiserror::Error)]

@@ -58,6 +58,9 @@ pub fn describe(err: &Error, ex: &Exchange) -> Failure {
             Verdict::Permanent,
         );
     }
+    if let Some(over) = error::cause_ref::<error::LimitExceeded>(e) {
+        return fail(StatusCode::BAD_REQUEST, over.code, Verdict::Permanent);
+    }
     if error::is_caused_by::<error::InvalidGraphql>(e) {
         return fail(
             StatusCode::BAD_REQUEST,

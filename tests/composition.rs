@@ -212,3 +212,102 @@ async fn a_wait_the_backend_asks_for_on_replay_is_capped() {
         sc.stop().await;
     }
 }
+
+/// `n` aliases of distinct steps, each with its own id variable.
+fn wide(n: usize, tag: &str) -> serde_json::Value {
+    add_step_with(
+        (0..n)
+            .map(|i| (format!("{tag}-{i}"), format!("{tag} v1")))
+            .collect(),
+    )
+}
+
+/// Defect 5: root fields were unbounded and several per-request paths
+/// were quadratic in them (10,000 aliases took 1.9 s, 20,000 took 6.7 s).
+/// A document is refused past `limits.max_root_fields`, with a structured
+/// 400, and a document four times larger costs about four times as much:
+/// quadratic paths made it nine to ten times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_fields_are_bounded_and_cost_linear_time() {
+    let backend = Backend::down(None);
+    let sc = start(&backend, "[limits]\nmax_root_fields = 4000\n[spool]").await;
+    // A first write makes the spool non-empty, so the measured ones are
+    // stored at once rather than tried against the down backend.
+    let a = write(sc.addr, &[("first", "first v1")]).await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    let took = |n: usize, round: usize| {
+        let body = wide(n, &format!("w{n}-{round}"));
+        async move {
+            let t = tokio::time::Instant::now();
+            let a = client::post_json(sc.addr, "/api/graphql", &body).await;
+            assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+            t.elapsed()
+        }
+    };
+    let mut small = Duration::MAX;
+    let mut large = Duration::MAX;
+    for round in 0..3 {
+        small = small.min(took(1000, round).await);
+        large = large.min(took(4000, round).await);
+    }
+    assert!(
+        large < small * 7,
+        "4,000 aliases took {large:?}, 1,000 took {small:?}: not linear"
+    );
+    let over = client::post_json(sc.addr, "/api/graphql", &wide(4001, "over")).await;
+    assert_eq!(over.status, 400, "{}", over.text());
+    let j = over.json();
+    assert_eq!(
+        j["errors"][0]["extensions"]["code"], "too_many_root_fields",
+        "{j}"
+    );
+    assert_eq!(j["errors"][0]["extensions"]["class"], "permanent", "{j}");
+    assert!(
+        j["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_root_fields"),
+        "{j}"
+    );
+    sc.stop().await;
+}
+
+/// The request ids, variables and fragments a client controls are bounded
+/// too: too many variables is refused like too many root fields, and a
+/// fragment spread repeated at every level cannot expand a small document
+/// into millions of root fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn variables_and_fragment_expansion_are_bounded() {
+    let backend = Backend::down(None);
+    let sc = start(&backend, "[limits]\nmax_variables = 10\n[spool]").await;
+    let a = client::post_json(sc.addr, "/api/graphql", &wide(6, "vars")).await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(
+        a.json()["errors"][0]["extensions"]["code"],
+        "too_many_variables"
+    );
+    // 2^16 root fields from a document of a few hundred bytes.
+    let mut doc = String::from("mutation M { ...F0 } ");
+    for i in 0..16 {
+        doc.push_str(&format!(
+            "fragment F{i} on Mutation {{ ...F{} ...F{} }} ",
+            i + 1,
+            i + 1
+        ));
+    }
+    doc.push_str("fragment F16 on Mutation { ingestStep(id: \"x\") { ok } }");
+    let t = tokio::time::Instant::now();
+    let a = client::post_json(
+        sc.addr,
+        "/api/graphql",
+        &serde_json::json!({ "query": doc }),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{}", a.text());
+    assert_eq!(
+        a.json()["errors"][0]["extensions"]["code"],
+        "invalid_graphql_request"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    sc.stop().await;
+}

@@ -212,6 +212,7 @@ impl Class {
         }
         if error::is_caused_by::<error::MethodNotAllowed>(e)
             || error::is_caused_by::<error::InvalidGraphql>(e)
+            || error::is_caused_by::<error::LimitExceeded>(e)
             || error::is_caused_by::<error::InvalidHost>(e)
         {
             return Class::new(Verdict::Permanent, Kind::BadRequest, false);

@@ -150,6 +150,12 @@ pub struct LimitsFile {
     /// Largest GraphQL request body; these are read whole to parse the
     /// operation, so this bounds memory per request.
     pub max_graphql_body: ByteSize,
+    /// Most root fields (aliases) in one GraphQL operation; more gets 400
+    /// `too_many_root_fields`. At most 10,000.
+    pub max_root_fields: usize,
+    /// Most members of a GraphQL request's `variables`; more gets 400
+    /// `too_many_variables`.
+    pub max_variables: usize,
 }
 
 impl Default for LimitsFile {
@@ -157,6 +163,10 @@ impl Default for LimitsFile {
         LimitsFile {
             max_request_body: ByteSize::mib(128),
             max_graphql_body: ByteSize::mib(16),
+            // The SDK batches a handful of steps per request, 16 variables
+            // each.
+            max_root_fields: 1000,
+            max_variables: 20_000,
         }
     }
 }

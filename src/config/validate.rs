@@ -54,6 +54,19 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
             "must not exceed limits.max_request_body",
         ));
     }
+    let max_fields = crate::graphql::MAX_ROOT_FIELDS;
+    if !(1..=max_fields).contains(&file.limits.max_root_fields) {
+        return Err(ConfigError::key(
+            "limits.max_root_fields",
+            format!("must be 1..={max_fields}"),
+        ));
+    }
+    if !(1..=1_000_000).contains(&file.limits.max_variables) {
+        return Err(ConfigError::key(
+            "limits.max_variables",
+            "must be 1..=1000000",
+        ));
+    }
     timeouts("timeouts", file.timeouts.per_try, file.timeouts.deadline)?;
     let global_retry = retry("retry", &file.retry)?;
     let budget = budget(&file.retry)?;
@@ -92,6 +105,8 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         limits: Limits {
             max_request_body: file.limits.max_request_body.as_u64(),
             max_graphql_body: file.limits.max_graphql_body.as_u64(),
+            max_root_fields: file.limits.max_root_fields,
+            max_variables: file.limits.max_variables,
         },
         retry: global_retry,
         budget,

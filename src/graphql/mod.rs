@@ -32,6 +32,14 @@ const CACHE_ENTRIES: usize = 512;
 const CACHE_BYTES: usize = 1024 * 1024;
 /// Fragment spreads followed at the root before a document is refused.
 const MAX_FRAGMENT_DEPTH: usize = 16;
+/// The most root fields an operation may have, whatever the config says
+/// (`limits.max_root_fields` may only be lower): fragment spreads at the
+/// root could otherwise expand a small document into millions of fields.
+pub const MAX_ROOT_FIELDS: usize = 10_000;
+/// Selections (fields and fragment spreads) walked at the root of one
+/// operation before it is refused: a spread repeated at every level of
+/// nesting multiplies the walk without adding fields.
+const MAX_ROOT_SELECTIONS: usize = 4 * MAX_ROOT_FIELDS;
 
 /// The three GraphQL operation types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +151,20 @@ impl GraphqlRequest<'_> {
     /// value is not a string or an integer.
     pub fn root_ids(&self) -> Vec<Option<String>> {
         ids_in(self.variables, &self.operation)
+    }
+
+    /// Members of the request's `variables` (0 when absent or not an
+    /// object). Skims the text without building the values.
+    pub fn variable_count(&self) -> usize {
+        let Some(vars) = self.variables else {
+            return 0;
+        };
+        let mut n = 0;
+        if scan::fields(vars, |_, _| n += 1).is_some() {
+            return n;
+        }
+        // What the scanner does not read, serde does (the values skipped).
+        serde_json::from_str::<HashMap<String, IgnoredAny>>(vars).map_or(0, |m| m.len())
     }
 }
 
@@ -308,10 +330,17 @@ fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<Option<String>> {
             _ => None,
         })
         .collect();
+    // By name: linear in the variables, whatever the number of fields. A
+    // variable named by several fields serves the first; the others look
+    // it up below.
+    let mut by_name: HashMap<&str, usize> = HashMap::with_capacity(wanted.len());
+    for (i, w) in wanted.iter().enumerate() {
+        by_name.entry(*w).or_insert(i);
+    }
     let mut found: Vec<(usize, String)> = Vec::new();
     if let (false, Some(vars)) = (wanted.is_empty(), variables) {
         let scanned = scan::fields(vars, |key, raw| {
-            if let Some(i) = wanted.iter().position(|w| *w == key) {
+            if let Some(&i) = by_name.get(key) {
                 let value = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
                     Some(plain) if !plain.contains('\\') => Some(plain.to_string()),
                     Some(_) => serde_json::from_str::<String>(raw).ok(),
@@ -329,28 +358,28 @@ fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<Option<String>> {
             found.clear();
             let mut de = serde_json::Deserializer::from_str(vars);
             let _ = VarsSeed {
-                wanted: &wanted,
+                wanted: &by_name,
                 found: &mut found,
             }
             .deserialize(&mut de);
         }
     }
+    // The value of each wanted variable, by its first position.
+    let mut value: Vec<Option<String>> = vec![None; wanted.len()];
+    for (i, v) in found {
+        if let Some(slot) = value.get_mut(i) {
+            slot.get_or_insert(v);
+        }
+    }
     let mut ids = Vec::with_capacity(op.root_fields.len());
-    let mut next_var = 0;
     for f in op.root_fields.iter() {
         match f.arg("id") {
             Some(ArgValue::Literal(serde_json::Value::String(s))) => ids.push(Some(s.clone())),
             Some(ArgValue::Literal(serde_json::Value::Number(n))) if n.is_i64() || n.is_u64() => {
                 ids.push(Some(n.to_string()))
             }
-            Some(ArgValue::Variable(_)) => {
-                ids.push(
-                    found
-                        .iter()
-                        .find(|(i, _)| *i == next_var)
-                        .map(|(_, v)| v.clone()),
-                );
-                next_var += 1;
+            Some(ArgValue::Variable(v)) => {
+                ids.push(by_name.get(&**v).and_then(|&i| value[i].clone()));
             }
             _ => ids.push(None),
         }
@@ -359,7 +388,7 @@ fn ids_in(variables: Option<&str>, op: &Operation) -> Vec<Option<String>> {
 }
 
 struct VarsSeed<'w, 'f> {
-    wanted: &'w [&'w str],
+    wanted: &'w HashMap<&'w str, usize>,
     found: &'f mut Vec<(usize, String)>,
 }
 
@@ -380,7 +409,7 @@ impl<'de> Visitor<'de> for VarsSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.wanted.iter().position(|w| *w == key) {
+            match self.wanted.get(&*key).copied() {
                 Some(i) => match map.next_value::<serde_json::Value>()? {
                     serde_json::Value::String(s) => self.found.push((i, s)),
                     serde_json::Value::Number(n) => self.found.push((i, n.to_string())),
@@ -404,6 +433,16 @@ fn summarize(query: &str) -> Parsed {
             .collect::<Vec<_>>()
             .join(" ")
     })?;
+    // By name, once per document: a spread looks its fragment up in
+    // constant time.
+    let fragments: HashMap<&str, &SelectionSet<'_, &str>> = doc
+        .definitions
+        .iter()
+        .filter_map(|d| match d {
+            Definition::Fragment(f) => Some((f.name, &f.selection_set)),
+            _ => None,
+        })
+        .collect();
     let mut ops = Vec::new();
     for def in &doc.definitions {
         let Definition::Operation(op) = def else {
@@ -418,7 +457,17 @@ fn summarize(query: &str) -> Parsed {
             }
         };
         let mut root_fields = Vec::new();
-        collect_root_fields(&doc, set, 0, &mut root_fields)?;
+        let mut walk = Walk {
+            fragments: &fragments,
+            selections: 0,
+        };
+        walk.collect(set, 0, &mut root_fields)?;
+        if root_fields.len() > MAX_ROOT_FIELDS {
+            return Err(format!(
+                "the operation has {} root fields, more than {MAX_ROOT_FIELDS}",
+                root_fields.len()
+            ));
+        }
         ops.push(Arc::new(Operation {
             kind,
             name: name.map(Into::into),
@@ -431,15 +480,38 @@ fn summarize(query: &str) -> Parsed {
     Ok(ops.into())
 }
 
+/// The walk over an operation's root selections, fragments resolved.
+struct Walk<'d, 'a> {
+    fragments: &'d HashMap<&'a str, &'d SelectionSet<'a, &'a str>>,
+    selections: usize,
+}
+
+impl<'a> Walk<'_, 'a> {
+    fn collect(
+        &mut self,
+        set: &SelectionSet<'a, &'a str>,
+        depth: usize,
+        out: &mut Vec<RootField>,
+    ) -> Result<(), String> {
+        if depth > MAX_FRAGMENT_DEPTH {
+            return Err("fragments nest too deeply at the root (a cycle?)".into());
+        }
+        self.selections += set.items.len();
+        if self.selections > MAX_ROOT_SELECTIONS || out.len() > MAX_ROOT_FIELDS {
+            return Err(format!(
+                "the operation has more than {MAX_ROOT_FIELDS} root fields (fragments expanded)"
+            ));
+        }
+        collect_root_fields(self, set, depth, out)
+    }
+}
+
 fn collect_root_fields<'a>(
-    doc: &Document<'a, &'a str>,
+    walk: &mut Walk<'_, 'a>,
     set: &SelectionSet<'a, &'a str>,
     depth: usize,
     out: &mut Vec<RootField>,
 ) -> Result<(), String> {
-    if depth > MAX_FRAGMENT_DEPTH {
-        return Err("fragments nest too deeply at the root (a cycle?)".into());
-    }
     for item in &set.items {
         match item {
             Selection::Field(f) => out.push(RootField {
@@ -463,18 +535,15 @@ fn collect_root_fields<'a>(
                     .collect(),
             }),
             Selection::InlineFragment(inline) => {
-                collect_root_fields(doc, &inline.selection_set, depth + 1, out)?
+                walk.collect(&inline.selection_set, depth + 1, out)?
             }
             Selection::FragmentSpread(spread) => {
-                let frag = doc
-                    .definitions
-                    .iter()
-                    .find_map(|d| match d {
-                        Definition::Fragment(f) if f.name == spread.fragment_name => Some(f),
-                        _ => None,
-                    })
+                let frag = walk
+                    .fragments
+                    .get(spread.fragment_name)
+                    .copied()
                     .ok_or_else(|| format!("fragment `{}` is not defined", spread.fragment_name))?;
-                collect_root_fields(doc, &frag.selection_set, depth + 1, out)?;
+                walk.collect(frag, depth + 1, out)?;
             }
         }
     }

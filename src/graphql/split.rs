@@ -16,7 +16,7 @@
 //! response key. Anything else — fragment definitions, several
 //! operations, a query — is forwarded untouched, as one request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -30,6 +30,9 @@ pub struct Batch {
     /// Variable definitions: the variable's name and the definition's text
     /// (`$id_0: String!`, default value and directives included).
     defs: Vec<VarDef>,
+    /// Variable name → its definition in `defs`: a subset finds the
+    /// definitions its fields use without walking all of them.
+    def_index: HashMap<String, usize>,
     fields: Vec<FieldText>,
     /// The request's variables, values as sent.
     variables: BTreeMap<String, Box<RawValue>>,
@@ -86,9 +89,15 @@ impl Batch {
         if keys.windows(2).any(|w| w[0] == w[1]) {
             return None;
         }
+        let def_index = defs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.clone(), i))
+            .collect();
         Some(Batch {
             name,
             defs,
+            def_index,
             fields,
             variables: body.variables.unwrap_or_default(),
         })
@@ -128,20 +137,24 @@ impl Batch {
             .filter_map(|&i| self.fields.get(i))
             .map(|f| (f, f.response_key.clone()))
             .collect();
+        // The variables the fields use, each once, in first-use order;
+        // their definitions in document order. Linear in what the fields
+        // use, whatever the document's size.
+        let mut seen: HashSet<&str> = HashSet::new();
         let mut used: Vec<&str> = Vec::new();
         for (f, _) in &parts {
             for v in &f.vars {
-                if !used.contains(&v.as_str()) {
+                if seen.insert(v.as_str()) {
                     used.push(v);
                 }
             }
         }
-        let defs: Vec<String> = self
-            .defs
+        let mut def_at: Vec<usize> = used
             .iter()
-            .filter(|d| used.contains(&d.name.as_str()))
-            .map(|d| d.text.clone())
+            .filter_map(|v| self.def_index.get(*v).copied())
             .collect();
+        def_at.sort_unstable();
+        let defs: Vec<String> = def_at.iter().map(|&i| self.defs[i].text.clone()).collect();
         let fields: Vec<String> = parts
             .iter()
             .map(|(f, key)| aliased(key, f, &f.text))
@@ -173,7 +186,13 @@ pub fn join(name: Option<&str>, parts: &[&Batch]) -> Bytes {
             continue;
         };
         let rename = |v: &str| format!("e{k}_{v}");
-        for d in part.defs.iter().filter(|d| f.vars.contains(&d.name)) {
+        let mut def_at: Vec<usize> = f
+            .vars
+            .iter()
+            .filter_map(|v| part.def_index.get(v).copied())
+            .collect();
+        def_at.sort_unstable();
+        for d in def_at.iter().map(|&i| &part.defs[i]) {
             // The definition starts with `$<name>`.
             let rest = d.text.get(1 + d.name.len()..).unwrap_or_default();
             defs.push(format!("${}{rest}", rename(&d.name)));
@@ -452,9 +471,10 @@ fn parse_mutation(query: &str) -> Option<Parsed> {
         let var_refs: Vec<(usize, usize)> =
             refs.iter().map(|&(s, e)| (s - name_start, e - s)).collect();
         let mut vars: Vec<String> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
         for &(s, e) in &refs {
             let v = &query[s..e];
-            if !vars.iter().any(|x| x == v) {
+            if seen.insert(v) {
                 vars.push(v.to_string());
             }
         }

@@ -21,7 +21,9 @@ use hyper::body::Incoming;
 use tower::{Layer, Service, ServiceExt};
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::error::{BodyTooLarge, Error, InvalidGraphql, InvalidHost, MethodNotAllowed};
+use crate::error::{
+    BodyTooLarge, Error, InvalidGraphql, InvalidHost, LimitExceeded, MethodNotAllowed,
+};
 use crate::exchange::{self, Routed};
 use crate::graphql;
 use crate::metrics::{Metrics, RouteMetrics};
@@ -213,6 +215,10 @@ pub struct Limits {
     pub max_request_body: u64,
     /// Largest GraphQL request body (read whole to parse).
     pub max_graphql_body: u64,
+    /// Most root fields in one GraphQL operation.
+    pub max_root_fields: usize,
+    /// Most members of a GraphQL request's `variables`.
+    pub max_variables: usize,
 }
 
 /// Settings [`Prepare`] shares across connections.
@@ -222,10 +228,8 @@ pub struct PrepareShared {
     pub routes: Routes,
     /// The upstream.
     pub target: Target,
-    /// `limits.max_request_body`.
-    pub max_body: u64,
-    /// `limits.max_graphql_body`.
-    pub max_graphql_body: u64,
+    /// `[limits]`.
+    pub limits: Limits,
     /// `spool.commit_margin`, kept off a spooling route's deadline.
     pub commit_margin: Duration,
     /// Each route's metric handles, by route index.
@@ -260,8 +264,7 @@ impl PrepareShared {
             route_metrics: metrics.route_table(routes.all()),
             routes,
             target: Target::new(target)?,
-            max_body: limits.max_request_body,
-            max_graphql_body: limits.max_graphql_body,
+            limits,
             commit_margin,
         })
     }
@@ -370,7 +373,7 @@ async fn read_graphql(
     ),
     Error,
 > {
-    let limit = shared.max_graphql_body;
+    let limit = shared.limits.max_graphql_body;
     let body = RequestBody::read(incoming, content_length, limit, limit)
         .await
         .map_err(|e| {
@@ -384,6 +387,7 @@ async fn read_graphql(
     let request = graphql::parse_request(bytes).inspect_err(|e: &InvalidGraphql| {
         tracing::debug!(error = %e, "invalid GraphQL request");
     })?;
+    check_counts(&shared.limits, &request)?;
     let route = shared
         .routes
         .find(method, path, Some(&request.operation))
@@ -395,6 +399,32 @@ async fn read_graphql(
     };
     let op = request.operation;
     Ok((body, op, route, ids))
+}
+
+/// The `[limits]` on what a GraphQL request may count: before anything
+/// reads its fields one by one.
+fn check_counts(limits: &Limits, request: &graphql::GraphqlRequest<'_>) -> Result<(), Error> {
+    let fields = request.operation.root_fields.len();
+    if fields > limits.max_root_fields {
+        return Err(Box::new(LimitExceeded {
+            code: "too_many_root_fields",
+            what: "root fields",
+            key: "limits.max_root_fields",
+            limit: limits.max_root_fields,
+            found: fields,
+        }));
+    }
+    let variables = request.variable_count();
+    if variables > limits.max_variables {
+        return Err(Box::new(LimitExceeded {
+            code: "too_many_variables",
+            what: "variables",
+            key: "limits.max_variables",
+            limit: limits.max_variables,
+            found: variables,
+        }));
+    }
+    Ok(())
 }
 
 async fn prepare(
@@ -443,7 +473,13 @@ async fn prepare(
     } else {
         let route = routes.find(&parts.method, path, None).clone();
         let keep = route.retry.max_replay_body;
-        let body = RequestBody::read(incoming, content_length, keep, shared.max_body).await?;
+        let body = RequestBody::read(
+            incoming,
+            content_length,
+            keep,
+            shared.limits.max_request_body,
+        )
+        .await?;
         (body, None, route, Box::default())
     };
     if body.has_trailers() {

@@ -43,8 +43,17 @@ fn barrier_hash() -> u64 {
 /// A write being committed.
 #[derive(Debug)]
 struct Pending {
+    /// Sorted: a write of many keys is checked against it by search.
     keys: Box<[u64]>,
     bytes: u64,
+}
+
+/// `keys`, sorted and without repeats.
+fn sorted(mut keys: Box<[u64]>) -> Box<[u64]> {
+    keys.sort_unstable();
+    let mut v = keys.into_vec();
+    v.dedup();
+    v.into_boxed_slice()
 }
 
 #[derive(Debug)]
@@ -85,12 +94,17 @@ impl OrderState {
     }
 
     /// Whether a write at `ticket` must wait for a pending one before it.
+    /// Each of the write's keys is searched for in each pending write's
+    /// sorted keys: a write of one step against one of a thousand steps
+    /// costs a search, not a scan.
     fn conflicts_pending(&self, ticket: u64, keys: &[u64]) -> bool {
         let barrier = barrier_hash();
         let mine_barrier = keys.contains(&barrier);
-        self.pending
-            .range(..ticket)
-            .any(|(_, p)| mine_barrier || p.keys.iter().any(|k| *k == barrier || keys.contains(k)))
+        self.pending.range(..ticket).any(|(_, p)| {
+            mine_barrier
+                || p.keys.binary_search(&barrier).is_ok()
+                || keys.iter().any(|k| p.keys.binary_search(k).is_ok())
+        })
     }
 
     /// Writes being committed, and their bytes.
@@ -211,7 +225,13 @@ impl Spool {
     fn reserve(&self, ticket: u64, keys: Box<[u64]>, bytes: u64) -> Reservation {
         if let Ok(mut o) = self.inner.order.lock() {
             o.pending_bytes += bytes;
-            o.pending.insert(ticket, Pending { keys, bytes });
+            o.pending.insert(
+                ticket,
+                Pending {
+                    keys: sorted(keys),
+                    bytes,
+                },
+            );
         }
         Reservation {
             spool: self.clone(),
@@ -261,7 +281,7 @@ impl Spool {
             o.pending.insert(
                 ticket,
                 Pending {
-                    keys: hashed,
+                    keys: sorted(hashed),
                     bytes,
                 },
             );

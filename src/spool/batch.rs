@@ -64,7 +64,10 @@ impl Spool {
         keys: &[String],
         only: Option<&[usize]>,
     ) -> Vec<Write> {
-        let template = Write {
+        // Each entry gets its own body and keys; the rest is shared, and the
+        // write's whole key list is never copied per entry (that made a
+        // write of n fields cost n² ).
+        let entry = |body: Bytes, keys: Vec<String>| Write {
             route: route.name.clone(),
             request_id: head.request_id.to_str().unwrap_or("-").to_string(),
             method: head.method.as_str().to_string(),
@@ -74,25 +77,22 @@ impl Spool {
                 .map_or("/", |p| p.as_str())
                 .to_string(),
             headers: head.headers.clone(),
-            body: body.clone(),
-            keys: keys.to_vec(),
+            body,
+            keys,
         };
         if op.root_fields.len() < 2 && only.is_none() {
-            return vec![template];
+            return vec![entry(body.clone(), keys.to_vec())];
         }
         let (Some(batch), Ok(request)) = (Batch::parse(body), graphql::parse_request(body)) else {
-            return vec![template];
+            return vec![entry(body.clone(), keys.to_vec())];
         };
-        let field_keys = route.field_keys(op, &request.root_ids());
+        let mut field_keys = route.field_keys(op, &request.root_ids());
         let all: Vec<usize> = (0..batch.len()).collect();
         only.unwrap_or(&all)
             .iter()
             .filter_map(|&i| {
-                Some(Write {
-                    body: batch.subset(&[i]),
-                    keys: field_keys.get(i)?.clone(),
-                    ..template.clone()
-                })
+                let keys = std::mem::take(field_keys.get_mut(i)?);
+                Some(entry(batch.subset(&[i]), keys))
             })
             .collect()
     }
@@ -122,6 +122,7 @@ pub(super) fn partly_spooled(
         .iter()
         .filter_map(|&i| op.root_fields.get(i).map(|f| &*f.response_key))
         .collect();
+    let stored: std::collections::HashSet<&str> = keys.iter().copied().collect();
     for key in &keys {
         if let Some(data) = merged.get_mut("data").and_then(Value::as_object_mut) {
             data.insert(
@@ -134,7 +135,7 @@ pub(super) fn partly_spooled(
     if let Some(errors) = merged.get_mut("errors").and_then(Value::as_array_mut) {
         errors.retain(|e| {
             let first = e["path"].get(0).and_then(Value::as_str);
-            !first.is_some_and(|f| keys.contains(&f))
+            !first.is_some_and(|f| stored.contains(f))
         });
         settled_ok = errors.is_empty();
         if errors.is_empty()
@@ -146,7 +147,7 @@ pub(super) fn partly_spooled(
     // The aliases not stored were settled by the backend: success, or a
     // refusal the app must see.
     let refused = op.root_fields.iter().any(|f| {
-        !keys.contains(&&*f.response_key)
+        !stored.contains(&*f.response_key)
             && merged["data"][&*f.response_key]
                 .get("ok")
                 .and_then(Value::as_bool)

@@ -211,7 +211,7 @@ struct Delta {
     dead: i64,
     ticket: i64,
     deduplicated: u64,
-    stored: Vec<RecentWrite>,
+    stored: InTxn,
     removed: Vec<i64>,
 }
 
@@ -378,7 +378,7 @@ impl Writer {
         t.max_ticket.fetch_max(d.ticket, Ordering::Relaxed);
         t.deduplicated.fetch_add(d.deduplicated, Ordering::Relaxed);
         t.batches.fetch_add(1, Ordering::Relaxed);
-        for w in d.stored {
+        for w in d.stored.writes {
             self.recent.remember(w);
         }
     }
@@ -565,6 +565,33 @@ struct RecentWrite {
     digest: u64,
 }
 
+/// The writes stored so far in the transaction being built, indexed as
+/// [`Recent`] is, so checking an entry against them does not walk them.
+#[derive(Default)]
+struct InTxn {
+    writes: Vec<RecentWrite>,
+    /// Key → the latest id in the transaction that writes it.
+    latest: HashMap<u64, i64>,
+    /// The latest barrier in the transaction.
+    barrier: Option<i64>,
+    /// Id → its place in `writes`.
+    at: HashMap<i64, usize>,
+}
+
+impl InTxn {
+    fn push(&mut self, w: RecentWrite) {
+        for k in w.keys.iter() {
+            let id = self.latest.entry(*k).or_insert(w.id);
+            *id = (*id).max(w.id);
+        }
+        if w.barrier {
+            self.barrier = self.barrier.max(Some(w.id));
+        }
+        self.at.insert(w.id, self.writes.len());
+        self.writes.push(w);
+    }
+}
+
 /// The last [`RECENT_WINDOW`] writes stored, in commit order, indexed by
 /// key, and the highest id that left the window. An identical write is
 /// recognised when its original is still in the window — the SDK sends a
@@ -668,7 +695,7 @@ impl Recent {
     /// body and keys, and the last entry — by ticket — of each of its keys,
     /// with no barrier after it (the body is then compared byte for byte).
     /// `in_batch`: writes stored earlier in the same transaction.
-    fn candidate(&self, in_batch: &[RecentWrite], e: &NewEntry) -> Option<i64> {
+    fn candidate(&self, in_batch: &InTxn, e: &NewEntry) -> Option<i64> {
         if !e.dedup || e.keys.is_empty() || e.keys.iter().any(|k| k == BARRIER_KEY) {
             return None;
         }
@@ -676,11 +703,7 @@ impl Recent {
         let mut last: Option<i64> = None;
         for k in keys.iter() {
             let in_window = self.by_key.get(k).and_then(|ids| ids.iter().max().copied());
-            let in_txn = in_batch
-                .iter()
-                .filter(|w| w.keys.binary_search(k).is_ok())
-                .map(|w| w.id)
-                .max();
+            let in_txn = in_batch.latest.get(k).copied();
             let latest = in_window.max(in_txn)?;
             match last {
                 Some(l) if l != latest => return None,
@@ -688,15 +711,11 @@ impl Recent {
             }
         }
         let last = last?;
-        let barrier = self
-            .barriers
-            .last()
-            .copied()
-            .max(in_batch.iter().filter(|w| w.barrier).map(|w| w.id).max());
+        let barrier = self.barriers.last().copied().max(in_batch.barrier);
         let w = self
             .writes
             .get(&last)
-            .or_else(|| in_batch.iter().find(|w| w.id == last))?;
+            .or_else(|| in_batch.at.get(&last).map(|&i| &in_batch.writes[i]))?;
         // An entry that left the window may come after it, and so may a
         // barrier.
         (last > self.horizon
