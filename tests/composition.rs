@@ -311,3 +311,120 @@ async fn variables_and_fragment_expansion_are_bounded() {
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     sc.stop().await;
 }
+
+/// An AddStep with the client's key.
+async fn write_keyed(addr: std::net::SocketAddr, key: &str, id: &str, content: &str) -> Answer {
+    let body = add_step_with(vec![(id.to_string(), content.to_string())]);
+    client::send(
+        addr,
+        http::Request::post("/api/graphql")
+            .header("content-type", "application/json")
+            .header("x-api-key", key)
+            .body(support::TestBody::full(body.to_string()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// Defect 6: a live step write that met a refusal of everything (401
+/// while a key is being rotated) was answered 401 — a lost step and a
+/// task exception in the app — while the worker paused on the very same
+/// answer. Live and replay decide alike: the write is stored and
+/// acknowledged, the queue pauses with the reason, and it resumes when
+/// the backend takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_write_that_meets_a_refusal_of_everything_is_stored_and_pauses_the_queue() {
+    let mut backend = Backend::down(None);
+    *backend.api_key.lock().unwrap() = Some("rotating".into());
+    backend.up().await;
+    let sc = start(&backend, "").await;
+    let a = write_keyed(sc.addr, "k1", "rot-1", "rot-1 v1").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    assert_eq!(a.json()["data"]["step0"]["ok"], true);
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["paused"]["reason"] == "status_401"
+    })
+    .await;
+    let m = client::get(sc.admin, "/metrics").await.text();
+    assert_eq!(
+        client::sample(&m, "datalayer_sidecar_spool_paused"),
+        Some(1.0)
+    );
+    // The next write goes behind the paused queue: stored, acknowledged.
+    let a = write_keyed(sc.addr, "k1", "rot-2", "rot-2 v1").await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    assert!(backend.steps().is_empty());
+    // The backend takes the key again: a probe goes through, both arrive.
+    *backend.api_key.lock().unwrap() = None;
+    backend
+        .wait_for(Duration::from_secs(15), "both steps", |st| {
+            st.steps.len() == 2
+        })
+        .await;
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["depth"] == 0 && s["paused"].is_null() && s["dead_letters"] == 0
+    })
+    .await;
+    sc.stop().await;
+}
+
+/// After a real rotation the stored entries carry the old key, which the
+/// backend no longer takes: the operator sets `spool.api_key` to the new
+/// key and reloads, and the paused queue drains with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_key_rotation_a_reloaded_spool_api_key_drains_the_queue() {
+    use datalayer_sidecar::config::{Config, Overrides, Source};
+    let mut backend = Backend::down(None);
+    *backend.api_key.lock().unwrap() = Some("new-key".into());
+    backend.up().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecar.toml");
+    let store = dir.path().join("spool.sqlite3");
+    let url = backend.url();
+    let text = move |api_key: &str| {
+        support::proxy::config_text(
+            &url,
+            &format!(
+                "[spool]\npath = \"{}\"\nreplay_backoff_base = \"50ms\"\nreplay_backoff_max = \"500ms\"\n{api_key}",
+                store.display()
+            ),
+        )
+    };
+    std::fs::write(&file, text("")).unwrap();
+    let cfg = Config::load(Some(&file), &Overrides::default()).unwrap();
+    let opts = datalayer_sidecar::sidecar::Options {
+        source: Some(Source {
+            path: Some(file.clone()),
+            overrides: Overrides::default(),
+        }),
+        ..Default::default()
+    };
+    let sc = Sidecar::start_opts(cfg, dir, opts).await;
+    for i in 0..3 {
+        let a = write_keyed(sc.addr, "old-key", &format!("k-{i}"), "v1").await;
+        assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    }
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["depth"] == 3 && s["paused"]["reason"] == "status_401"
+    })
+    .await;
+    // Nothing dead-lettered while the old key is refused.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(spool(&sc).await["dead_letters"], 0);
+    std::fs::write(&file, text("api_key = \"new-key\"")).unwrap();
+    let r = client::post_json(sc.admin, "/reload", &serde_json::json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    backend
+        .wait_for(Duration::from_secs(10), "the three steps", |st| {
+            st.steps.len() == 3
+        })
+        .await;
+    let keys = backend.state.lock().unwrap().keys.clone();
+    assert_eq!(keys.last().map(String::as_str), Some("new-key"));
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["depth"] == 0 && s["paused"].is_null()
+    })
+    .await;
+    sc.stop().await;
+}

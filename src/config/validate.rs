@@ -268,13 +268,11 @@ fn spool(file: &FileConfig) -> Result<SpoolSettings, ConfigError> {
             max_bytes: s.max_bytes.as_u64(),
         },
         store_credentials: s.store_credentials,
-        // Replays send the configured key only when the client's own
-        // credentials are not stored with the entry.
-        replay_key: if s.store_credentials {
-            None
-        } else {
-            api_key.map(|v| (api_key_header.clone(), v))
-        },
+        // A configured key is what replays send, in place of the one
+        // stored with each entry (or of none, when credentials are not
+        // stored): after a key rotation the entries carry the old key, and
+        // setting this and reloading is how the queue drains with the new.
+        replay_key: api_key.map(|v| (api_key_header.clone(), v)),
         api_key_header,
         replay: ReplayParams {
             backoff_base: s.replay_backoff_base,

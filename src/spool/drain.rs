@@ -61,6 +61,7 @@ use tower::{Service, ServiceExt};
 
 use super::batch::{Joinable, joinable};
 use super::record::decode_headers;
+use super::refusal::system_refusal;
 use super::store::{DeadInfo, Entry, Totals, now_ms};
 use super::{Paused, ReplayParams, Spool};
 use crate::body::{RequestBody, ResponseBody};
@@ -233,6 +234,10 @@ impl Drain {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            // A live write met a refusal of everything: pause as on our own.
+            if let Some((reason, detail)) = this.spool.take_pause_request() {
+                this.pace(&mut pacing, Done::Pause { reason, detail });
             }
             if last_resync.elapsed() >= IDLE_RESYNC {
                 // Also picks up what the operator CLI changed in the file.
@@ -914,21 +919,12 @@ impl Drain {
     /// A refusal (permanent class) of this entry: its content's fault, or
     /// the system's?
     fn refusal(&self, class: &Class, info: DeadInfo) -> Outcome {
-        let content = match class.kind {
-            Kind::GraphqlError | Kind::ItemNotOk | Kind::BodyTooLarge => true,
-            Kind::Status(s) => self.view().replay.dead_letter_statuses.contains(&s),
-            _ => false,
-        };
-        if content {
-            return Outcome::Refused(info);
-        }
-        let reason = match class.kind {
-            Kind::Status(s) => format!("status_{s}"),
-            k => k.as_str().to_string(),
-        };
-        Outcome::SystemRefusal {
-            reason,
-            detail: info.reason,
+        match system_refusal(class, &self.view().replay.dead_letter_statuses) {
+            None => Outcome::Refused(info),
+            Some(reason) => Outcome::SystemRefusal {
+                reason,
+                detail: info.reason,
+            },
         }
     }
 

@@ -202,9 +202,19 @@ where
                     Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
                     Err(e) => Class::of_error(e),
                 };
-                if !class.is_transient() {
-                    return result;
-                }
+                // Decided as the replay worker decides: a transient failure
+                // is stored; a refusal of everything (a rotated key, a
+                // certificate the roots reject) is stored too and pauses the
+                // queue; a refusal of this write's content is the app's to
+                // see.
+                let paused_by = match class.verdict {
+                    Verdict::Success => return result,
+                    Verdict::Transient => None,
+                    Verdict::Permanent => match spool.system_refusal(&class) {
+                        Some(reason) => Some(reason),
+                        None => return result,
+                    },
+                };
                 // Spooled at its own (earlier) ticket: anything that touched the
                 // same keys meanwhile went behind it, and stays behind it.
                 let place = guard.into_reservation();
@@ -214,8 +224,15 @@ where
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     kind = class.kind.as_str(),
-                    "write spooled after a transient failure"
+                    "write spooled after a failure it may outlast"
                 );
+                if let Some(reason) = paused_by {
+                    let detail = match &result {
+                        Ok(r) => format!("backend answered {} to a live write", r.status()),
+                        Err(e) => e.to_string(),
+                    };
+                    spool.pause_for(reason, detail);
+                }
                 Ok(record::spooled_response(&op, &body))
             }
         }

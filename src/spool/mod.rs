@@ -28,6 +28,7 @@ pub mod cli;
 pub mod drain;
 pub mod layer;
 pub mod record;
+pub mod refusal;
 pub mod store;
 pub mod supervise;
 
@@ -42,6 +43,7 @@ use http::HeaderName;
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use crate::classify::Class;
 use crate::error::{Error, SpoolFull, SpoolUnavailable};
 use crate::metrics::SpoolMetrics;
 use admission::OrderState;
@@ -117,6 +119,8 @@ struct Live {
     limits: SpoolLimits,
     /// Headers not written to disk (credentials, when not stored).
     skip: Vec<HeaderName>,
+    /// Statuses that refuse a write for its content (see [`refusal`]).
+    dead_letter_statuses: Vec<u16>,
 }
 
 impl Live {
@@ -128,6 +132,7 @@ impl Live {
         Live {
             limits: cfg.limits,
             skip,
+            dead_letter_statuses: cfg.replay.dead_letter_statuses.clone(),
         }
     }
 }
@@ -144,6 +149,9 @@ struct Inner {
     paused: Mutex<Option<Paused>>,
     /// Whether the replay worker runs (see [`supervise`]).
     worker: Mutex<supervise::WorkerHealth>,
+    /// A refusal of everything a live write met (reason, detail): the
+    /// worker pauses on it as on one of its own.
+    pause_asked: Mutex<Option<(String, String)>>,
 }
 
 /// A cheap handle to the open spool.
@@ -251,6 +259,7 @@ impl Spool {
                 metrics,
                 paused: Mutex::new(None),
                 worker: Mutex::new(supervise::WorkerHealth::starting()),
+                pause_asked: Mutex::new(None),
             }),
         };
         spool.update_gauges();
@@ -262,6 +271,12 @@ impl Spool {
     pub fn apply(&self, cfg: &SpoolSettings, sensitive: &[HeaderName]) {
         self.inner.live.store(Arc::new(Live::of(cfg, sensitive)));
         self.update_gauges();
+    }
+
+    /// Whether `class`, a refusal, is the system's (see [`refusal`]):
+    /// the pause reason, or `None` for a refusal of the write's content.
+    pub(crate) fn system_refusal(&self, class: &Class) -> Option<String> {
+        refusal::system_refusal(class, &self.inner.live.load().dead_letter_statuses)
     }
 
     /// The store.
@@ -395,6 +410,24 @@ impl Spool {
         let oldest = self.inner.store.oldest_ms().await.ok().flatten();
         let age = oldest.map_or(0.0, |o| (store::now_ms() - o).max(0) as f64 / 1000.0);
         self.inner.metrics.oldest_age_seconds.set(age);
+    }
+
+    /// A live write met a refusal of everything (see [`refusal`]): the
+    /// worker pauses the queue as if it had met it.
+    pub(crate) fn pause_for(&self, reason: String, detail: String) {
+        if let Ok(mut p) = self.inner.pause_asked.lock() {
+            *p = Some((reason, detail));
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// The refusal a live write met since the worker last looked.
+    fn take_pause_request(&self) -> Option<(String, String)> {
+        self.inner
+            .pause_asked
+            .lock()
+            .ok()
+            .and_then(|mut p| p.take())
     }
 
     /// Why the worker is paused, if it is.

@@ -69,6 +69,9 @@ pub struct Backend {
     /// Milliseconds to hold every answer to a step write, after applying
     /// it (a backend that stored the steps and is slow to say so).
     pub answer_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// When set, every request whose `x-api-key` is not this one gets 401
+    /// (a key rotated at the backend).
+    pub api_key: Arc<Mutex<Option<String>>>,
     running: Option<FakeUpstream>,
     /// While down: the port bound but not listening, so connections are
     /// refused and no other test can take the port.
@@ -187,6 +190,7 @@ fn other_write(st: &mut State, fault: &Fault, f: &Field) -> Option<Reply> {
 }
 
 struct Faults {
+    api_key: Arc<Mutex<Option<String>>>,
     fault: Fault,
     alias: Option<AliasFault>,
     request: Option<RequestFault>,
@@ -201,8 +205,16 @@ fn answer(state: &Arc<Mutex<State>>, faults: &Faults, delay_ms: u64, r: &Recorde
         .collect();
     let mut st = state.lock().unwrap();
     st.requests += 1;
-    st.keys
-        .push(r.header("x-api-key").unwrap_or_default().to_string());
+    let key = r.header("x-api-key").unwrap_or_default().to_string();
+    st.keys.push(key.clone());
+    if let Some(wanted) = faults.api_key.lock().unwrap().as_deref()
+        && wanted != key
+    {
+        return Reply::json(
+            401,
+            serde_json::json!({"errors": [{"message": "invalid api key", "extensions": {"code": "UNAUTHENTICATED"}}]}),
+        );
+    }
     if steps.is_empty() {
         if let Some(reply) = fields.first().and_then(|f| other_write(&mut st, fault, f)) {
             return reply;
@@ -293,6 +305,7 @@ impl Backend {
             alias_fault: None,
             request_fault: None,
             answer_delay_ms: Arc::default(),
+            api_key: Arc::default(),
             running: None,
             parked: Some(s),
         }
@@ -334,6 +347,7 @@ impl Backend {
         let listener = socket.listen(1024).expect("listen on the backend's port");
         let state = self.state.clone();
         let faults = Faults {
+            api_key: self.api_key.clone(),
             fault: self.fault.clone(),
             alias: self.alias_fault.clone(),
             request: self.request_fault.clone(),
