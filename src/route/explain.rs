@@ -45,7 +45,8 @@ pub fn explain(routes: &Routes, method: &Method, path: &str, body: &[u8]) -> Val
         "origin": route.origin.as_str(),
         "policy": route.describe(),
         "idempotent": route.is_idempotent(method, op.as_deref()),
-        "spooled_on_failure": route.spools() && op.is_some(),
+        // A write naming no usable id is not spooled (Route::order_keys).
+        "spooled_on_failure": route.spools() && op.is_some() && !keys.is_empty(),
         "order_keys": keys,
         "operation": operation,
         "invalid_graphql": error,

@@ -171,14 +171,22 @@ impl Route {
 
     /// The ordering keys of a write on this route: `entity:id` for each
     /// root field (see [`literalai::order_key`]), and `*` — ordered against
-    /// every other write — when a root field is a barrier or names no id.
+    /// every other write — when a root field is a barrier.
+    ///
+    /// None at all when a root field names no usable id: such a write is
+    /// not spooled. Without a key it cannot be ordered against the other
+    /// versions of what it writes, so acknowledging it from the spool could
+    /// let it overwrite a newer version; ordering it against every write
+    /// (a barrier) would make one such client serialize all traffic. It is
+    /// delivered live, with the route's retries, and a failure reaches the
+    /// app as a structured error.
     pub fn order_keys(&self, op: &Operation, root_ids: &[Option<String>]) -> Box<[String]> {
         let mut keys = Vec::with_capacity(op.root_fields.len());
         let mut barrier = false;
         for (i, f) in op.root_fields.iter().enumerate() {
             match root_ids.get(i).and_then(Option::as_deref) {
                 Some(id) => keys.push(literalai::order_key(&f.name, id)),
-                None => barrier = true,
+                None => return Box::default(),
             }
             barrier |= literalai::is_barrier(&f.name);
         }
@@ -477,8 +485,12 @@ mod tests {
             &*route.order_keys(&del, &[Some("t".to_string())]),
             ["thread:t", BARRIER_KEY]
         );
-        // No usable id: ordered against everything.
-        assert_eq!(&*route.order_keys(&steps, &[None, None]), [BARRIER_KEY]);
+        // No usable id: no keys, so not spooled (see `order_keys`).
+        assert!(
+            route
+                .order_keys(&steps, &[None, Some("s".into())])
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Tickets and per-key order: which writes go to the upstream now, which go
-//! behind the queue, and which stored entries the replay worker may start.
+//! Tickets and per-key order: which writes go to the upstream now, which
+//! wait in memory for an earlier write of their keys, which go behind the
+//! queue, and which stored entries the replay worker may start.
 //!
 //! Every write on a spooling route gets a ticket when it arrives; tickets
 //! are the queue's order. A write's keys name what it writes (`step:<id>`;
@@ -7,22 +8,33 @@
 //! not yet delivered, and the rules keep each key's versions in ticket
 //! order across all three:
 //!
-//! - **live**: writes in flight to the upstream, by key. A write whose key
-//!   (or barrier) conflicts with a live write goes behind it.
-//! - **pending**: writes being committed to the store, by ticket. A live
-//!   write that failed joins them at its own, earlier ticket, before it lets
-//!   go of its keys.
+//! - **flights**: writes in flight to the upstream, and writes waiting in
+//!   memory for an earlier flight of one of their keys. A write whose key
+//!   (or barrier) is held by a flight waits behind the latest one —
+//!   without being stored — and goes live when every flight ahead of it
+//!   has ended with an answer. It is stored instead (at its own ticket,
+//!   after theirs) when one of them was stored, or when its deadline nears.
+//!   So a hot key's concurrent writes go to the backend one after another,
+//!   and the spool takes only what could not be delivered.
+//! - **pending**: writes being committed to the store, by ticket. A flight
+//!   that failed joins them at its own, earlier ticket before it ends, so
+//!   the flights waiting behind it see it stored and follow it there.
 //! - **stored**: the store's entries. While any entry waits, or any write is
 //!   pending, every new write goes behind them.
 //!
-//! The worker reads the head of the queue in batches. A commit at a ticket
-//! lower than the last one it read leaves a hole in what it read, so every
-//! commit records the lowest ticket committed since the last read, and the
-//! worker reads again before it starts anything behind a hole. The checks
-//! and the updates happen under one lock, so there is no moment at which a
-//! key is free and the entry that holds it back is invisible.
+//! The worker starts no entry that shares a key with a flight, and reads the
+//! head of the queue in batches. A commit at a ticket lower than the last
+//! one it read leaves a hole in what it read, so every commit records the
+//! lowest ticket committed since the last read, and the worker reads again
+//! before it starts anything behind a hole. The checks and the updates
+//! happen under one lock, so there is no moment at which a key is free and
+//! the write that holds it back is invisible.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::Spool;
 use super::store::Entry;
@@ -56,11 +68,32 @@ fn sorted(mut keys: Box<[u64]>) -> Box<[u64]> {
     v.into_boxed_slice()
 }
 
+/// How a flight ended, for the flights waiting behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// Answered (delivered, or refused for its content): nothing of it
+    /// reaches the backend later, so what waits behind may go live.
+    Answered,
+    /// Committed to the store (or being committed): what waits behind
+    /// follows it there.
+    Stored,
+}
+
+/// A write in flight or waiting; it tells those behind it how it ended.
+#[derive(Debug)]
+struct Flight {
+    ticket: u64,
+    keys: Box<[u64]>,
+    ended: watch::Sender<Option<Ended>>,
+}
+
 #[derive(Debug)]
 pub(super) struct OrderState {
     next_ticket: u64,
-    /// Key → ticket of the live write that holds it.
-    live: FastMap<u64, u64>,
+    /// Key → tickets of the flights that hold it.
+    held: FastMap<u64, BTreeSet<u64>>,
+    /// Ticket → flight.
+    flights: BTreeMap<u64, Arc<Flight>>,
     /// Ticket → write being committed.
     pending: BTreeMap<u64, Pending>,
     pending_bytes: u64,
@@ -73,24 +106,58 @@ impl OrderState {
     pub(super) fn new(next_ticket: u64) -> Self {
         OrderState {
             next_ticket,
-            live: FastMap::default(),
+            held: FastMap::default(),
+            flights: BTreeMap::new(),
             pending: BTreeMap::new(),
             pending_bytes: 0,
             low_commit: u64::MAX,
         }
     }
 
-    /// Whether a write with these keys conflicts with a live one: it shares
+    /// Whether a write with these keys conflicts with a flight: it shares
     /// a key, or one of the two is a barrier.
     fn conflicts_live(&self, keys: &[u64]) -> bool {
-        if self.live.is_empty() {
+        if self.flights.is_empty() {
             return false;
         }
         let barrier = barrier_hash();
-        self.live.contains_key(&barrier)
+        self.held.contains_key(&barrier)
             || keys
                 .iter()
-                .any(|k| *k == barrier || self.live.contains_key(k))
+                .any(|k| *k == barrier || self.held.contains_key(k))
+    }
+
+    /// The flights a new write of `keys` comes after: the latest of each
+    /// key, and the latest barrier; for a barrier, every flight.
+    fn ahead_of(&self, keys: &[u64]) -> Vec<Arc<Flight>> {
+        let barrier = barrier_hash();
+        if keys.contains(&barrier) {
+            return self.flights.values().cloned().collect();
+        }
+        let mut tickets: Vec<u64> = keys
+            .iter()
+            .chain(std::iter::once(&barrier))
+            .filter_map(|k| self.held.get(k).and_then(|t| t.last().copied()))
+            .collect();
+        tickets.sort_unstable();
+        tickets.dedup();
+        tickets
+            .iter()
+            .filter_map(|t| self.flights.get(t).cloned())
+            .collect()
+    }
+
+    /// The flight is over: it holds its keys no more.
+    fn land(&mut self, f: &Flight) {
+        self.flights.remove(&f.ticket);
+        for k in f.keys.iter() {
+            if let Some(t) = self.held.get_mut(k) {
+                t.remove(&f.ticket);
+                if t.is_empty() {
+                    self.held.remove(k);
+                }
+            }
+        }
     }
 
     /// Whether a write at `ticket` must wait for a pending one before it.
@@ -113,9 +180,21 @@ impl OrderState {
     }
 }
 
-/// Whether a write goes to the upstream now or behind the spool.
+/// Whether a write goes to the upstream now, waits for the flights of its
+/// keys, or goes behind the spool.
 #[derive(Debug)]
 pub enum Admit {
+    /// Send it; hold the guard until it is done.
+    Live(LiveGuard),
+    /// Wait for the flights ahead of it (see [`Waiting::resolve`]).
+    Wait(Waiting),
+    /// Spool it at this ticket.
+    Behind(Reservation),
+}
+
+/// Where a waiting write goes once the flights ahead of it have ended.
+#[derive(Debug)]
+pub enum Resolved {
     /// Send it; hold the guard until it is done.
     Live(LiveGuard),
     /// Spool it at this ticket.
@@ -126,24 +205,27 @@ pub enum Admit {
 #[derive(Debug)]
 pub struct LiveGuard {
     spool: Spool,
-    ticket: u64,
-    keys: Box<[u64]>,
+    flight: Arc<Flight>,
     bytes: u64,
+    /// Whether the write is being stored (the flights behind follow it).
+    stored: bool,
 }
 
 impl LiveGuard {
     /// The write's ticket.
     pub fn ticket(&self) -> u64 {
-        self.ticket
+        self.flight.ticket
     }
 
     /// The live write failed: it will be committed at its own ticket.
     /// Reserving before letting go of the keys means no later write of the
-    /// same keys can start in between.
-    pub fn into_reservation(self) -> Reservation {
+    /// same keys can start in between, and the writes waiting behind it are
+    /// told it is stored, so they follow it into the store.
+    pub fn into_reservation(mut self) -> Reservation {
         let r = self
             .spool
-            .reserve(self.ticket, self.keys.clone(), self.bytes);
+            .reserve(self.flight.ticket, self.flight.keys.clone(), self.bytes);
+        self.stored = true;
         drop(self);
         r
     }
@@ -151,24 +233,76 @@ impl LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        let spool = &self.spool.inner;
-        if let Ok(mut o) = spool.order.lock() {
-            for k in self.keys.iter() {
-                if o.live.get(k) == Some(&self.ticket) {
-                    o.live.remove(k);
+        let ended = if self.stored {
+            Ended::Stored
+        } else {
+            Ended::Answered
+        };
+        self.spool.end_flight(&self.flight, ended);
+    }
+}
+
+/// A write waiting in memory for the flights of its keys ahead of it.
+#[derive(Debug)]
+pub struct Waiting {
+    spool: Spool,
+    flight: Option<Arc<Flight>>,
+    ahead: Vec<watch::Receiver<Option<Ended>>>,
+    bytes: u64,
+}
+
+impl Waiting {
+    /// Wait until every flight ahead has ended, or `until`: live when they
+    /// were all answered; behind the spool, at this write's own ticket (so
+    /// after theirs), when one of them was stored or the time is up.
+    pub async fn resolve(mut self, until: Instant) -> Resolved {
+        let mut stored = false;
+        let mut ahead = std::mem::take(&mut self.ahead);
+        for rx in &mut ahead {
+            let ended = tokio::time::timeout_at(until, rx.wait_for(Option::is_some)).await;
+            match ended {
+                Ok(Ok(e)) if *e == Some(Ended::Answered) => {}
+                // Stored, or its flight gone without a word (it was dropped
+                // before it could say): behind it, to be safe.
+                Ok(_) => stored = true,
+                Err(_) => {
+                    stored = true;
+                    break;
                 }
             }
+            if stored {
+                break;
+            }
         }
-        // The worker waits on live writes only while entries wait; with an
-        // empty queue, waking it for every live write would cost a query.
-        if spool
-            .store
-            .totals
-            .entries
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-        {
-            spool.wake.notify_one();
+        let Some(flight) = self.flight.take() else {
+            return Resolved::Behind(Reservation {
+                spool: self.spool.clone(),
+                ticket: 0,
+                done: true,
+            });
+        };
+        if stored {
+            let place = self
+                .spool
+                .reserve(flight.ticket, flight.keys.clone(), self.bytes);
+            self.spool.end_flight(&flight, Ended::Stored);
+            return Resolved::Behind(place);
+        }
+        Resolved::Live(LiveGuard {
+            spool: self.spool.clone(),
+            flight,
+            bytes: self.bytes,
+            stored: false,
+        })
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Gone before it was sent or stored (the client left): those behind
+        // it may go on.
+        if let Some(f) = self.flight.take() {
+            self.spool.end_flight(&f, Ended::Answered);
         }
     }
 }
@@ -240,6 +374,26 @@ impl Spool {
         }
     }
 
+    /// A flight is over: it lets go of its keys and tells those behind it.
+    fn end_flight(&self, f: &Flight, ended: Ended) {
+        if let Ok(mut o) = self.inner.order.lock() {
+            o.land(f);
+        }
+        f.ended.send_replace(Some(ended));
+        // The worker waits on flights only while entries wait; with an
+        // empty queue, waking it for every live write would cost a query.
+        if self
+            .inner
+            .store
+            .totals
+            .entries
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+        {
+            self.inner.wake.notify_one();
+        }
+    }
+
     /// Decide where a write touching `keys` (of `bytes` to store) goes.
     pub fn admit(&self, keys: &[String], bytes: u64, write_behind: bool) -> Admit {
         self.admit_n(keys, bytes, write_behind, 1)
@@ -249,7 +403,7 @@ impl Spool {
     /// entries (one per root field): it takes that many consecutive
     /// tickets, so its entries keep their order and nothing comes between.
     pub fn admit_n(&self, keys: &[String], bytes: u64, write_behind: bool, tickets: u64) -> Admit {
-        let hashed: Box<[u64]> = keys.iter().map(|k| key_hash(k)).collect();
+        let hashed: Box<[u64]> = sorted(keys.iter().map(|k| key_hash(k)).collect());
         let stored = self
             .inner
             .store
@@ -274,14 +428,12 @@ impl Spool {
         };
         let ticket = o.next_ticket.max(end + 1);
         o.next_ticket = ticket + tickets.max(1);
-        let behind =
-            write_behind || stored > 0 || !o.pending.is_empty() || o.conflicts_live(&hashed);
-        if behind {
+        if write_behind || stored > 0 || !o.pending.is_empty() {
             o.pending_bytes += bytes;
             o.pending.insert(
                 ticket,
                 Pending {
-                    keys: sorted(hashed),
+                    keys: hashed,
                     bytes,
                 },
             );
@@ -291,21 +443,38 @@ impl Spool {
                 done: false,
             });
         }
-        for k in hashed.iter() {
-            o.live.insert(*k, ticket);
-        }
-        Admit::Live(LiveGuard {
-            spool: self.clone(),
+        let ahead = o.ahead_of(&hashed);
+        let (ended, _) = watch::channel(None);
+        let flight = Arc::new(Flight {
             ticket,
             keys: hashed,
+            ended,
+        });
+        o.flights.insert(ticket, flight.clone());
+        for k in flight.keys.iter() {
+            o.held.entry(*k).or_default().insert(ticket);
+        }
+        if ahead.is_empty() {
+            return Admit::Live(LiveGuard {
+                spool: self.clone(),
+                flight,
+                bytes,
+                stored: false,
+            });
+        }
+        Admit::Wait(Waiting {
+            spool: self.clone(),
+            ahead: ahead.iter().map(|f| f.ended.subscribe()).collect(),
+            flight: Some(flight),
             bytes,
         })
     }
 
     /// Whether a write at `ticket` may be folded into an identical waiting
-    /// entry: no write of its keys with an earlier ticket is live or being
-    /// committed (it would land between the two). New writes only get
-    /// later tickets, so the answer holds until the write is stored.
+    /// entry: no write of its keys is in flight, waiting or being committed
+    /// with an earlier ticket (it would land between the two). New writes
+    /// only get later tickets, so the answer holds until the write is
+    /// stored.
     pub(super) fn may_fold(&self, ticket: u64, keys: &[String]) -> bool {
         let hashed: Vec<u64> = keys.iter().map(|k| key_hash(k)).collect();
         self.inner

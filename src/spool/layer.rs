@@ -10,7 +10,7 @@ use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use super::batch::partly_spooled;
-use super::{Admit, Spool, record};
+use super::{Admit, Resolved, Spool, record};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::aliases::AliasAnswers;
 use crate::classify::{Class, Verdict};
@@ -105,9 +105,11 @@ where
     }
 
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
+        // A write with no order keys names no usable id: not spooled (see
+        // `Route::order_keys`).
         let spools = exchange::of(&req)
             .and_then(|e| e.routed())
-            .is_some_and(|r| r.route.spools() && r.operation.is_some());
+            .is_some_and(|r| r.route.spools() && r.operation.is_some() && !r.keys.is_empty());
         let spool = match (&self.spool, spools) {
             (Some(s), true) => s.clone(),
             _ => {
@@ -156,13 +158,26 @@ where
         let bytes = body.len() as u64;
         // A write of n aliases may become n entries: it takes n tickets.
         let tickets = op.root_fields.len() as u64;
-        match spool.admit_n(
+        let admitted = match spool.admit_n(
             &routed.keys,
             bytes,
             route.mode == SpoolMode::WriteBehind,
             tickets,
         ) {
-            Admit::Behind(place) => {
+            Admit::Live(guard) => Resolved::Live(guard),
+            Admit::Behind(place) => Resolved::Behind(place),
+            // Behind a write of the same key still in flight: wait for it in
+            // memory, as long as one attempt still fits in the deadline.
+            Admit::Wait(waiting) => {
+                let until = routed
+                    .deadline
+                    .checked_sub(route.per_try)
+                    .unwrap_or(routed.deadline);
+                Box::pin(waiting.resolve(until)).await
+            }
+        };
+        match admitted {
+            Resolved::Behind(place) => {
                 let writes = spool.writes_of(&head, &route, &op, &body, &routed.keys, None);
                 // Boxed: the enqueue state would otherwise widen every live
                 // write's future, and that future is moved on each call.
@@ -170,7 +185,7 @@ where
                 ex.set_spooled();
                 Ok(record::spooled_response(&op, &body))
             }
-            Admit::Live(guard) => {
+            Resolved::Live(guard) => {
                 let result = inner.ready().await?.call(req).await;
                 // The retry policy settled a batched write alias by alias:
                 // store the aliases still open, answer the rest as the

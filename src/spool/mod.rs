@@ -32,7 +32,7 @@ pub mod refusal;
 pub mod store;
 pub mod supervise;
 
-pub use admission::{Admit, LiveGuard, Reservation};
+pub use admission::{Admit, LiveGuard, Reservation, Resolved, Waiting};
 pub use layer::{SpoolLayer, SpoolService};
 
 use std::sync::atomic::Ordering;

@@ -86,16 +86,22 @@ async fn a_repeat_is_not_folded_over_a_write_still_being_committed() {
     let cfg = settings(&dir.path().join("spool.sqlite3"));
     let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
     let route: Arc<str> = "spooled_writes".into();
-    // F goes live; L (same step) goes behind it and is pending.
+    // F goes live; L (same step) waits behind it.
     let Admit::Live(f) = spool.admit(&["step:a".into()], 1, false) else {
         panic!("an empty queue sends a write live");
     };
-    let Admit::Behind(l) = spool.admit(&["step:a".into()], 1, false) else {
-        panic!("a write of a live key goes behind it");
+    let Admit::Wait(l) = spool.admit(&["step:a".into()], 1, false) else {
+        panic!("a write of a live key waits behind it");
     };
-    // F fails and is stored at its own, earlier ticket.
+    // F fails: it is reserved at its own, earlier ticket, and L, told so,
+    // follows it into the store, where it is pending.
+    let f = f.into_reservation();
+    let far = tokio::time::Instant::now() + Duration::from_secs(60);
+    let Resolved::Behind(l) = l.resolve(far).await else {
+        panic!("a write behind a stored one is stored after it");
+    };
     spool
-        .enqueue(body_write(&route, "X", "step:a"), f.into_reservation())
+        .enqueue(body_write(&route, "X", "step:a"), f)
         .await
         .unwrap();
     // E repeats F while L is still being committed.
