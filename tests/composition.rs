@@ -499,3 +499,40 @@ async fn a_write_with_no_id_is_not_spooled() {
     assert_eq!(spool(&sc).await["depth"], 0);
     sc.stop().await;
 }
+
+/// A step's spooled versions drain one after another, each once, never
+/// two in one request: a version is sent only after the one before it is
+/// delivered and its removal committed, so no crash or redelivery can make
+/// the backend apply an older version after a newer one. (How fast this
+/// goes, in a release build: `bench/hotkey.sh`, docs/benchmarks.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steps_spooled_versions_drain_one_at_a_time_in_order() {
+    let mut backend = Backend::down(None);
+    let sc = start(&backend, "[spool]\nreplay_batch = 50").await;
+    let n = 300;
+    for v in 1..=n {
+        let a = write(sc.addr, &[("one", &format!("one v{v:05}"))]).await;
+        assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    }
+    backend.up().await;
+    let last = format!("one v{n:05}");
+    backend
+        .wait_for(Duration::from_secs(30), "the last version", |st| {
+            st.steps.get("one") == Some(&last)
+        })
+        .await;
+    {
+        let st = backend.state.lock().unwrap();
+        let versions: Vec<&str> = st.applied.iter().map(|(_, c)| c.as_str()).collect();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "in order: {versions:?}"
+        );
+        assert_eq!(versions.len(), n, "each version applied once");
+        assert!(
+            st.batches.iter().all(|b| b.len() == 1),
+            "one version per request"
+        );
+    }
+    sc.stop().await;
+}

@@ -25,7 +25,6 @@
 //! answer: the spool then stores both, in order, and the version the
 //! backend holds last is the one the app sent last.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,7 +38,7 @@ use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql::split::Batch;
 use crate::graphql::{self, OperationType};
-use crate::route::BARRIER_KEY;
+use crate::route::hold_behind;
 
 /// One request's batched write, while its aliases are being settled.
 #[derive(Debug, Clone)]
@@ -142,27 +141,9 @@ impl Partial {
     }
 
     /// The fields in `open` and every later field that must be sent again
-    /// after one of them: one sharing an ordering key, a barrier, or one
-    /// with no key. One pass, whatever the number of fields.
+    /// after one of them (see [`hold_behind`]).
     fn close_over(&self, mut open: Vec<bool>) -> Vec<usize> {
-        let mut open_keys: HashSet<&str> = HashSet::new();
-        // An open field that orders against everything (a barrier, or no
-        // key at all): every later field follows it.
-        let mut all_follow = false;
-        for (i, keys) in self.order.iter().enumerate() {
-            let barrier = keys.is_empty() || keys.iter().any(|k| k == BARRIER_KEY);
-            if !open[i]
-                && (all_follow
-                    || (barrier && !open_keys.is_empty())
-                    || keys.iter().any(|k| open_keys.contains(k.as_str())))
-            {
-                open[i] = true;
-            }
-            if open[i] {
-                all_follow |= barrier;
-                open_keys.extend(keys.iter().map(String::as_str));
-            }
-        }
+        hold_behind(&mut open, &self.order);
         (0..open.len()).filter(|&i| open[i]).collect()
     }
 

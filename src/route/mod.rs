@@ -298,6 +298,35 @@ fn short(d: Duration) -> String {
 /// The ordering key that orders a write against every other write.
 pub const BARRIER_KEY: &str = "*";
 
+/// Of a batch's fields in order (each with its ordering keys), mark open
+/// every field that must follow an open earlier one: a later version of a
+/// key still open, a barrier after an open field, anything after an open
+/// barrier, and a field with no keys (which orders like a barrier). A field
+/// so held stays with the open one — kept, sent again, stored after it —
+/// whatever its own answer said, so the version the backend applies last
+/// is the one written last. One pass, whatever the number of fields. The
+/// retry policy, the spool layer and the replay worker all settle a batch
+/// through this, so the rule lives here only.
+pub fn hold_behind<K: AsRef<[String]>>(open: &mut [bool], keys: &[K]) {
+    let mut open_keys: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut all_follow = false;
+    for (i, keys) in keys.iter().enumerate().take(open.len()) {
+        let keys = keys.as_ref();
+        let barrier = keys.is_empty() || keys.iter().any(|k| k == BARRIER_KEY);
+        if !open[i]
+            && (all_follow
+                || (barrier && !open_keys.is_empty())
+                || keys.iter().any(|k| open_keys.contains(k.as_str())))
+        {
+            open[i] = true;
+        }
+        if open[i] {
+            all_follow |= barrier;
+            open_keys.extend(keys.iter().map(String::as_str));
+        }
+    }
+}
+
 /// The route table used at run time.
 #[derive(Debug, Clone)]
 pub struct Routes {
@@ -491,6 +520,28 @@ mod tests {
                 .order_keys(&steps, &[None, Some("s".into())])
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_later_version_of_an_open_step_is_held_with_it() {
+        let k = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let keys = [
+            k(&["step:s"]),
+            k(&["step:t"]),
+            k(&["step:s"]),
+            k(&["thread:x", BARRIER_KEY]),
+            k(&["step:u"]),
+        ];
+        let mut open = [true, false, false, false, false];
+        hold_behind(&mut open, &keys);
+        // s's later version, then the barrier after it, then all after that.
+        assert_eq!(open, [true, false, true, true, true]);
+        let mut open = [false, true, false, false, false];
+        hold_behind(&mut open, &keys);
+        assert_eq!(open, [false, true, false, true, true]);
+        let mut open = [false; 5];
+        hold_behind(&mut open, &keys);
+        assert_eq!(open, [false; 5]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::classify::aliases::AliasAnswers;
 use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange;
-use crate::route::SpoolMode;
+use crate::route::{SpoolMode, hold_behind};
 
 /// Adds [`SpoolService`] to a stack.
 #[derive(Debug, Clone)]
@@ -192,7 +192,22 @@ where
                 // backend did.
                 let open: Option<Vec<usize>> = result.as_ref().ok().and_then(|r| {
                     let answers = r.extensions().get::<AliasAnswers>()?;
-                    Some(answers.with_verdict(Verdict::Transient))
+                    let mut open: Vec<bool> = answers
+                        .0
+                        .iter()
+                        .map(|a| a.verdict == Verdict::Transient)
+                        .collect();
+                    if open.contains(&true) {
+                        // A later version of a step still open is stored
+                        // after it, whatever its own answer (the retry
+                        // policy has done so when it settled the batch; it
+                        // cannot when the body was not kept for a retry).
+                        let ids = crate::graphql::parse_request(&body)
+                            .map(|r| r.root_ids())
+                            .unwrap_or_default();
+                        hold_behind(&mut open, &route.field_keys(&op, &ids));
+                    }
+                    Some((0..open.len()).filter(|&i| open[i]).collect())
                 });
                 match open {
                     // Every alias open: stored whole, answered as spooled.
