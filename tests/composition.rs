@@ -536,3 +536,37 @@ async fn a_steps_spooled_versions_drain_one_at_a_time_in_order() {
     }
     sc.stop().await;
 }
+
+/// Defect 8: after an outage the queue slept out its backoff (up to
+/// `spool.replay_backoff_max`) while live requests already succeeded. A
+/// live answer that shows the backend is up wakes the worker: spooled
+/// writes flow within a second of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_success_wakes_the_queue_from_its_backoff() {
+    let mut backend = Backend::down(None);
+    let sc = start(
+        &backend,
+        "[breaker]\nenabled = false\n[spool]\nreplay_backoff_base = \"2s\"\nreplay_backoff_max = \"30s\"",
+    )
+    .await;
+    let a = write(sc.addr, &[("woken", "woken v1")]).await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    // Let the worker fail a few times, so its backoff is long.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    backend.up().await;
+    // A live request (not spooled) that the backend answers.
+    let q = client::post_json(sc.addr, "/api/graphql", &client::query()).await;
+    assert_eq!(q.status, 200, "{}", q.text());
+    let t = tokio::time::Instant::now();
+    backend
+        .wait_for(Duration::from_secs(20), "the spooled write", |st| {
+            st.steps.contains_key("woken")
+        })
+        .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "delivered {:?} after the first live success",
+        t.elapsed()
+    );
+    sc.stop().await;
+}

@@ -140,9 +140,20 @@ struct Machine {
     since_ms: i64,
 }
 
+/// Tells whoever waits for the backend (the replay worker in its backoff)
+/// that an attempt just showed it up.
+#[derive(Debug, Default)]
+struct Recovery {
+    /// Set while someone waits: an answered attempt costs one relaxed load
+    /// otherwise.
+    waiting: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
 #[derive(Debug)]
 struct Shared {
     cfg: BreakerParams,
+    recovery: Recovery,
     bucket_len: Duration,
     state: AtomicU8,
     machine: Mutex<Machine>,
@@ -189,6 +200,7 @@ impl Breaker {
         let now = Instant::now();
         Breaker {
             shared: Arc::new(Shared {
+                recovery: Recovery::default(),
                 cfg,
                 bucket_len,
                 state: AtomicU8::new(State::Shut as u8),
@@ -256,10 +268,15 @@ impl Breaker {
 
     /// Record the outcome of one attempt that reached the network.
     pub fn record(&self, class: &Class) {
+        let failure = class.is_transient();
+        let recovery = &self.shared.recovery;
+        if !failure && recovery.waiting.load(Ordering::Relaxed) {
+            recovery.waiting.store(false, Ordering::Relaxed);
+            recovery.notify.notify_waiters();
+        }
         if !self.shared.cfg.enabled {
             return;
         }
-        let failure = class.is_transient();
         let Ok(mut m) = self.shared.machine.lock() else {
             return;
         };
@@ -314,6 +331,18 @@ impl Breaker {
     pub fn probe_limit(&self) -> Option<usize> {
         (self.shared.cfg.enabled && self.state() != State::Shut)
             .then(|| self.shared.cfg.probes.max(1) as usize)
+    }
+
+    /// Resolves when an attempt next shows the backend up (answered, not
+    /// failed transiently), breaker on or off: the replay worker's backoff
+    /// ends there, not at its own timer, once live traffic gets through.
+    pub async fn backend_answers(&self) {
+        let recovery = &self.shared.recovery;
+        let notified = recovery.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        recovery.waiting.store(true, Ordering::Relaxed);
+        notified.await;
     }
 
     /// Time until an open breaker lets probes through.

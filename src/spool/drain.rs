@@ -383,7 +383,17 @@ impl Drain {
                 // Entries wait on keys held elsewhere: look again soon.
                 _ => Duration::from_millis(50),
             };
+            // Backing off after failures (not paused: a live success says
+            // nothing of the stored entries' credentials): the first answer
+            // the backend gives anyone ends the wait.
+            let backing_off =
+                pacing.paused.is_none() && pacing.until.is_some_and(|t| t > Instant::now());
+            let breaker = this.view().breaker.clone();
             tokio::select! {
+                () = breaker.backend_answers(), if backing_off => {
+                    pacing.backoff = this.view().replay.backoff_base;
+                    pacing.until = None;
+                }
                 Some(first) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     // Take every delivery that has ended, so one read of the
                     // queue refills all the freed slots.
