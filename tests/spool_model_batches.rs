@@ -141,8 +141,7 @@ fn faults(seed: u64, rate: f64, on: Arc<AtomicBool>) -> Fault {
             2 => Reply::text(502, "bad gateway").delayed(Duration::from_millis(80)),
             3 => Reply::text(429, "slow down").with_header("retry-after", "1"),
             4 => Reply::text(429, "slow down").with_header("retry-after", "0"),
-            _ => Reply::text(429, "slow down")
-                .with_header("retry-after", "18446744073709551615"),
+            _ => Reply::text(429, "slow down").with_header("retry-after", "18446744073709551615"),
         })
     })
 }
@@ -196,7 +195,9 @@ async fn write_all(
     for w in 0..s.writers {
         let (targets, log, state) = (targets.clone(), log.clone(), backend_state.clone());
         let mut r = fastrand::Rng::with_seed(mix(s.seed.wrapping_mul(31).wrapping_add(w as u64)));
-        let mine: Vec<String> = (0..s.steps_per_writer).map(|i| format!("w{w}s{i}")).collect();
+        let mine: Vec<String> = (0..s.steps_per_writer)
+            .map(|i| format!("w{w}s{i}"))
+            .collect();
         let (n, max_aliases, refuse_rate) = (s.writes_per_writer, s.max_aliases, s.refuse_rate);
         writers.push(tokio::spawn(async move {
             let mut next: HashMap<String, u32> = HashMap::new();
@@ -238,7 +239,8 @@ async fn write_all(
                     let mut aliases = aliases;
                     if let Ok(Some((200, j))) = answer {
                         for (i, a) in aliases.iter_mut().enumerate() {
-                            a.acked = j["data"][format!("step{i}")]["ok"] == serde_json::json!(true);
+                            a.acked =
+                                j["data"][format!("step{i}")]["ok"] == serde_json::json!(true);
                         }
                     }
                     log.lock().unwrap().extend(aliases);
@@ -283,6 +285,32 @@ fn check(seed: u64, written: &[Alias], backend: &Backend, dead: &[String]) {
             body.contains(REFUSE),
             "seed {seed}: dead-lettered without a refusal of its content: {body}"
         );
+    }
+    // A version overwritten by an older one must be applied again after
+    // it. The retry layer sends a step's later version again after an
+    // earlier one it retries, so the backend may hold the older one for a
+    // while; what must never happen is that the newer one is then taken
+    // for delivered (defect 2 of issue 18: only the open older version
+    // was stored, and its replay had the last word).
+    let applied_by = backend.state.lock().unwrap().applied_by.clone();
+    let mut histories: HashMap<&str, Vec<(usize, u32)>> = HashMap::new();
+    for ((step, c), &req) in applied.iter().zip(&applied_by) {
+        histories
+            .entry(step)
+            .or_default()
+            .push((req, version_of(c)));
+    }
+    for (step, h) in &histories {
+        for (i, &(_, x)) in h.iter().enumerate() {
+            for &(_, y) in &h[..i] {
+                if y > x {
+                    assert!(
+                        h[i + 1..].iter().any(|&(_, z)| z == y),
+                        "seed {seed}: {step} v{y} was overwritten by v{x} and never applied again; (request, version) applied: {h:?}"
+                    );
+                }
+            }
+        }
     }
     let mut per_step: HashMap<&str, Vec<&Alias>> = HashMap::new();
     for a in written {
@@ -351,8 +379,11 @@ fn seeds(default: u64) -> Vec<u64> {
 }
 
 fn backend_for(s: &Scenario, on: &Arc<AtomicBool>) -> Backend {
-    Backend::down(Some(faults(s.seed, s.fault_rate, on.clone())))
-        .with_alias_fault(alias_faults(s.seed, s.alias_fault_rate, on.clone()))
+    Backend::down(Some(faults(s.seed, s.fault_rate, on.clone()))).with_alias_fault(alias_faults(
+        s.seed,
+        s.alias_fault_rate,
+        on.clone(),
+    ))
 }
 
 /// Outages while the writers run.

@@ -17,6 +17,8 @@ pub struct State {
     pub steps: HashMap<String, String>,
     /// Every (step id, content) applied, in arrival order.
     pub applied: Vec<(String, String)>,
+    /// For each of `applied`, the number of the request that applied it.
+    pub applied_by: Vec<usize>,
     /// Requests received (any answer).
     pub requests: usize,
     /// Step id → attempts seen (for scripted faults).
@@ -274,6 +276,8 @@ fn answer(state: &Arc<Mutex<State>>, faults: &Faults, delay_ms: u64, r: &Recorde
         st.steps.insert(id.clone(), content.clone());
         st.log.push(format!("step:{id}={content}"));
         st.applied.push((id, content));
+        let request = st.requests;
+        st.applied_by.push(request);
         data.insert(
             key,
             serde_json::json!({"ok": true, "message": "Step ingested"}),
