@@ -15,6 +15,8 @@ Control port (JSON):
   GET  /state            steps (id -> last output content), counters
   POST /schedule         {"faults": [...], "rate": 0.3, "seed": 1, "hang": 12}
   POST /blackout         {"seconds": 20}: stop listening on the data port
+  POST /unauthorized     {"seconds": 15}: answer every request 401 (a key
+                         being rotated), then take them again
   POST /reset            forget everything
 
 Fault names: close (drop the connection, no answer), hang (answer nothing for
@@ -34,7 +36,7 @@ import time
 from graphql import FieldNode, GraphQLError, OperationDefinitionNode, Undefined, parse
 from graphql.utilities import value_from_ast_untyped
 
-REASONS = {200: "OK", 404: "Not Found", 429: "Too Many Requests", 502: "Bad Gateway",
+REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
@@ -44,6 +46,7 @@ class Backend:
         self.host = host
         self.server = None
         self.blackout_until = 0.0
+        self.unauthorized_until = 0.0
         self.reset()
         self.schedule = {"faults": [], "rate": 0.0, "seed": 1, "hang": 12.0}
 
@@ -104,6 +107,11 @@ class Backend:
             write(writer, 404, {"error": "not found"})
             return True
         self.requests += 1
+        if time.monotonic() < self.unauthorized_until:
+            self.faults["401"] = self.faults.get("401", 0) + 1
+            write(writer, 401, {"errors": [{"message": "Invalid API key",
+                                            "extensions": {"code": "UNAUTHENTICATED"}}]})
+            return True
         try:
             req = json.loads(body)
         except ValueError:
@@ -250,6 +258,9 @@ async def control(backend, reader, writer):
         elif path == "/blackout":
             asyncio.get_running_loop().create_task(backend.blackout(float(body["seconds"])))
             await asyncio.sleep(0.05)
+            out = {"ok": True}
+        elif path == "/unauthorized":
+            backend.unauthorized_until = time.monotonic() + float(body["seconds"])
             out = {"ok": True}
         elif path == "/reset":
             backend.reset()

@@ -150,6 +150,14 @@ def driver(server, workdir, conversations=4, messages=5, rounds=1, pace=0.08):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def ts_driver(server, conversations=4, messages=5, pace=0.08):
+    """The LiteralAI TypeScript SDK (ts/driver.mjs), fire and forget."""
+    return subprocess.Popen(
+        ["node", str(HERE / "ts" / "driver.mjs"), "--server", server,
+         "--conversations", str(conversations), "--messages", str(messages), "--pace", str(pace)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def finish(proc, timeout=240):
     out, err = proc.communicate(timeout=timeout)
     lines = [l for l in out.splitlines() if l.startswith("{")]
@@ -313,6 +321,43 @@ def test_sidecar_killed_and_restarted(rig):
     result = finish(app)
     row = score("sidecar_sigkill", result, settle(backend, result, sc))
     assert_nothing_lost(row)
+
+
+def rotation(backend, app):
+    """The backend refuses every request (401) for 15 s of a ~30 s run, as
+    while an API key is being rotated; the app goes on writing."""
+    time.sleep(6)
+    backend.control("/unauthorized", {"seconds": 15})
+    return finish(app)
+
+
+def test_key_rotation_401_for_15s(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", CLEAN)
+    result = rotation(backend, driver(sc.url, tmp / "app", conversations=4, messages=8, pace=1.2))
+    row = score("key_rotation_401_15s", result, settle(backend, result, sc))
+    assert row["faults"] > 0, "the backend refused requests"
+    assert_nothing_lost(row)
+
+
+def test_key_rotation_401_for_15s_typescript_sdk(rig):
+    backend, sidecar, tmp = rig
+    sc = sidecar()
+    backend.control("/schedule", CLEAN)
+    result = rotation(backend, ts_driver(sc.url, conversations=4, messages=12, pace=1.2))
+    row = score("key_rotation_401_15s_ts_sdk", result, settle(backend, result, sc))
+    assert row["faults"] > 0, "the backend refused requests"
+    assert_nothing_lost(row)
+
+
+def test_key_rotation_without_the_sidecar_loses_steps(rig):
+    backend, _, tmp = rig
+    backend.control("/schedule", CLEAN)
+    result = rotation(backend, driver(backend.url, tmp / "app", conversations=4, messages=8, pace=1.2))
+    row = score("key_rotation_direct_no_sidecar", result, settle(backend, result, None, timeout=2))
+    assert row["lost"] + row["stale"] > 0, "the test must be able to see a loss"
+    assert row["exceptions"] > 0, row
 
 
 def test_flaky_without_the_sidecar_loses_steps(rig):
