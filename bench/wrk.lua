@@ -2,9 +2,13 @@
 --   BODY_FILE  a file with the body (default: $RUN_DIR/addstep.json)
 --   UNIQUE=1   give every request its own step id (replace STEP_ID), so a
 --              spool stores each write instead of recognising a repeat
+--   VERSIONED=1  every request writes the same step (STEP_ID = HOT_STEP, or
+--              "hot-step") with its own content (replace VERSION): one hot key
 -- done() prints one JSON line with throughput, errors and latency percentiles.
 
 local unique = os.getenv("UNIQUE") == "1"
+local versioned = os.getenv("VERSIONED") == "1"
+local hot = os.getenv("HOT_STEP") or "hot-step"
 local body_file = os.getenv("BODY_FILE")
 local template
 local counter = 0
@@ -27,12 +31,19 @@ function init(args)
    wrk.headers["x-client-name"] = "py-literal-client"
    wrk.headers["x-client-version"] = "0.1.201"
    wrk.path = "/api/graphql"
-   if not unique then
+   if versioned then
+      template = template:gsub("STEP_ID", hot)
+   elseif not unique then
       wrk.body = template:gsub("STEP_ID", "bench-step")
    end
 end
 
 function request()
+   if versioned then
+      counter = counter + 1
+      local body = template:gsub("VERSION", tid .. "-" .. counter)
+      return wrk.format(nil, nil, nil, body)
+   end
    if not unique then
       return wrk.format()
    end

@@ -6,6 +6,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -568,5 +569,202 @@ async fn a_live_success_wakes_the_queue_from_its_backoff() {
         "delivered {:?} after the first live success",
         t.elapsed()
     );
+    sc.stop().await;
+}
+
+/// Review finding: a joined replay answered 200 with every alias `null`
+/// (nothing confirmed) was taken for delivered — the answer had as many
+/// members as aliases and no failure. A joined request is judged alias by
+/// alias, always: its entries stay until each is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_replay_answered_without_confirmations_keeps_its_entries() {
+    let lied = Arc::new(AtomicBool::new(false));
+    let l = lied.clone();
+    let nulls: RequestFault = Arc::new(move |ids| {
+        (ids.len() > 1 && !l.swap(true, Ordering::SeqCst)).then(|| {
+            let data: serde_json::Map<String, serde_json::Value> = (0..ids.len())
+                .map(|k| (format!("a{k}"), serde_json::Value::Null))
+                .collect();
+            Reply::json(200, serde_json::json!({ "data": data }))
+        })
+    });
+    let mut backend = Backend::down(None).with_request_fault(nulls);
+    let sc = start(&backend, "[spool]\nreplay_concurrency = 1").await;
+    for i in 0..4 {
+        let a = write(sc.addr, &[(&format!("n-{i}"), "v1")]).await;
+        assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    }
+    backend.up().await;
+    backend
+        .wait_for(Duration::from_secs(10), "all four applied", |st| {
+            st.steps.len() == 4
+        })
+        .await;
+    assert!(
+        lied.load(Ordering::SeqCst),
+        "the joined request was answered with nulls"
+    );
+    sc.stop().await;
+}
+
+/// Review finding: inside a joined replay, the retry of one alias met a
+/// refusal of everything (401): the alias was dead-lettered, where a
+/// whole request meeting it pauses the queue. One rule decides both: the
+/// entry stays, the queue pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_everything_on_the_retry_of_one_alias_pauses_and_dead_letters_nothing() {
+    let refusing = Arc::new(AtomicBool::new(true));
+    let f = refusing.clone();
+    let alias: AliasFault = Arc::new(move |id, _| {
+        (id == "e2" && f.load(Ordering::SeqCst)).then(|| AliasReply::NotOk("db busy".into()))
+    });
+    let f = refusing.clone();
+    let alone: RequestFault = Arc::new(move |ids| {
+        (ids == ["e2".to_string()] && f.load(Ordering::SeqCst))
+            .then(|| Reply::json(401, serde_json::json!({"errors": [{"message": "bad key"}]})))
+    });
+    let mut backend = Backend::down(None)
+        .with_alias_fault(alias)
+        .with_request_fault(alone);
+    let sc = start(
+        &backend,
+        "[breaker]\nenabled = false\n[spool]\nreplay_backoff_base = \"300ms\"\nreplay_backoff_max = \"1s\"",
+    )
+    .await;
+    let a = write(sc.addr, &[("e1", "e1 v1"), ("e2", "e2 v1")]).await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    backend.up().await;
+    wait_spool(&sc, Duration::from_secs(10), |s| {
+        s["depth"] == 1 && s["paused"]["reason"] == "status_401"
+    })
+    .await;
+    assert_eq!(spool(&sc).await["dead_letters"], 0);
+    refusing.store(false, Ordering::SeqCst);
+    backend
+        .wait_for(Duration::from_secs(10), "e2 delivered", |st| {
+            st.steps.contains_key("e2")
+        })
+        .await;
+    wait_spool(&sc, Duration::from_secs(5), |s| {
+        s["depth"] == 0 && s["dead_letters"] == 0
+    })
+    .await;
+    sc.stop().await;
+}
+
+/// Review finding: a batch [s v1, s v2] where v1 fails transiently and the
+/// backend refuses v2 for its content stored v2 too (held behind v1) and
+/// answered it as spooled; its replay was then dead-lettered. A version
+/// refused for its content is never applied, so nothing holds it: the app
+/// gets the refusal, and only v1 is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_version_refused_for_its_content_is_not_stored_behind_an_open_one() {
+    // v1 fails on every attempt (v2 is refused before the alias fault).
+    let alias: AliasFault =
+        Arc::new(move |id, _| (id == "r").then(|| AliasReply::NotOk("db busy".into())));
+    let mut backend = Backend::down(None).with_alias_fault(alias);
+    backend.up().await;
+    let sc = start(&backend, "[spool]").await;
+    let a = write(
+        sc.addr,
+        &[
+            ("r", "r v1"),
+            ("r", &format!("{} r v2", support::backend::REFUSE)),
+        ],
+    )
+    .await;
+    let j = a.json();
+    assert_eq!(
+        a.header("x-sidecar-spooled"),
+        Some("partial"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(j["data"]["step0"]["ok"], true, "{j}");
+    assert_eq!(
+        j["data"]["step1"]["ok"], false,
+        "the refusal, as the backend said: {j}"
+    );
+    assert_eq!(spool(&sc).await["depth"], 1, "only v1 is stored");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(spool(&sc).await["dead_letters"], 0);
+    sc.stop().await;
+}
+
+/// Review finding: a live success cut short a wait the backend had asked
+/// for on replay (`Retry-After`), so a rate-limited backend got the replays
+/// at once. Only the worker's own backoff ends early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_success_does_not_cut_a_wait_the_backend_asked_for() {
+    let times: Arc<Mutex<Vec<tokio::time::Instant>>> = Arc::default();
+    let t = times.clone();
+    let limited: RequestFault = Arc::new(move |ids| {
+        if ids != ["ra".to_string()] {
+            return None;
+        }
+        let mut t = t.lock().unwrap();
+        t.push(tokio::time::Instant::now());
+        (t.len() == 1).then(|| Reply::text(429, "slow down").with_header("retry-after", "2"))
+    });
+    let mut backend = Backend::down(None).with_request_fault(limited);
+    let sc = start(
+        &backend,
+        "[breaker]\nenabled = false\n[spool]\nreplay_backoff_base = \"50ms\"\nreplay_backoff_max = \"5s\"",
+    )
+    .await;
+    let a = write(sc.addr, &[("ra", "ra v1")]).await;
+    assert_eq!(a.header("x-sidecar-spooled"), Some("true"), "{}", a.text());
+    backend.up().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while times.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no replay");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The app's live traffic goes through meanwhile.
+    for _ in 0..5 {
+        let q = client::post_json(sc.addr, "/api/graphql", &client::query()).await;
+        assert_eq!(q.status, 200, "{}", q.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    backend
+        .wait_for(Duration::from_secs(10), "ra delivered", |st| {
+            st.steps.contains_key("ra")
+        })
+        .await;
+    let t = times.lock().unwrap().clone();
+    assert!(
+        t[1] - t[0] >= Duration::from_millis(1900),
+        "the second replay came {:?} after the 429 asked for 2 s",
+        t[1] - t[0]
+    );
+    sc.stop().await;
+}
+
+/// Review finding: a document that cannot be cut into one entry per alias
+/// (its root fields come from a fragment) answered partly — one alias
+/// refused for its content, one open — was stored whole and the open
+/// alias acknowledged; the whole entry's replay was then dead-lettered and
+/// the acknowledged alias lost. Such a document is not stored in part: the
+/// app gets the backend's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_that_cannot_be_cut_is_not_spooled_in_part() {
+    let alias: AliasFault =
+        Arc::new(move |id, _| (id == "frag-b").then(|| AliasReply::NotOk("db busy".into())));
+    let mut backend = Backend::down(None).with_alias_fault(alias);
+    backend.up().await;
+    let sc = start(&backend, "[spool]").await;
+    let body = serde_json::json!({
+        "query": "mutation M($a: String!, $oa: Json, $b: String!, $ob: Json) { ...F } fragment F on Mutation { x: ingestStep(id: $a, output: $oa) { ok message } y: ingestStep(id: $b, output: $ob) { ok message } }",
+        "variables": {"a": "frag-a", "oa": {"content": format!("{}a", support::backend::REFUSE)},
+                      "b": "frag-b", "ob": {"content": "b v1"}}
+    });
+    let a = client::post_json(sc.addr, "/api/graphql", &body).await;
+    assert!(a.header("x-sidecar-spooled").is_none(), "{}", a.text());
+    let j = a.json();
+    assert_eq!(
+        j["data"]["y"]["ok"], false,
+        "the app sees the open alias's failure: {j}"
+    );
+    assert_eq!(spool(&sc).await["depth"], 0);
     sc.stop().await;
 }

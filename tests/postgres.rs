@@ -945,3 +945,36 @@ async fn an_expired_lease_is_not_renewed_and_another_replica_takes_it_over() {
     assert!(a.renew_many(&held).await.unwrap().is_empty());
     assert_eq!(b.renew_many(&held).await.unwrap(), held);
 }
+
+/// A replica whose lease ran out and was taken over does not remove the
+/// entry when its own (late) delivery ends: the new owner may be sending
+/// it now, and removing it would let the step's next version be claimed
+/// and delivered before that send lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_lease_does_not_remove_the_entry() {
+    let pg = Postgres::start();
+    let a = open_store_leasing(&pg, Duration::from_secs(1)).await;
+    let b = open_store_leasing(&pg, Duration::from_secs(1)).await;
+    let held = four_entries(&a).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let taken: Vec<i64> = b
+        .head(10, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(taken, held);
+    // A's delivery, begun before, ends now.
+    a.delivered_many(held.clone()).await.unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
+        "4",
+        "the entries are b's to remove"
+    );
+    b.delivered_many(held.clone()).await.unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM datalayer_sidecar.entries"),
+        "0"
+    );
+}

@@ -81,18 +81,6 @@ pub struct AliasResult {
     pub errors: Vec<Box<RawValue>>,
 }
 
-impl AliasResult {
-    /// An alias the backend took (its answer not kept).
-    pub fn success() -> Self {
-        AliasResult {
-            verdict: Verdict::Success,
-            kind: Kind::Ok,
-            data: None,
-            errors: Vec::new(),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Answer<'a> {
     #[serde(borrow, default)]

@@ -397,6 +397,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_spools_lease_must_outlast_every_spooling_deadline_with_a_margin() {
+        let pg = |lease: &str| {
+            format!(
+                "[upstream]\nurl = \"http://127.0.0.1:9\"\n[timeouts]\nper_try = \"1s\"\ndeadline = \"2s\"\n[spool]\nbackend = \"postgres\"\npostgres_url = \"postgres://u@127.0.0.1/db\"\nlease = \"{lease}\"\n"
+            )
+        };
+        let e = load(&pg("2200ms"), &[]).unwrap_err().to_string();
+        assert!(e.contains("spool.lease") && e.contains("500ms"), "{e}");
+        assert!(load(&pg("2500ms"), &[]).is_ok());
+    }
+
+    #[test]
     fn per_try_longer_than_deadline_is_refused() {
         let err = load(
             &format!("{MIN}[timeouts]\nper_try = \"9s\"\ndeadline = \"2s\"\n"),

@@ -35,6 +35,10 @@ use crate::telemetry::LogParams;
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 
 /// Check cross-key constraints and build the runtime config.
+/// What `spool.lease` must exceed every spooling deadline by: the time a
+/// renewal may take before a delivery starts on it.
+const LEASE_MARGIN: Duration = Duration::from_millis(500);
+
 pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     let target = UpstreamTarget::parse(&file.upstream.url)?;
     if file.listen.address == file.admin.address && file.admin.address.port() != 0 {
@@ -87,12 +91,12 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
         && let Some(r) = routes
             .iter()
             .filter(|r| r.spools())
-            .find(|r| r.deadline >= file.spool.lease)
+            .find(|r| r.deadline.saturating_add(LEASE_MARGIN) > file.spool.lease)
     {
         return Err(ConfigError::key(
             "spool.lease",
             format!(
-                "must be longer than the deadline of every spooling route (`{}` has {}): a delivery must be over before another replica may take the entry",
+                "must be at least 500ms longer than the deadline of every spooling route (`{}` has {}): a delivery must be over before another replica may take the entry, renewal included",
                 r.name,
                 humantime::format_duration(r.deadline)
             ),

@@ -346,14 +346,21 @@ impl Routes {
         &self.routes
     }
 
-    /// The deadline of the route called `name`; the longest of any route
-    /// when none is (a stored entry of a route a reload removed).
+    /// The deadline of the route called `name`; the longest of any
+    /// spooling route when none is (a stored entry of a route a reload
+    /// removed) — the deadlines `spool.lease` is checked against.
     pub fn deadline_of(&self, name: &str) -> Duration {
         self.routes
             .iter()
             .find(|r| &*r.name == name)
             .map(|r| r.deadline)
-            .or_else(|| self.routes.iter().map(|r| r.deadline).max())
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .filter(|r| r.spools())
+                    .map(|r| r.deadline)
+                    .max()
+            })
             .unwrap_or(Duration::ZERO)
     }
 

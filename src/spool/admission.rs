@@ -127,8 +127,10 @@ impl OrderState {
                 .any(|k| *k == barrier || self.held.contains_key(k))
     }
 
-    /// The flights a new write of `keys` comes after: the latest of each
-    /// key, and the latest barrier; for a barrier, every flight.
+    /// The flights a new write of `keys` comes after: every flight of each
+    /// of its keys and every barrier flight; for a barrier, every flight.
+    /// Every one, not only the latest: a flight between may end without
+    /// being delivered (its client left) while one before it still runs.
     fn ahead_of(&self, keys: &[u64]) -> Vec<Arc<Flight>> {
         let barrier = barrier_hash();
         if keys.contains(&barrier) {
@@ -137,7 +139,9 @@ impl OrderState {
         let mut tickets: Vec<u64> = keys
             .iter()
             .chain(std::iter::once(&barrier))
-            .filter_map(|k| self.held.get(k).and_then(|t| t.last().copied()))
+            .filter_map(|k| self.held.get(k))
+            .flatten()
+            .copied()
             .collect();
         tickets.sort_unstable();
         tickets.dedup();
@@ -207,14 +211,23 @@ pub struct LiveGuard {
     spool: Spool,
     flight: Arc<Flight>,
     bytes: u64,
-    /// Whether the write is being stored (the flights behind follow it).
-    stored: bool,
+    /// How it ended, once known: `None` until the write was answered or
+    /// stored. A guard dropped before that (its request abandoned, maybe
+    /// still on its way to the backend) counts as stored: the writes behind
+    /// it go behind the spool rather than live.
+    ended: Option<Ended>,
 }
 
 impl LiveGuard {
     /// The write's ticket.
     pub fn ticket(&self) -> u64 {
         self.flight.ticket
+    }
+
+    /// The backend answered the write, and nothing of it is stored: the
+    /// writes waiting behind it may go live.
+    pub fn answered(mut self) {
+        self.ended = Some(Ended::Answered);
     }
 
     /// The live write failed: it will be committed at its own ticket.
@@ -225,7 +238,7 @@ impl LiveGuard {
         let r = self
             .spool
             .reserve(self.flight.ticket, self.flight.keys.clone(), self.bytes);
-        self.stored = true;
+        self.ended = Some(Ended::Stored);
         drop(self);
         r
     }
@@ -233,11 +246,7 @@ impl LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        let ended = if self.stored {
-            Ended::Stored
-        } else {
-            Ended::Answered
-        };
+        let ended = self.ended.unwrap_or(Ended::Stored);
         self.spool.end_flight(&self.flight, ended);
     }
 }
@@ -292,7 +301,7 @@ impl Waiting {
             spool: self.spool.clone(),
             flight,
             bytes: self.bytes,
-            stored: false,
+            ended: None,
         })
     }
 }
@@ -347,7 +356,10 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.release(false);
+        // Dropped before `committed`: the write may still commit (its
+        // future was dropped after the store had it), so the worker reads
+        // the head again rather than miss an entry at an early ticket.
+        self.release(true);
     }
 }
 
@@ -404,17 +416,9 @@ impl Spool {
     /// tickets, so its entries keep their order and nothing comes between.
     pub fn admit_n(&self, keys: &[String], bytes: u64, write_behind: bool, tickets: u64) -> Admit {
         let hashed: Box<[u64]> = sorted(keys.iter().map(|k| key_hash(k)).collect());
-        let stored = self
-            .inner
-            .store
-            .totals
-            .entries
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let totals = &self.inner.store.totals;
         // Entries the operator requeued may have moved the end of the queue.
-        let end = self
-            .inner
-            .store
-            .totals
+        let end = totals
             .max_ticket
             .load(std::sync::atomic::Ordering::Relaxed)
             .max(0) as u64;
@@ -428,6 +432,9 @@ impl Spool {
         };
         let ticket = o.next_ticket.max(end + 1);
         o.next_ticket = ticket + tickets.max(1);
+        // Read under the lock: a write leaves `pending` under it after its
+        // commit counted it, so one of the two always shows it.
+        let stored = totals.entries.load(std::sync::atomic::Ordering::Relaxed);
         if write_behind || stored > 0 || !o.pending.is_empty() {
             o.pending_bytes += bytes;
             o.pending.insert(
@@ -459,7 +466,7 @@ impl Spool {
                 spool: self.clone(),
                 flight,
                 bytes,
-                stored: false,
+                ended: None,
             });
         }
         Admit::Wait(Waiting {
@@ -524,15 +531,18 @@ impl Spool {
             if in_flight.contains_key(&entry.id) {
                 continue;
             }
-            let hashed: Vec<u64> = entry.keys.iter().map(|k| key_hash(k)).collect();
             let barrier = entry.keys.iter().any(|k| k == BARRIER_KEY);
-            let blocked = o.conflicts_live(&hashed)
-                || o.conflicts_pending(entry.id.max(0) as u64, &hashed)
-                || if barrier {
-                    !seen.is_empty() || !out.is_empty()
-                } else {
-                    entry.keys.iter().any(|k| seen.contains(k.as_str()))
-                };
+            // Behind an earlier entry of its key first: no hashing for the
+            // versions queued behind a hot step.
+            let behind = if barrier {
+                !seen.is_empty() || !out.is_empty()
+            } else {
+                entry.keys.iter().any(|k| seen.contains(k.as_str()))
+            };
+            let blocked = behind || {
+                let hashed: Vec<u64> = entry.keys.iter().map(|k| key_hash(k)).collect();
+                o.conflicts_live(&hashed) || o.conflicts_pending(entry.id.max(0) as u64, &hashed)
+            };
             seen.extend(entry.keys.iter().map(String::as_str));
             barrier_ahead = barrier;
             if !blocked {

@@ -66,7 +66,7 @@ use super::store::{DeadInfo, Entry, Totals, now_ms};
 use super::{Paused, ReplayParams, Spool};
 use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::Breaker;
-use crate::classify::aliases::{AliasAnswers, AliasResult};
+use crate::classify::aliases::{AliasAnswers, AttemptAliases};
 use crate::classify::{Class, Kind, Verdict};
 use crate::clock;
 use crate::error::Error;
@@ -80,6 +80,10 @@ use crate::route::ErrorFormat;
 /// How often the worker re-reads the ledger when idle (it is also woken on
 /// every commit); this catches changes made by the operator CLI.
 const IDLE_RESYNC: Duration = Duration::from_secs(5);
+
+/// Past this age the worker's copy of the head of the queue is read again
+/// when it cannot fill the free slots (entries committed behind it since).
+const STALE_CACHE: Duration = Duration::from_secs(1);
 
 /// The most body bytes the worker reads ahead of its deliveries.
 const HEAD_MAX_BYTES: usize = 8 * 1024 * 1024;
@@ -176,6 +180,10 @@ struct Pacing {
     until: Option<Instant>,
     /// Set while paused: one probe at a time until one goes through.
     paused: Option<Paused>,
+    /// Whether `until` is a wait the backend asked for (`Retry-After`),
+    /// longer than the worker's own backoff: a live success does not cut
+    /// that short.
+    backend_asked: bool,
     /// Entries whose delivery failed while the breaker was not closed,
     /// since the last delivery that went through: the next probes take
     /// other entries first, so one entry that keeps failing on its own
@@ -211,7 +219,10 @@ impl Drain {
         let mut pacing = Pacing {
             backoff: this.view().replay.backoff_base,
             until: None,
-            paused: None,
+            // A worker started again after it stopped resumes a pause it
+            // was in (and `/spool` keeps saying so until a probe passes).
+            paused: this.spool.paused(),
+            backend_asked: false,
             probed: HashSet::new(),
         };
         let mut last_resync = Instant::now();
@@ -231,6 +242,9 @@ impl Drain {
         // When the last read of the head took all there was, on a store
         // that paces such reads.
         let mut short_read: Option<Instant> = None;
+        // When the head was last read, and how many entries that read took.
+        let mut read_at = Instant::now();
+        let mut read_len = 0usize;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -291,6 +305,20 @@ impl Drain {
                 let mut cache_end = cache.last().map_or(-1, |e| e.id);
                 let mut ready = None;
                 let mut due = reload;
+                // Reading the head again helps only once the cache is stale:
+                // a window of it delivered since the read (the head moved on),
+                // or the read is old. Entries that wait on a key in flight
+                // are read back the same, so a cache of one hot step's
+                // versions was read again after every delivery, and the
+                // reads — not the deliveries — set the drain's pace.
+                // (Checked below only while more is stored than the cache
+                // holds.) A read that took all there was misses what was
+                // stored since.
+                let waiting_in_cache = cache.iter().any(|e| !in_flight.contains_key(&e.id));
+                let stale = !waiting_in_cache
+                    || read_len < head_limit
+                    || read_len.saturating_sub(cache.len()) >= wanted
+                    || read_at.elapsed() >= STALE_CACHE;
                 if !due && stored > cache.len() as u64 {
                     match this.spool.eligible(&cache, cache_end, &in_flight, take) {
                         // Probes count only entries no earlier probe failed
@@ -305,6 +333,7 @@ impl Drain {
                         {
                             ready = Some(start)
                         }
+                        Ok(start) if !stale => ready = Some(start),
                         _ => due = true,
                     }
                 }
@@ -320,6 +349,8 @@ impl Drain {
                         Ok(batch) => {
                             short_read = (!short_interval.is_zero() && batch.len() < head_limit)
                                 .then(Instant::now);
+                            read_at = Instant::now();
+                            read_len = batch.len();
                             cache = batch;
                             cache_end = cache.last().map_or(-1, |e| e.id);
                             reload = false;
@@ -386,8 +417,9 @@ impl Drain {
             // Backing off after failures (not paused: a live success says
             // nothing of the stored entries' credentials): the first answer
             // the backend gives anyone ends the wait.
-            let backing_off =
-                pacing.paused.is_none() && pacing.until.is_some_and(|t| t > Instant::now());
+            let backing_off = pacing.paused.is_none()
+                && !pacing.backend_asked
+                && pacing.until.is_some_and(|t| t > Instant::now());
             let breaker = this.view().breaker.clone();
             tokio::select! {
                 () = breaker.backend_answers(), if backing_off => {
@@ -441,6 +473,7 @@ impl Drain {
         match done {
             Done::Lost => {}
             Done::Gone => {
+                pacing.backend_asked = false;
                 pacing.backoff = self.view().replay.backoff_base;
                 pacing.probed.clear();
                 if let Some(p) = pacing.paused.take() {
@@ -459,17 +492,25 @@ impl Drain {
                 // the whole queue, and a value past the clock's range would
                 // stop the worker.
                 let wait = wait.min(self.view().replay.backoff_max);
+                pacing.backend_asked = wait > pacing.backoff;
                 let until = clock::after(now, wait.max(pacing.backoff));
                 // Failures of deliveries that ran side by side are one
                 // event: back off further once per pause.
                 if pacing.until.is_none_or(|t| t <= now) {
-                    pacing.backoff = (pacing.backoff * 2).min(self.view().replay.backoff_max);
+                    pacing.backoff = pacing
+                        .backoff
+                        .saturating_mul(2)
+                        .min(self.view().replay.backoff_max);
                 }
                 pacing.until = Some(pacing.until.map_or(until, |t| t.max(until)));
             }
             Done::Pause { reason, detail } => {
+                pacing.backend_asked = false;
                 let wait = pacing.backoff;
-                pacing.backoff = (pacing.backoff * 2).min(self.view().replay.backoff_max);
+                pacing.backoff = pacing
+                    .backoff
+                    .saturating_mul(2)
+                    .min(self.view().replay.backoff_max);
                 pacing.until = Some(clock::after(now, wait));
                 let next_probe_ms = clock::ms_after(wait);
                 let paused = match pacing.paused.take() {
@@ -629,8 +670,14 @@ impl Drain {
         joined.body = split::join(name, &parts);
         joined.body_bytes = joined.body.len();
         joined.keys = batch.iter().flat_map(|(e, _)| e.keys.clone()).collect();
+        let keys: Vec<String> = (0..batch.len()).map(split::joined_key).collect();
         let outcome = match Self::request(&view, &joined) {
-            Ok((req, ex)) => {
+            Ok((mut req, ex)) => {
+                // Judged alias by alias, always: a success of the whole is
+                // no confirmation of each entry.
+                req.extensions_mut().insert(AttemptAliases(
+                    keys.iter().map(|k| k.as_str().into()).collect(),
+                ));
                 metrics.replay_requests.inc();
                 let mut service = view.service.clone();
                 let result = match service.ready().await {
@@ -641,7 +688,6 @@ impl Drain {
             }
             Err(_) => None,
         };
-        let keys: Vec<String> = (0..batch.len()).map(split::joined_key).collect();
         let (result, attempts) = match outcome {
             Some(o) => o,
             None => {
@@ -672,22 +718,34 @@ impl Drain {
             }
             Err(e) => (None, Class::of_error(e), None, None),
         };
-        let answers: Vec<AliasResult> = match answers {
-            Some(answers) => answers,
-            // The classify layer reads an answer alias by alias unless every
-            // alias answered and none failed: a success without per-alias
-            // answers is every alias delivered.
-            None if class.verdict == Verdict::Success => vec![AliasResult::success(); batch.len()],
-            None => {
-                return self
-                    .joined_as_a_whole(&ids, &result, class, status, body, attempts)
-                    .await;
-            }
+        let Some(answers) = answers else {
+            return self
+                .joined_as_a_whole(&ids, &result, class, status, body, attempts)
+                .await;
         };
         let mut delivered = Vec::new();
         let mut open = Vec::new();
         let mut refused = Vec::new();
+        // An alias refused as a system (the retry of it met a 401, say) is
+        // decided by the rule live writes share: kept, and the queue pauses.
+        let mut paused_by: Option<(String, String)> = None;
         for ((entry, _), (key, a)) in batch.iter().zip(keys.iter().zip(answers)) {
+            let system = (a.verdict == Verdict::Permanent)
+                .then(|| {
+                    let class = Class {
+                        verdict: Verdict::Permanent,
+                        kind: a.kind,
+                        ..Class::OK
+                    };
+                    system_refusal(&class, &view.replay.dead_letter_statuses)
+                })
+                .flatten();
+            if let Some(reason) = system {
+                paused_by
+                    .get_or_insert((reason, format!("{} to a batched replay", a.kind.as_str())));
+                open.push(entry.id);
+                continue;
+            }
             match a.verdict {
                 Verdict::Success => delivered.push(entry.id),
                 Verdict::Transient => open.push(entry.id),
@@ -763,7 +821,10 @@ impl Drain {
             metrics.replay_transient.inc_by(open.len() as u64);
             let error = format!("{} ({attempts} attempts)", class.kind.as_str());
             let _ = store.failed_many(open, error).await;
-            Done::Retry(class.retry_after.unwrap_or(Duration::ZERO))
+            match paused_by {
+                Some((reason, detail)) => Done::Pause { reason, detail },
+                None => Done::Retry(class.retry_after.unwrap_or(Duration::ZERO)),
+            }
         };
         self.spool.update_gauges();
         Finished {

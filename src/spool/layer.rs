@@ -187,63 +187,68 @@ where
             }
             Resolved::Live(guard) => {
                 let result = inner.ready().await?.call(req).await;
-                // The retry policy settled a batched write alias by alias:
-                // store the aliases still open, answer the rest as the
-                // backend did.
-                let open: Option<Vec<usize>> = result.as_ref().ok().and_then(|r| {
-                    let answers = r.extensions().get::<AliasAnswers>()?;
-                    let mut open: Vec<bool> = answers
-                        .0
-                        .iter()
-                        .map(|a| a.verdict == Verdict::Transient)
-                        .collect();
-                    if open.contains(&true) {
-                        // A later version of a step still open is stored
-                        // after it, whatever its own answer (the retry
-                        // policy has done so when it settled the batch; it
-                        // cannot when the body was not kept for a retry).
-                        let ids = crate::graphql::parse_request(&body)
-                            .map(|r| r.root_ids())
-                            .unwrap_or_default();
-                        hold_behind(&mut open, &route.field_keys(&op, &ids));
+                let answers = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|r| r.extensions().get::<AliasAnswers>().cloned());
+                let paused_by = match answers {
+                    // A batched write answered alias by alias: settle each.
+                    Some(answers) => {
+                        let Some((open, paused_by)) =
+                            open_aliases(&spool, &answers, &route, &op, &body)
+                        else {
+                            guard.answered();
+                            return result;
+                        };
+                        if open.len() < op.root_fields.len() {
+                            // Store the aliases still open, answer the rest
+                            // as the backend did.
+                            let place = guard.into_reservation();
+                            let writes = spool.writes_of(
+                                &head,
+                                &route,
+                                &op,
+                                &body,
+                                &routed.keys,
+                                Some(&open),
+                            );
+                            Box::pin(spool.enqueue_many(writes, place)).await?;
+                            ex.set_spooled();
+                            tracing::debug!(
+                                request_id = ?ex.request_id,
+                                aliases = open.len(),
+                                "aliases spooled after a partial answer"
+                            );
+                            pause(&spool, paused_by, &result);
+                            return Ok(partly_spooled(result?, &op, &body, &open));
+                        }
+                        paused_by
                     }
-                    Some((0..open.len()).filter(|&i| open[i]).collect())
-                });
-                match open {
-                    // Every alias open: stored whole, answered as spooled.
-                    Some(open) if open.len() == op.root_fields.len() => {}
-                    Some(open) if !open.is_empty() => {
-                        let place = guard.into_reservation();
-                        let writes =
-                            spool.writes_of(&head, &route, &op, &body, &routed.keys, Some(&open));
-                        Box::pin(spool.enqueue_many(writes, place)).await?;
-                        ex.set_spooled();
-                        tracing::debug!(
-                            request_id = ?ex.request_id,
-                            aliases = open.len(),
-                            "aliases spooled after a partial answer"
-                        );
-                        return Ok(partly_spooled(result?, &op, &body, &open));
+                    None => {
+                        let class = match &result {
+                            Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
+                            Err(e) => Class::of_error(e),
+                        };
+                        // Decided as the replay worker decides: a transient
+                        // failure is stored; a refusal of everything (a
+                        // rotated key, a certificate the roots reject) is
+                        // stored too and pauses the queue; a refusal of this
+                        // write's content is the app's to see.
+                        match class.verdict {
+                            Verdict::Success => {
+                                guard.answered();
+                                return result;
+                            }
+                            Verdict::Transient => None,
+                            Verdict::Permanent => match spool.system_refusal(&class) {
+                                Some(reason) => Some(reason),
+                                None => {
+                                    guard.answered();
+                                    return result;
+                                }
+                            },
+                        }
                     }
-                    Some(_) => return result,
-                    None => {}
-                }
-                let class = match &result {
-                    Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
-                    Err(e) => Class::of_error(e),
-                };
-                // Decided as the replay worker decides: a transient failure
-                // is stored; a refusal of everything (a rotated key, a
-                // certificate the roots reject) is stored too and pauses the
-                // queue; a refusal of this write's content is the app's to
-                // see.
-                let paused_by = match class.verdict {
-                    Verdict::Success => return result,
-                    Verdict::Transient => None,
-                    Verdict::Permanent => match spool.system_refusal(&class) {
-                        Some(reason) => Some(reason),
-                        None => return result,
-                    },
                 };
                 // Spooled at its own (earlier) ticket: anything that touched the
                 // same keys meanwhile went behind it, and stays behind it.
@@ -253,18 +258,87 @@ where
                 ex.set_spooled();
                 tracing::debug!(
                     request_id = ?ex.request_id,
-                    kind = class.kind.as_str(),
                     "write spooled after a failure it may outlast"
                 );
-                if let Some(reason) = paused_by {
-                    let detail = match &result {
-                        Ok(r) => format!("backend answered {} to a live write", r.status()),
-                        Err(e) => e.to_string(),
-                    };
-                    spool.pause_for(reason, detail);
-                }
+                pause(&spool, paused_by, &result);
                 Ok(record::spooled_response(&op, &body))
             }
         }
     }
+}
+
+/// A live write met a refusal of everything (`reason`): the queue pauses
+/// as if the worker had met it.
+fn pause(spool: &Spool, reason: Option<String>, result: &Result<Response<ResponseBody>, Error>) {
+    if let Some(reason) = reason {
+        let detail = match result {
+            Ok(r) => format!("backend answered {} to a live write", r.status()),
+            Err(e) => e.to_string(),
+        };
+        spool.pause_for(reason, detail);
+    }
+}
+
+/// Of a batched write answered alias by alias, the aliases to store, and
+/// the pause reason if one of them met a refusal of everything; `None`
+/// when nothing is to be stored and the app gets the backend's answer.
+///
+/// An alias is stored when it failed in a way that may pass (transient),
+/// or was refused as a system (a 401 on the retry of it, say: decided by
+/// the rule live and replay share), and so is a later version of a step
+/// held behind an open earlier one ([`hold_behind`]) — unless the backend
+/// refused that version's content, which is never to be applied. A
+/// document that cannot be cut into one entry per alias is not stored in
+/// part: the app gets the backend's answer.
+fn open_aliases(
+    spool: &Spool,
+    answers: &AliasAnswers,
+    route: &crate::route::Route,
+    op: &crate::graphql::Operation,
+    body: &[u8],
+) -> Option<(Vec<usize>, Option<String>)> {
+    let mut paused_by = None;
+    let mut refused = vec![false; answers.0.len()];
+    let mut open: Vec<bool> = answers
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, a)| match a.verdict {
+            Verdict::Success => false,
+            Verdict::Transient => true,
+            Verdict::Permanent => {
+                let class = Class {
+                    verdict: Verdict::Permanent,
+                    kind: a.kind,
+                    ..Class::OK
+                };
+                match spool.system_refusal(&class) {
+                    Some(reason) => {
+                        paused_by.get_or_insert(reason);
+                        true
+                    }
+                    None => {
+                        refused[i] = true;
+                        false
+                    }
+                }
+            }
+        })
+        .collect();
+    if !open.contains(&true) {
+        return None;
+    }
+    // The retry policy has held later versions when it settled the batch;
+    // it cannot when the body was not kept for a retry.
+    let ids = crate::graphql::parse_request(body)
+        .map(|r| r.root_ids())
+        .unwrap_or_default();
+    hold_behind(&mut open, &route.field_keys(op, &ids));
+    let open: Vec<usize> = (0..open.len())
+        .filter(|&i| open[i] && !refused[i])
+        .collect();
+    if open.len() < op.root_fields.len() && crate::graphql::split::Batch::parse(body).is_none() {
+        return None;
+    }
+    Some((open, paused_by))
 }

@@ -184,3 +184,53 @@ async fn a_worker_that_dies_is_seen_and_started_again() {
     assert_eq!(spool.worker_health().state, "stopped");
     assert_eq!(starts.load(Ordering::SeqCst), 2);
 }
+
+/// A write waiting behind a live one, and another behind it: when the one
+/// in between is dropped (its client left), the last still waits for the
+/// live one — and follows it into the store if it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_dropped_in_between_does_not_release_the_one_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = settings(&dir.path().join("spool.sqlite3"));
+    let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
+    let key = ["step:a".to_string()];
+    let Admit::Live(a) = spool.admit(&key, 1, false) else {
+        panic!("live");
+    };
+    let Admit::Wait(b) = spool.admit(&key, 1, false) else {
+        panic!("b waits");
+    };
+    let Admit::Wait(c) = spool.admit(&key, 1, false) else {
+        panic!("c waits");
+    };
+    drop(b);
+    let far = tokio::time::Instant::now() + Duration::from_secs(60);
+    let c = tokio::spawn(async move { c.resolve(far).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!c.is_finished(), "c went on while a was still live");
+    let _a_stored = a.into_reservation();
+    assert!(
+        matches!(c.await.unwrap(), Resolved::Behind(_)),
+        "c follows a into the store"
+    );
+}
+
+/// A live write whose guard is dropped before it was answered (its
+/// request abandoned, perhaps still on its way) counts as stored: the
+/// write behind it goes behind the spool, not live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_live_write_sends_the_one_behind_it_to_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = settings(&dir.path().join("spool.sqlite3"));
+    let spool = Spool::open(&cfg, &[], SpoolMetrics::default(), false).unwrap();
+    let key = ["step:a".to_string()];
+    let Admit::Live(a) = spool.admit(&key, 1, false) else {
+        panic!("live");
+    };
+    let Admit::Wait(b) = spool.admit(&key, 1, false) else {
+        panic!("b waits");
+    };
+    drop(a);
+    let far = tokio::time::Instant::now() + Duration::from_secs(60);
+    assert!(matches!(b.resolve(far).await, Resolved::Behind(_)));
+}

@@ -675,7 +675,10 @@ impl PgStore {
     pub async fn delivered_many(&self, ids: &[i64], totals: &Totals) -> Result<(), StoreError> {
         let c = self.client().await?;
         let delete = c.prepare_cached(DELETE_DELIVERED).await.map_err(pg_error)?;
-        let rows = c.query(&delete, &[&ids]).await.map_err(sql)?;
+        let rows = c
+            .query(&delete, &[&ids, &&*self.replica])
+            .await
+            .map_err(sql)?;
         for &id in ids {
             self.let_go(id);
         }
@@ -736,7 +739,9 @@ impl PgStore {
         });
         let moved = t
             .query_opt(
-                "WITH gone AS (DELETE FROM datalayer_sidecar.entries WHERE seq = $1 RETURNING *)
+                "WITH gone AS (DELETE FROM datalayer_sidecar.entries e
+                     USING datalayer_sidecar.leases l
+                     WHERE e.seq = $1 AND l.seq = e.seq AND l.owner = $8 RETURNING e.*)
                  INSERT INTO datalayer_sidecar.dead_letters
                    (seq, route, request_id, created_ms, dead_ms, method, path, headers, body, keys,
                     attempts, class, kind, status, response, reason)
@@ -751,6 +756,7 @@ impl PgStore {
                     &info.status.map(i32::from),
                     &response,
                     &info.reason,
+                    &&*self.replica,
                 ],
             )
             .await
@@ -1164,9 +1170,15 @@ const LOCK_COUNTER: &str = "SELECT seq FROM datalayer_sidecar.counter FOR UPDATE
 const SET_COUNTER: &str = "UPDATE datalayer_sidecar.counter SET seq = $1";
 
 /// A delivered batch leaves the queue (its keys, leases and counts go with
-/// it: the `entries_removed` trigger).
-const DELETE_DELIVERED: &str = "DELETE FROM datalayer_sidecar.entries WHERE seq = ANY($1)
- RETURNING octet_length(body)::bigint";
+/// it: the `entries_removed` trigger) — the entries whose lease this
+/// replica ($2) still owns. One another replica took over after the lease
+/// ran out is that replica's to remove: it may be sending it now, and
+/// removing it here would let the step's next version be claimed and
+/// delivered before that send lands.
+const DELETE_DELIVERED: &str = "DELETE FROM datalayer_sidecar.entries e
+ USING datalayer_sidecar.leases l
+ WHERE e.seq = ANY($1) AND l.seq = e.seq AND l.owner = $2
+ RETURNING octet_length(e.body)::bigint";
 
 /// Extend this replica's leases on `$1` by `$3` ms, those still running
 /// only: a lease that ran out is up for any replica to take, so its holder
