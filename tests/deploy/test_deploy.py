@@ -171,7 +171,7 @@ def test_alert_rules_pass_promtool():
     out = subprocess.run(["promtool", "check", "rules", str(REPO / "deploy" / "observability" / "alerts.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 7 rules found" in out.stdout
+    assert "SUCCESS: 8 rules found" in out.stdout
 
 
 class Refuser:
