@@ -258,6 +258,7 @@ impl Core {
             routes: g.shared.prepare.route_metrics.clone(),
             upstream: g.shared.prepare.target.origin(),
             last_reload,
+            allowed_hosts: g.config.admin_allowed_hosts.clone(),
         })));
         self.metrics.generation.set(g.number as i64);
     }

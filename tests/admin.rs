@@ -101,3 +101,95 @@ async fn breaker_and_config_endpoints() {
     assert!(c.text().contains("[upstream]"));
     assert!(!c.text().contains("sk-admin-hidden"));
 }
+
+/// `req` to the admin port with these headers.
+async fn admin_req(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> support::Answer {
+    let mut b = http::Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    client::send(admin, b.body(support::TestBody::empty()).unwrap()).await
+}
+
+/// A page the operator opens in a browser can reach the admin port on
+/// loopback. A cross-site request that changes state (`POST /reload`) is
+/// refused: a foreign or `null` Origin, a `Sec-Fetch-Site` other than
+/// same-origin, or a body type a form can send without a preflight. The
+/// CLI's and curl's plain POST still works.
+#[tokio::test]
+async fn cross_site_requests_cannot_reload() {
+    let up = FakeUpstream::start(|_, _| Reply::status(200)).await;
+    let sc = Sidecar::start(&up.url(), "").await;
+    for headers in [
+        vec![
+            ("origin", "http://evil.example"),
+            ("content-type", "text/plain"),
+        ],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("content-type", "application/x-www-form-urlencoded")],
+        vec![("content-type", "multipart/form-data; boundary=x")],
+    ] {
+        let a = admin_req(sc.admin, "POST", "/reload", &headers).await;
+        assert_eq!(a.status, 403, "{headers:?}: {}", a.text());
+        assert_eq!(a.json()["error"], "cross_site_request", "{headers:?}");
+    }
+    // Plain POST (curl -X POST), and a same-origin one: not refused as
+    // cross-site (this sidecar has no file to reload: 503).
+    let origin = format!("http://{}", sc.admin);
+    for headers in [
+        vec![],
+        vec![
+            ("origin", origin.as_str()),
+            ("sec-fetch-site", "same-origin"),
+        ],
+    ] {
+        let a = admin_req(sc.admin, "POST", "/reload", &headers).await;
+        assert_eq!(a.status, 503, "{headers:?}: {}", a.text());
+    }
+}
+
+/// DNS rebinding: a page on evil.example whose name is made to resolve to
+/// 127.0.0.1 reads the admin port with `Host: evil.example`. Every
+/// endpoint refuses a Host that is not an IP literal, a loopback name or a
+/// name in `admin.allowed_hosts`; probes (an IP and the port), Prometheus
+/// and the CLI keep working.
+#[tokio::test]
+async fn a_foreign_host_name_is_refused_on_every_endpoint() {
+    let up = FakeUpstream::start(|_, _| Reply::status(200)).await;
+    let sc = Sidecar::start(
+        &up.url(),
+        "[admin]\naddress = \"127.0.0.1:0\"\nallowed_hosts = [\"sidecar-admin.internal\"]\n",
+    )
+    .await;
+    for path in ["/config", "/spool", "/metrics", "/", "/healthz"] {
+        let a = admin_req(sc.admin, "GET", path, &[("host", "evil.example")]).await;
+        assert_eq!(a.status, 421, "{path}: {}", a.text());
+        assert_eq!(a.json()["error"], "host_not_allowed", "{path}");
+    }
+    let a = admin_req(
+        sc.admin,
+        "POST",
+        "/reload",
+        &[("host", "evil.example:9901")],
+    )
+    .await;
+    assert_eq!(a.status, 421, "{}", a.text());
+    let port = sc.admin.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "10.1.2.3:9901".to_string(),
+        "[::1]:9901".to_string(),
+        "sidecar-admin.internal:9901".to_string(),
+        "SIDECAR-ADMIN.internal".to_string(),
+    ] {
+        let a = admin_req(sc.admin, "GET", "/config", &[("host", host.as_str())]).await;
+        assert_eq!(a.status, 200, "{host}: {}", a.text());
+    }
+}

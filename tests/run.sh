@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Every test: the Rust unit and integration tests, then the end-to-end suite
+# Every test: the Rust unit and integration tests (property tests included),
+# the fuzz targets for a bounded time (fuzz/run.sh), then the end-to-end suite
 # with the real Chainlit data layer (tests/e2e/run.sh), then the checks of
 # the deployment files (tests/deploy/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# What the tests need on a fresh machine (Debian packages, cargo-fuzz); a
+# no-op once installed.
+bash tests/setup.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --locked --all-targets --no-fail-fast

@@ -200,7 +200,10 @@ impl Ext4 {
                 .arg(image)
                 .status()
                 .is_ok_and(|s| s.success());
-        assert!(ok, "mkfs.ext4 failed (e2fsprogs is installed by .ci/run)");
+        assert!(
+            ok,
+            "mkfs.ext4 failed (e2fsprogs is installed by tests/setup.sh)"
+        );
         let e = Ext4 {
             dir: dir.to_path_buf(),
             image: image.to_path_buf(),

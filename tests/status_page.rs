@@ -1,5 +1,5 @@
 //! The status page (`GET /` on the admin port), loaded in a real headless
-//! browser (Debian's `chromium`, installed by `.ci/run`) while faults run:
+//! browser (Debian's `chromium`, installed by `tests/setup.sh`) while faults run:
 //! its figures must agree with `/metrics` and `/spool`.
 //!
 //! `DATALAYER_SIDECAR_SCREENSHOT=path` also saves the page as a PNG there
@@ -26,7 +26,7 @@ fn chromium() -> &'static str {
             return c;
         }
     }
-    panic!("no chromium on PATH: `apt-get install chromium` (.ci/run installs it)");
+    panic!("no chromium on PATH: `apt-get install chromium` (tests/setup.sh installs it)");
 }
 
 /// Run headless chromium on `url` with `args`; its standard output.

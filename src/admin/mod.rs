@@ -18,7 +18,9 @@
 //!   503 while starting or when the sidecar has no file to reload).
 //!
 //! It is served by hyper directly, not through the proxy stack: it must
-//! answer even when the stack is saturated or the upstream is down.
+//! answer even when the stack is saturated or the upstream is down. Every
+//! request first passes [`guard`]: a foreign `Host` name (DNS rebinding)
+//! gets 421 `host_not_allowed`, a cross-site `POST` 403 `cross_site_request`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +38,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+mod guard;
 pub mod status;
 
 use crate::breaker::Breaker;
@@ -114,6 +117,8 @@ pub struct AdminView {
     pub upstream: String,
     /// How the last reload ended.
     pub last_reload: Option<ReloadReport>,
+    /// `admin.allowed_hosts`.
+    pub allowed_hosts: Arc<[String]>,
 }
 
 impl AdminState {
@@ -189,6 +194,14 @@ async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
 }
 
 async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let allowed = state.view.load().as_ref().map(|v| v.allowed_hosts.clone());
+    if let Some(refused) = guard::refuse(
+        req.method(),
+        req.headers(),
+        allowed.as_deref().unwrap_or_default(),
+    ) {
+        return refused;
+    }
     if req.uri().path() == "/reload" {
         if req.method() != Method::POST {
             return json(

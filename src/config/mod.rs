@@ -141,6 +141,8 @@ pub struct Config {
     pub listen: ListenParams,
     /// The admin listener's address.
     pub admin_address: SocketAddr,
+    /// `admin.allowed_hosts`, lowercase.
+    pub admin_allowed_hosts: std::sync::Arc<[String]>,
     /// The upstream and its client.
     pub upstream: UpstreamParams,
     /// Request-size limits.

@@ -131,12 +131,17 @@ impl Default for UpstreamFile {
 pub struct AdminFile {
     /// Address to bind; loopback by default.
     pub address: SocketAddr,
+    /// Host names the admin port answers to beyond IP literals and
+    /// loopback names (`localhost`): the name a Service or a proxy reaches
+    /// it by. Any other name in `Host` is refused (DNS rebinding).
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminFile {
     fn default() -> Self {
         AdminFile {
             address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -105,6 +105,7 @@ pub(super) fn validate(file: FileConfig) -> Result<Config, ConfigError> {
     Ok(Config {
         listen,
         admin_address: file.admin.address,
+        admin_allowed_hosts: admin_hosts(&file.admin.allowed_hosts)?,
         upstream,
         limits: Limits {
             max_request_body: file.limits.max_request_body.as_u64(),
@@ -355,6 +356,28 @@ fn backend(s: &SpoolFile) -> Result<SpoolBackend, ConfigError> {
         pool: s.postgres_pool,
         lease: s.lease,
     })))
+}
+
+/// `admin.allowed_hosts`: host names, without a scheme or a port.
+fn admin_hosts(hosts: &[String]) -> Result<std::sync::Arc<[String]>, ConfigError> {
+    hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let ok = !h.is_empty()
+                && h.len() <= 253
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if ok {
+                Ok(h.to_ascii_lowercase())
+            } else {
+                Err(ConfigError::key(
+                    format!("admin.allowed_hosts[{i}]"),
+                    format!("`{h}` is not a host name (no scheme, no port)"),
+                ))
+            }
+        })
+        .collect()
 }
 
 fn nonzero(d: Duration, key: &str) -> Result<(), ConfigError> {
