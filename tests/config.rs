@@ -235,3 +235,33 @@ fn explain_names_the_route_policy_and_order_keys() {
     assert_eq!(v["route"], "default");
     assert_eq!(v["idempotent"], true);
 }
+
+#[test]
+fn explain_of_a_document_without_its_variables_shows_the_id_it_depends_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sidecar.toml");
+    std::fs::write(&path, OK).unwrap();
+    let explain = |body: &str| -> serde_json::Value {
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, body).unwrap();
+        let o = Command::new(binary())
+            .args(["explain", "--config"])
+            .arg(&path)
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let doc = "mutation UpsertThread($threadId: String!) { upsertThread(id: $threadId) { id } }";
+    // The SDK's document as it is shipped: the id comes with each write.
+    let v = explain(&serde_json::json!({"query": doc, "variables": {}}).to_string());
+    assert_eq!(v["route"], "spooled_writes");
+    assert_eq!(v["spooled_on_failure"], true, "{v}");
+    assert_eq!(v["order_keys"], serde_json::json!(["thread:$threadId"]));
+    // Sent with no usable id, the same document is delivered live only.
+    let v =
+        explain(&serde_json::json!({"query": doc, "variables": {"threadId": null}}).to_string());
+    assert_eq!(v["spooled_on_failure"], false, "{v}");
+    assert_eq!(v["order_keys"], serde_json::json!([]));
+}

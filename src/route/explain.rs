@@ -37,7 +37,9 @@ pub fn explain(routes: &Routes, method: &Method, path: &str, body: &[u8]) -> Val
         })
     });
     let keys = match &op {
-        Some(op) if route.spools() => route.order_keys(op, &root_ids).into_vec(),
+        Some(op) if route.spools() => route
+            .order_keys(op, &symbolic_ids(body, op, root_ids))
+            .into_vec(),
         _ => Vec::new(),
     };
     json!({
@@ -46,9 +48,38 @@ pub fn explain(routes: &Routes, method: &Method, path: &str, body: &[u8]) -> Val
         "policy": route.describe(),
         "idempotent": route.is_idempotent(method, op.as_deref()),
         // A write naming no usable id is not spooled (Route::order_keys).
+        // An id the body's variables do not define shows as `$name`: what
+        // the write holds depends on the value sent with it.
         "spooled_on_failure": route.spools() && op.is_some() && !keys.is_empty(),
         "order_keys": keys,
         "operation": operation,
         "invalid_graphql": error,
     })
+}
+
+/// The root fields' ids, with an id taken from a variable the body does not
+/// define shown as `$name`: explaining a document on its own (no variables)
+/// says what a write of it holds once the client sends the value, while a
+/// variable defined as `null` or a non-scalar still names no usable id.
+fn symbolic_ids(
+    body: &[u8],
+    op: &graphql::Operation,
+    mut ids: Vec<Option<String>>,
+) -> Vec<Option<String>> {
+    let defined: serde_json::Map<String, Value> = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|mut v| match v.get_mut("variables").map(Value::take) {
+            Some(Value::Object(vars)) => Some(vars),
+            _ => None,
+        })
+        .unwrap_or_default();
+    ids.resize(op.root_fields.len(), None);
+    for (id, f) in ids.iter_mut().zip(op.root_fields.iter()) {
+        if let (None, Some(graphql::ArgValue::Variable(name))) = (&id, f.arg("id")) {
+            if !defined.contains_key(&**name) {
+                *id = Some(format!("${name}"));
+            }
+        }
+    }
+    ids
 }
