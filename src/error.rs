@@ -50,8 +50,9 @@ pub struct InvalidGraphql(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("the request has {found} {what}, more than {key} ({limit})")]
 pub struct LimitExceeded {
-    /// Stable machine code (`too_many_root_fields`, `too_many_variables`).
-    pub code: &'static str,
+    /// Which limit (`TooManyRootFields`, `TooManyVariables`): its answer
+    /// and code are the kind's (see [`crate::failure`]).
+    pub kind: crate::failure::Kind,
     /// What was counted.
     pub what: &'static str,
     /// The config key that sets the limit.

@@ -39,6 +39,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod exchange;
+pub mod failure;
 pub mod generation;
 pub mod graphql;
 pub mod metrics;

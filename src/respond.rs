@@ -38,110 +38,39 @@ pub struct Failure {
     pub retry_after: Option<Duration>,
 }
 
-/// Describe `err` for the client.
+/// Describe `err` for the client: its kind's answer from the one table
+/// ([`crate::failure`]), with the class the access line and the metrics
+/// record (the same [`Class::of_error`]).
 pub fn describe(err: &Error, ex: &Exchange) -> Failure {
     let e: &(dyn std::error::Error + 'static) = err.as_ref();
     let class = Class::of_error(err);
-    let message = err.to_string();
-    let fail = |status, code, class: Verdict| Failure {
-        status,
-        code,
-        message: message.clone(),
-        class,
-        retryable: class == Verdict::Transient,
-        retry_after: None,
-    };
-    if error::is_caused_by::<error::BodyTooLarge>(e) {
-        return fail(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            Verdict::Permanent,
-        );
-    }
-    if let Some(over) = error::cause_ref::<error::LimitExceeded>(e) {
-        return fail(StatusCode::BAD_REQUEST, over.code, Verdict::Permanent);
-    }
-    if error::is_caused_by::<error::InvalidGraphql>(e) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "invalid_graphql_request",
-            Verdict::Permanent,
-        );
-    }
-    if error::is_caused_by::<error::InvalidHost>(e) {
-        return fail(StatusCode::BAD_REQUEST, "invalid_host", Verdict::Permanent);
-    }
-    if error::is_caused_by::<error::MethodNotAllowed>(e) {
-        return fail(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            Verdict::Permanent,
-        );
-    }
-    if error::is_caused_by::<error::ClientBodyError>(e) {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            "client_body_error",
-            Verdict::Permanent,
-        );
+    let answer = class.kind.answer();
+    let mut message = err.to_string();
+    let mut retry_after = None;
+    if let Some(open) = error::cause_ref::<error::CircuitOpen>(e) {
+        retry_after = Some(open.retry_after);
     }
     if let Some(full) = error::cause_ref::<error::SpoolFull>(e) {
-        return Failure {
-            retry_after: Some(Duration::from_secs(1)),
-            message: full.to_string(),
-            ..fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "spool_full",
-                Verdict::Transient,
-            )
-        };
+        // The spool drains as the backend answers: try again soon.
+        retry_after = Some(Duration::from_secs(1));
+        message = full.to_string();
     }
-    if error::is_caused_by::<error::SpoolUnavailable>(e) {
-        return fail(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "spool_unavailable",
-            Verdict::Transient,
-        );
+    if answer.code == "internal_error" {
+        tracing::warn!(error = %message, "unexpected error answered with 500");
     }
-    if let Some(open) = error::cause_ref::<error::CircuitOpen>(e) {
-        return Failure {
-            retry_after: Some(open.retry_after),
-            ..fail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "circuit_open",
-                Verdict::Transient,
-            )
-        };
-    }
-    if error::is_caused_by::<error::DeadlineExceeded>(e) {
-        return fail(
-            StatusCode::GATEWAY_TIMEOUT,
-            "deadline_exceeded",
-            Verdict::Transient,
-        );
-    }
-    let (status, code) = match class.kind {
-        Kind::PerTryTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
-        Kind::ConnectRefused | Kind::ConnectTimeout | Kind::ConnectError => {
-            (StatusCode::SERVICE_UNAVAILABLE, "upstream_connect_failed")
-        }
-        Kind::Dns => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable"),
-        Kind::Tls => (StatusCode::BAD_GATEWAY, "upstream_tls_failed"),
-        Kind::ResetBeforeResponse | Kind::ResetMidBody => {
-            (StatusCode::BAD_GATEWAY, "upstream_reset")
-        }
-        Kind::BadResponse | Kind::BadJson => (StatusCode::BAD_GATEWAY, "bad_upstream_response"),
-        _ => {
-            tracing::warn!(error = %message, "unexpected error answered with 500");
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error")
-        }
+    let mut f = Failure {
+        status: answer.status,
+        code: answer.code,
+        message,
+        class: class.verdict,
+        retryable: class.verdict == Verdict::Transient,
+        retry_after,
     };
-    let mut f = fail(status, code, class.verdict);
     if class.verdict == Verdict::Transient && ex.not_retried() == Some(NotRetried::BudgetExhausted)
     {
         f.status = StatusCode::SERVICE_UNAVAILABLE;
         f.code = "retry_budget_exhausted";
-        f.message = format!("{message}; not retried: the retry budget is exhausted");
+        f.message = format!("{}; not retried: the retry budget is exhausted", f.message);
     }
     f
 }
@@ -223,4 +152,124 @@ pub fn rescue_response(resp: Response<ResponseBody>, ex: &Exchange) -> Response<
     let mut out = failure_response(&failure, ex);
     out.extensions_mut().insert(class);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::pool::ConnectError;
+
+    fn io(kind: std::io::ErrorKind) -> Error {
+        Box::new(std::io::Error::new(kind, "x"))
+    }
+
+    /// Every failure the sidecar raises, walked through the answer and
+    /// through what the access line and the metrics record: one kind, one
+    /// class, the kind's code and status.
+    #[test]
+    fn every_failure_is_answered_and_recorded_alike() {
+        use std::io::ErrorKind as Io;
+        let limit = |kind| error::LimitExceeded {
+            kind,
+            what: "root fields",
+            key: "limits.max_root_fields",
+            limit: 1,
+            found: 2,
+        };
+        let cases: Vec<(Error, Kind)> = vec![
+            (
+                Box::new(error::UpstreamTimeout(Duration::from_secs(3))),
+                Kind::PerTryTimeout,
+            ),
+            (
+                Box::new(error::DeadlineExceeded(Duration::from_secs(8))),
+                Kind::Deadline,
+            ),
+            (
+                Box::new(error::CircuitOpen {
+                    retry_after: Duration::from_secs(5),
+                }),
+                Kind::CircuitOpen,
+            ),
+            (
+                Box::new(error::BodyTooLarge { limit: 1 }),
+                Kind::BodyTooLarge,
+            ),
+            (
+                Box::new(error::InvalidGraphql("x".into())),
+                Kind::InvalidGraphql,
+            ),
+            (
+                Box::new(limit(Kind::TooManyRootFields)),
+                Kind::TooManyRootFields,
+            ),
+            (
+                Box::new(limit(Kind::TooManyVariables)),
+                Kind::TooManyVariables,
+            ),
+            (
+                Box::new(error::MethodNotAllowed(http::Method::CONNECT)),
+                Kind::MethodNotAllowed,
+            ),
+            (Box::new(error::InvalidHost("two")), Kind::InvalidHost),
+            (
+                Box::new(error::SpoolFull("max_entries".into())),
+                Kind::SpoolFull,
+            ),
+            (
+                Box::new(error::SpoolUnavailable("disk".into())),
+                Kind::SpoolUnavailable,
+            ),
+            (
+                Box::new(error::BadUpstreamResponse("x".into())),
+                Kind::BadResponse,
+            ),
+            (
+                Box::new(ConnectError(io(Io::ConnectionRefused))),
+                Kind::ConnectRefused,
+            ),
+            (
+                Box::new(ConnectError(io(Io::TimedOut))),
+                Kind::ConnectTimeout,
+            ),
+            (Box::new(ConnectError(io(Io::Other))), Kind::ConnectError),
+            (
+                Box::new(ConnectError(Box::new(crate::classify::DnsError(
+                    std::io::Error::other("nx"),
+                )))),
+                Kind::Dns,
+            ),
+            (io(Io::ConnectionReset), Kind::ResetBeforeResponse),
+            ("something else".into(), Kind::Internal),
+        ];
+        let ex = Exchange::new(HeaderValue::from_static("req-1"));
+        for (err, kind) in cases {
+            let recorded = Class::of_error(&err);
+            let answered = describe(&err, &ex);
+            let table = kind.answer();
+            assert_eq!(recorded.kind, kind, "{err}");
+            assert_eq!(Some(recorded.verdict), table.verdict, "{err}");
+            assert_eq!(answered.class, recorded.verdict, "{err}");
+            assert_eq!(
+                answered.retryable,
+                recorded.verdict == Verdict::Transient,
+                "{err}"
+            );
+            assert_eq!(
+                (answered.status, answered.code),
+                (table.status, table.code),
+                "{err}"
+            );
+            // The body says what the line says.
+            let resp = failure_response(&answered, &ex);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().bytes().unwrap()).unwrap();
+            let text = body.to_string();
+            assert!(
+                text.contains(&format!("\"class\":\"{}\"", recorded.verdict.as_str())),
+                "{text}"
+            );
+            assert!(text.contains(table.code), "{text}");
+        }
+    }
 }

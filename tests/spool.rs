@@ -328,8 +328,19 @@ async fn full_spool_refuses_with_spool_full_and_keeps_what_it_has() {
     assert_eq!(a.status, 503);
     assert_eq!(a.json()["errors"][0]["extensions"]["code"], "spool_full");
     assert_eq!(a.header("retry-after"), Some("1"));
+    assert_eq!(a.json()["errors"][0]["extensions"]["class"], "transient");
     let m = client::get(sc.admin, "/metrics").await.text();
     assert_eq!(sample(&m, "datalayer_sidecar_spool_full_total"), Some(1.0));
+    // Counted as it was answered: one failure vocabulary.
+    let refused: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("datalayer_sidecar_requests_total{") && l.contains("5xx"))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(
+        !refused.is_empty() && refused.iter().all(|l| l.contains("class=\"transient\"")),
+        "{refused:?}"
+    );
     backend.up().await;
     backend
         .wait_for(Duration::from_secs(10), "stored writes delivered", |st| {

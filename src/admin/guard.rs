@@ -112,7 +112,7 @@ fn cross_site(headers: &HeaderMap, host: Option<&str>) -> Option<String> {
             "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
         ) {
             return Some(format!(
-                "a `{media}` body can be sent by any page without a preflight"
+                "a `{media}` body can be sent by any page without a preflight; POST without a body (`curl -X POST`) or as application/json"
             ));
         }
     }

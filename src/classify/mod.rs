@@ -22,138 +22,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 
 use crate::error::{self, Error};
 
-/// What the outcome means for the request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// The upstream did what was asked.
-    Success,
-    /// A failure that may go away: worth a retry, counted by the breaker,
-    /// spoolable.
-    Transient,
-    /// A failure that will not go away by trying again.
-    Permanent,
-}
-
-impl Verdict {
-    /// Stable label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Success => "success",
-            Verdict::Transient => "transient",
-            Verdict::Permanent => "permanent",
-        }
-    }
-}
-
-/// What exactly happened. Labels are stable: dashboards and alerts use them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Kind {
-    /// A normal answer.
-    Ok,
-    /// Nothing listening at the upstream address.
-    ConnectRefused,
-    /// TCP connect or TLS handshake did not finish in time.
-    ConnectTimeout,
-    /// The upstream host name did not resolve.
-    Dns,
-    /// The TLS handshake failed.
-    Tls,
-    /// Another failure while connecting.
-    ConnectError,
-    /// The connection closed or reset before a response head arrived.
-    ResetBeforeResponse,
-    /// The connection broke while the response body was being read.
-    ResetMidBody,
-    /// The attempt hit the per-try timeout.
-    PerTryTimeout,
-    /// An HTTP status that is a failure (see the verdict for which kind).
-    Status(u16),
-    /// HTTP 200 with a non-empty GraphQL `errors` list.
-    GraphqlError,
-    /// HTTP 200 with `data.<alias>.ok == false`.
-    ItemNotOk,
-    /// A GraphQL route answered with a body that is not JSON.
-    BadJson,
-    /// The response head was not valid HTTP.
-    BadResponse,
-    /// The breaker refused the attempt.
-    CircuitOpen,
-    /// The overall deadline passed.
-    Deadline,
-    /// The client's body is over the limit.
-    BodyTooLarge,
-    /// The client's body could not be read.
-    ClientBody,
-    /// The client's request was refused before forwarding.
-    BadRequest,
-    /// The GraphQL response was too large to read; it passed unjudged.
-    Unclassified,
-    /// Anything else.
-    Internal,
-}
-
-impl Kind {
-    /// Number of distinct labels (see [`Kind::slot`]).
-    pub const SLOTS: usize = 23;
-
-    /// A dense index per label, for arrays of per-kind metric handles.
-    pub fn slot(self) -> usize {
-        match self {
-            Kind::Ok => 0,
-            Kind::ConnectRefused => 1,
-            Kind::ConnectTimeout => 2,
-            Kind::Dns => 3,
-            Kind::Tls => 4,
-            Kind::ConnectError => 5,
-            Kind::ResetBeforeResponse => 6,
-            Kind::ResetMidBody => 7,
-            Kind::PerTryTimeout => 8,
-            Kind::Status(429) => 9,
-            Kind::Status(s) if s >= 500 => 10,
-            Kind::Status(_) => 11,
-            Kind::GraphqlError => 12,
-            Kind::ItemNotOk => 13,
-            Kind::BadJson => 14,
-            Kind::BadResponse => 15,
-            Kind::CircuitOpen => 16,
-            Kind::Deadline => 17,
-            Kind::BodyTooLarge => 18,
-            Kind::ClientBody => 19,
-            Kind::BadRequest => 20,
-            Kind::Unclassified => 21,
-            Kind::Internal => 22,
-        }
-    }
-
-    /// Stable label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Ok => "ok",
-            Kind::ConnectRefused => "connect_refused",
-            Kind::ConnectTimeout => "connect_timeout",
-            Kind::Dns => "dns",
-            Kind::Tls => "tls",
-            Kind::ConnectError => "connect_error",
-            Kind::ResetBeforeResponse => "reset_before_response",
-            Kind::ResetMidBody => "reset_mid_body",
-            Kind::PerTryTimeout => "per_try_timeout",
-            Kind::Status(429) => "status_429",
-            Kind::Status(s) if s >= 500 => "status_5xx",
-            Kind::Status(_) => "status_4xx",
-            Kind::GraphqlError => "graphql_error",
-            Kind::ItemNotOk => "item_not_ok",
-            Kind::BadJson => "bad_json",
-            Kind::BadResponse => "bad_response",
-            Kind::CircuitOpen => "circuit_open",
-            Kind::Deadline => "deadline",
-            Kind::BodyTooLarge => "body_too_large",
-            Kind::ClientBody => "client_body",
-            Kind::BadRequest => "bad_request",
-            Kind::Unclassified => "unclassified",
-            Kind::Internal => "internal",
-        }
-    }
-}
+pub use crate::failure::{Kind, Verdict};
 
 /// The classification of one attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,70 +73,90 @@ impl Class {
         if let Some(c) = error::cause_ref::<Classified>(e) {
             return c.class;
         }
-        if error::is_caused_by::<error::CircuitOpen>(e) {
-            return Class::new(Verdict::Transient, Kind::CircuitOpen, false);
-        }
-        if error::is_caused_by::<error::BodyTooLarge>(e) {
-            return Class::new(Verdict::Permanent, Kind::BodyTooLarge, true);
-        }
-        if error::is_caused_by::<error::MethodNotAllowed>(e)
-            || error::is_caused_by::<error::InvalidGraphql>(e)
-            || error::is_caused_by::<error::LimitExceeded>(e)
-            || error::is_caused_by::<error::InvalidHost>(e)
-        {
-            return Class::new(Verdict::Permanent, Kind::BadRequest, false);
-        }
-        if error::is_caused_by::<error::ClientBodyError>(e) {
-            return Class::new(Verdict::Permanent, Kind::ClientBody, true);
-        }
-        if error::is_caused_by::<error::UpstreamTimeout>(e) {
-            return Class::new(Verdict::Transient, Kind::PerTryTimeout, true);
-        }
-        if error::is_caused_by::<error::DeadlineExceeded>(e) {
-            return Class::new(Verdict::Transient, Kind::Deadline, true);
-        }
-        if error::is_caused_by::<error::UpstreamBodyError>(e) {
-            return Class::new(Verdict::Transient, Kind::ResetMidBody, true);
-        }
-        if error::is_caused_by::<error::BadUpstreamResponse>(e) {
-            return Class::new(Verdict::Transient, Kind::BadResponse, true);
-        }
-        if error::is_caused_by::<crate::proxy::pool::ConnectError>(e) {
-            return Class::new(Verdict::Transient, connect_kind(e), false);
-        }
-        if let Some(tls) = error::cause_ref::<rustls::Error>(e) {
-            // A certificate the roots do not accept will not start verifying
-            // on the next try; anything else in the handshake might.
-            let verdict = match tls {
-                rustls::Error::InvalidCertificate(_) => Verdict::Permanent,
-                _ => Verdict::Transient,
-            };
-            return Class::new(verdict, Kind::Tls, false);
-        }
-        if let Some(h) = error::cause_ref::<hyper::Error>(e) {
-            if h.is_canceled() {
-                // hyper hands the request back unsent when the pooled
-                // connection closed first.
-                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, false);
-            }
-            if h.is_incomplete_message() || h.is_closed() {
-                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, true);
-            }
-            if h.is_parse() || h.is_parse_status() {
-                return Class::new(Verdict::Transient, Kind::BadResponse, true);
-            }
-        }
-        if let Some(io) = error::cause_ref::<std::io::Error>(e) {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-            ) {
-                return Class::new(Verdict::Transient, Kind::ResetBeforeResponse, true);
-            }
-        }
-        Class::new(Verdict::Permanent, Kind::Internal, true)
+        let (kind, may_have_reached) = kind_of(e);
+        let verdict = kind.answer().verdict.unwrap_or(Verdict::Permanent);
+        Class::new(verdict, kind, may_have_reached)
     }
+}
+
+/// What kind of failure `e` is, found once in its chain, and whether the
+/// request may have reached the backend. The class comes from the kind's
+/// entry in [`crate::failure`], so nothing here decides a verdict.
+fn kind_of(e: &(dyn std::error::Error + 'static)) -> (Kind, bool) {
+    if error::is_caused_by::<error::CircuitOpen>(e) {
+        return (Kind::CircuitOpen, false);
+    }
+    if error::is_caused_by::<error::BodyTooLarge>(e) {
+        return (Kind::BodyTooLarge, true);
+    }
+    if error::is_caused_by::<error::MethodNotAllowed>(e) {
+        return (Kind::MethodNotAllowed, false);
+    }
+    if error::is_caused_by::<error::InvalidGraphql>(e) {
+        return (Kind::InvalidGraphql, false);
+    }
+    if let Some(over) = error::cause_ref::<error::LimitExceeded>(e) {
+        return (over.kind, false);
+    }
+    if error::is_caused_by::<error::InvalidHost>(e) {
+        return (Kind::InvalidHost, false);
+    }
+    if error::is_caused_by::<error::SpoolFull>(e) {
+        return (Kind::SpoolFull, false);
+    }
+    if error::is_caused_by::<error::SpoolUnavailable>(e) {
+        return (Kind::SpoolUnavailable, false);
+    }
+    if error::is_caused_by::<error::ClientBodyError>(e) {
+        return (Kind::ClientBody, true);
+    }
+    if error::is_caused_by::<error::UpstreamTimeout>(e) {
+        return (Kind::PerTryTimeout, true);
+    }
+    if error::is_caused_by::<error::DeadlineExceeded>(e) {
+        return (Kind::Deadline, true);
+    }
+    if error::is_caused_by::<error::UpstreamBodyError>(e) {
+        return (Kind::ResetMidBody, true);
+    }
+    if error::is_caused_by::<error::BadUpstreamResponse>(e) {
+        return (Kind::BadResponse, true);
+    }
+    if error::is_caused_by::<crate::proxy::pool::ConnectError>(e) {
+        return (connect_kind(e), false);
+    }
+    if let Some(tls) = error::cause_ref::<rustls::Error>(e) {
+        // A certificate the roots do not accept will not start verifying
+        // on the next try; anything else in the handshake might.
+        let kind = match tls {
+            rustls::Error::InvalidCertificate(_) => Kind::TlsCertificate,
+            _ => Kind::Tls,
+        };
+        return (kind, false);
+    }
+    if let Some(h) = error::cause_ref::<hyper::Error>(e) {
+        if h.is_canceled() {
+            // hyper hands the request back unsent when the pooled
+            // connection closed first.
+            return (Kind::ResetBeforeResponse, false);
+        }
+        if h.is_incomplete_message() || h.is_closed() {
+            return (Kind::ResetBeforeResponse, true);
+        }
+        if h.is_parse() || h.is_parse_status() {
+            return (Kind::BadResponse, true);
+        }
+    }
+    if let Some(io) = error::cause_ref::<std::io::Error>(e) {
+        use std::io::ErrorKind::*;
+        if matches!(
+            io.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ) {
+            return (Kind::ResetBeforeResponse, true);
+        }
+    }
+    (Kind::Internal, true)
 }
 
 /// Tags a resolver failure so classification can tell DNS from TCP errors

@@ -407,7 +407,7 @@ fn check_counts(limits: &Limits, request: &graphql::GraphqlRequest<'_>) -> Resul
     let fields = request.operation.root_fields.len();
     if fields > limits.max_root_fields {
         return Err(Box::new(LimitExceeded {
-            code: "too_many_root_fields",
+            kind: crate::failure::Kind::TooManyRootFields,
             what: "root fields",
             key: "limits.max_root_fields",
             limit: limits.max_root_fields,
@@ -417,7 +417,7 @@ fn check_counts(limits: &Limits, request: &graphql::GraphqlRequest<'_>) -> Resul
     let variables = request.variable_count();
     if variables > limits.max_variables {
         return Err(Box::new(LimitExceeded {
-            code: "too_many_variables",
+            kind: crate::failure::Kind::TooManyVariables,
             what: "variables",
             key: "limits.max_variables",
             limit: limits.max_variables,

@@ -75,10 +75,10 @@ fn symbolic_ids(
         .unwrap_or_default();
     ids.resize(op.root_fields.len(), None);
     for (id, f) in ids.iter_mut().zip(op.root_fields.iter()) {
-        if let (None, Some(graphql::ArgValue::Variable(name))) = (&id, f.arg("id")) {
-            if !defined.contains_key(&**name) {
-                *id = Some(format!("${name}"));
-            }
+        if let (None, Some(graphql::ArgValue::Variable(name))) = (&id, f.arg("id"))
+            && !defined.contains_key(&**name)
+        {
+            *id = Some(format!("${name}"));
         }
     }
     ids

@@ -49,7 +49,7 @@ mod tests {
             Some("status_401")
         );
         assert_eq!(
-            system_refusal(&permanent(Kind::Tls), &dls).as_deref(),
+            system_refusal(&permanent(Kind::TlsCertificate), &dls).as_deref(),
             Some("tls")
         );
     }
