@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::admin::status::{ErrorEntry, StatusBoard};
+use crate::board::{ErrorEntry, StatusBoard};
 use crate::body::ResponseBody;
 use crate::breaker::Breaker;
 use crate::classify::{Class, Kind, Verdict};

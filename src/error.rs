@@ -90,6 +90,12 @@ pub struct SpoolUnavailable(pub String);
 #[error("upstream response body failed: {0}")]
 pub struct UpstreamBodyError(#[source] pub hyper::Error);
 
+/// Why no connection to the upstream could be opened: DNS, TCP, TLS or the
+/// HTTP/2 handshake failed. Nothing of the request was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("connect: {0}")]
+pub struct ConnectError(#[source] pub Error);
+
 /// The upstream's response body is larger than we can hold for replay or
 /// classification.
 #[derive(Debug, thiserror::Error)]

@@ -14,63 +14,11 @@ use std::time::Duration;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::classify::Class;
+use crate::failure::Class;
 use crate::graphql::Operation;
 use crate::route::{ErrorFormat, Route};
 
-/// Why a failed request was not tried again. Stable labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum NotRetried {
-    /// The failure is permanent.
-    Permanent = 1,
-    /// `max_attempts` reached.
-    MaxAttempts,
-    /// The request may have reached the backend and is not idempotent.
-    NotIdempotent,
-    /// The body was too large to keep for a replay.
-    BodyOverCap,
-    /// The shared retry budget is spent.
-    BudgetExhausted,
-    /// No attempt could finish before the deadline.
-    Deadline,
-    /// The breaker is open.
-    BreakerOpen,
-    /// The upstream asked to wait longer than `retry.retry_after_max`.
-    RetryAfterTooLong,
-}
-
-impl NotRetried {
-    /// Stable label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotRetried::Permanent => "permanent",
-            NotRetried::MaxAttempts => "max_attempts",
-            NotRetried::NotIdempotent => "not_idempotent",
-            NotRetried::BodyOverCap => "body_over_cap",
-            NotRetried::BudgetExhausted => "budget_exhausted",
-            NotRetried::Deadline => "deadline",
-            NotRetried::BreakerOpen => "breaker_open",
-            NotRetried::RetryAfterTooLong => "retry_after_too_long",
-        }
-    }
-
-    /// Every reason, for pre-registering metric series.
-    pub const ALL: [NotRetried; 8] = [
-        NotRetried::Permanent,
-        NotRetried::MaxAttempts,
-        NotRetried::NotIdempotent,
-        NotRetried::BodyOverCap,
-        NotRetried::BudgetExhausted,
-        NotRetried::Deadline,
-        NotRetried::BreakerOpen,
-        NotRetried::RetryAfterTooLong,
-    ];
-
-    fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| *r as u8 == v)
-    }
-}
+pub use crate::failure::NotRetried;
 
 /// What routing decided for the request.
 #[derive(Debug)]

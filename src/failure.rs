@@ -13,6 +13,8 @@
 //! A leaf: it depends on nothing else in the crate, so every layer can use
 //! it without an import loop.
 
+use std::time::Duration;
+
 use http::StatusCode;
 
 /// What the outcome means for the request.
@@ -100,6 +102,50 @@ pub enum Kind {
     Unclassified,
     /// Anything else.
     Internal,
+}
+
+/// The classification of one attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    /// Success, transient or permanent.
+    pub verdict: Verdict,
+    /// What happened.
+    pub kind: Kind,
+    /// Whether the request may have reached the backend. `false` only when it
+    /// certainly did not (connect failed, breaker refused), which makes any
+    /// request safe to retry.
+    pub may_have_reached: bool,
+    /// How long the upstream asked us to wait (`Retry-After`), uncapped.
+    pub retry_after: Option<Duration>,
+}
+
+impl Class {
+    /// A plain success.
+    pub const OK: Class = Class {
+        verdict: Verdict::Success,
+        kind: Kind::Ok,
+        may_have_reached: true,
+        retry_after: None,
+    };
+
+    pub(crate) fn new(verdict: Verdict, kind: Kind, may_have_reached: bool) -> Self {
+        Class {
+            verdict,
+            kind,
+            may_have_reached,
+            retry_after: None,
+        }
+    }
+
+    /// Whether this is any kind of failure.
+    pub fn is_failure(&self) -> bool {
+        self.verdict != Verdict::Success
+    }
+
+    /// Whether the breaker should count this as a failure of the upstream.
+    pub fn is_transient(&self) -> bool {
+        self.verdict == Verdict::Transient
+    }
 }
 
 /// The answer the sidecar writes for a request that failed with a kind.
@@ -276,6 +322,61 @@ impl Kind {
                 verdict: None,
             },
         }
+    }
+}
+
+/// Why a failed request was not tried again. Stable labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NotRetried {
+    /// The failure is permanent.
+    Permanent = 1,
+    /// `max_attempts` reached.
+    MaxAttempts,
+    /// The request may have reached the backend and is not idempotent.
+    NotIdempotent,
+    /// The body was too large to keep for a replay.
+    BodyOverCap,
+    /// The shared retry budget is spent.
+    BudgetExhausted,
+    /// No attempt could finish before the deadline.
+    Deadline,
+    /// The breaker is open.
+    BreakerOpen,
+    /// The upstream asked to wait longer than `retry.retry_after_max`.
+    RetryAfterTooLong,
+}
+
+impl NotRetried {
+    /// Stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotRetried::Permanent => "permanent",
+            NotRetried::MaxAttempts => "max_attempts",
+            NotRetried::NotIdempotent => "not_idempotent",
+            NotRetried::BodyOverCap => "body_over_cap",
+            NotRetried::BudgetExhausted => "budget_exhausted",
+            NotRetried::Deadline => "deadline",
+            NotRetried::BreakerOpen => "breaker_open",
+            NotRetried::RetryAfterTooLong => "retry_after_too_long",
+        }
+    }
+
+    /// Every reason, for pre-registering metric series.
+    pub const ALL: [NotRetried; 8] = [
+        NotRetried::Permanent,
+        NotRetried::MaxAttempts,
+        NotRetried::NotIdempotent,
+        NotRetried::BodyOverCap,
+        NotRetried::BudgetExhausted,
+        NotRetried::Deadline,
+        NotRetried::BreakerOpen,
+        NotRetried::RetryAfterTooLong,
+    ];
+
+    /// The reason stored as `v` (its discriminant).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| *r as u8 == v)
     }
 }
 

@@ -30,6 +30,7 @@
 
 pub mod admin;
 pub mod alloc;
+pub mod board;
 pub mod body;
 pub mod breaker;
 pub mod classify;
@@ -47,6 +48,7 @@ pub mod proxy;
 pub mod respond;
 pub mod retry;
 pub mod route;
+pub mod shutdown;
 pub mod sidecar;
 pub mod slot;
 pub mod spool;

@@ -16,8 +16,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::breaker::BreakerMetrics;
-use crate::classify::{Class, Kind, Verdict};
-use crate::exchange::NotRetried;
+use crate::failure::NotRetried;
+use crate::failure::{Class, Kind, Verdict};
 use crate::route::Route;
 
 /// Prefix of every metric name.

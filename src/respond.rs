@@ -157,7 +157,7 @@ pub fn rescue_response(resp: Response<ResponseBody>, ex: &Exchange) -> Response<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::pool::ConnectError;
+    use crate::error::ConnectError;
 
     fn io(kind: std::io::ErrorKind) -> Error {
         Box::new(std::io::Error::new(kind, "x"))

@@ -372,7 +372,7 @@ where
     let mut watch_ready = shutdown.clone();
     let ready_state = admin_state.clone();
     tokio::spawn(async move {
-        server::shutdown_requested(&mut watch_ready).await;
+        crate::shutdown::shutdown_requested(&mut watch_ready).await;
         ready_state.set_phase(Phase::Draining);
     });
     let sampler = tokio::spawn(sample(board.clone(), admin_state.clone()));
@@ -389,7 +389,7 @@ where
                         Some(r) => r,
                         None => break,
                     },
-                    () = server::shutdown_requested(&mut stop) => break,
+                    () = crate::shutdown::shutdown_requested(&mut stop) => break,
                 };
                 let report = match &source {
                     Some(source) => reload(&mut core, &current, source, req.trigger, build).await,
@@ -409,7 +409,7 @@ where
     {
         let (mut rx, stop_at) = (shutdown.clone(), stop_at.clone());
         tokio::spawn(async move {
-            server::shutdown_requested(&mut rx).await;
+            crate::shutdown::shutdown_requested(&mut rx).await;
             let _ = stop_at.set(tokio::time::Instant::now());
         });
     }

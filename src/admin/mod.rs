@@ -44,8 +44,8 @@ pub mod status;
 use crate::breaker::Breaker;
 use crate::generation::{ReloadReport, ReloadRequest, ReloadSender, Trigger};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::server::shutdown_requested;
 use crate::retry::RetryBudget;
+use crate::shutdown::shutdown_requested;
 use crate::spool::Spool;
 
 /// Where the sidecar is in its life, as `/readyz` reports it.

@@ -31,7 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::classify::Class;
+use crate::failure::Class;
 
 pub use gate::{BreakerGate, BreakerGateLayer};
 

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::classify::{Kind, Verdict};
+use crate::failure::{Kind, Verdict};
 
 fn cfg() -> BreakerParams {
     BreakerParams {

@@ -24,49 +24,9 @@ use crate::error::{self, Error};
 
 pub use crate::failure::{Kind, Verdict};
 
-/// The classification of one attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Class {
-    /// Success, transient or permanent.
-    pub verdict: Verdict,
-    /// What happened.
-    pub kind: Kind,
-    /// Whether the request may have reached the backend. `false` only when it
-    /// certainly did not (connect failed, breaker refused), which makes any
-    /// request safe to retry.
-    pub may_have_reached: bool,
-    /// How long the upstream asked us to wait (`Retry-After`), uncapped.
-    pub retry_after: Option<Duration>,
-}
+pub use crate::failure::Class;
 
 impl Class {
-    /// A plain success.
-    pub const OK: Class = Class {
-        verdict: Verdict::Success,
-        kind: Kind::Ok,
-        may_have_reached: true,
-        retry_after: None,
-    };
-
-    fn new(verdict: Verdict, kind: Kind, may_have_reached: bool) -> Self {
-        Class {
-            verdict,
-            kind,
-            may_have_reached,
-            retry_after: None,
-        }
-    }
-
-    /// Whether this is any kind of failure.
-    pub fn is_failure(&self) -> bool {
-        self.verdict != Verdict::Success
-    }
-
-    /// Whether the breaker should count this as a failure of the upstream.
-    pub fn is_transient(&self) -> bool {
-        self.verdict == Verdict::Transient
-    }
-
     /// Classify an error returned by an attempt.
     pub fn of_error(err: &Error) -> Class {
         let e: &(dyn std::error::Error + 'static) = err.as_ref();
@@ -122,7 +82,7 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> (Kind, bool) {
     if error::is_caused_by::<error::BadUpstreamResponse>(e) {
         return (Kind::BadResponse, true);
     }
-    if error::is_caused_by::<crate::proxy::pool::ConnectError>(e) {
+    if error::is_caused_by::<error::ConnectError>(e) {
         return (connect_kind(e), false);
     }
     if let Some(tls) = error::cause_ref::<rustls::Error>(e) {

@@ -40,11 +40,7 @@ use tower::Service;
 use crate::body::RequestBody;
 use crate::error::Error;
 
-/// Why no connection to the upstream could be opened: DNS, TCP, TLS or the
-/// HTTP/2 handshake failed. Nothing of the request was sent.
-#[derive(Debug, thiserror::Error)]
-#[error("connect: {0}")]
-pub struct ConnectError(#[source] pub Error);
+pub use crate::error::ConnectError;
 
 /// Reused connections that may refuse a request before sending any of it
 /// (closed by the upstream while idle); a fresh connection ends the loop.

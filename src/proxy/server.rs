@@ -23,6 +23,7 @@ use tower::Service;
 use crate::edge::AccessBody;
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::shutdown::shutdown_requested;
 
 /// The listener's settings, checked by the config (`[listen]`). They shape
 /// the listening socket and hyper's connection builders, so changing them
@@ -39,15 +40,6 @@ pub struct ListenParams {
     pub header_read_timeout: Duration,
     /// Largest request head accepted, in bytes (at least 8 KiB).
     pub max_header_bytes: usize,
-}
-
-/// Wait until `shutdown` turns true (or its sender is gone).
-pub async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Serve `listener` until `shutdown` fires, then drain for up to `grace`.

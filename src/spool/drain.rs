@@ -74,8 +74,8 @@ use crate::exchange::{Exchange, Routed};
 use crate::graphql::{self, split};
 use crate::metrics::PauseLabels;
 use crate::proxy::forward::PrepareShared;
-use crate::proxy::server::shutdown_requested;
 use crate::route::ErrorFormat;
+use crate::shutdown::shutdown_requested;
 
 /// How often the worker re-reads the ledger when idle (it is also woken on
 /// every commit); this catches changes made by the operator CLI.

@@ -131,7 +131,7 @@ where
         let mut stop = shutdown.clone();
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = crate::proxy::server::shutdown_requested(&mut stop) => break,
+            () = crate::shutdown::shutdown_requested(&mut stop) => break,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
