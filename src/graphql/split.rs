@@ -422,8 +422,12 @@ fn parse_mutation(query: &str) -> Option<Parsed> {
     if c.peek_punct(b'(') {
         c.bump();
         while !c.peek_punct(b')') {
-            let start = c.expect_punct(b'$')?.start;
+            c.expect_punct(b'$')?;
             let var = c.name()?.to_string();
+            // From the name on: GraphQL lets ignored tokens (spaces, commas,
+            // comments) sit between `$` and the name, and a join renames
+            // the variable by what follows the `$`.
+            let after_name = c.prev_end();
             c.expect_punct(b':')?;
             c.skip_type()?;
             if c.peek_punct(b'=') {
@@ -432,10 +436,8 @@ fn parse_mutation(query: &str) -> Option<Parsed> {
             }
             c.skip_directives(&mut Vec::new())?;
             let end = c.prev_end();
-            defs.push(VarDef {
-                name: var,
-                text: query.get(start..end)?.to_string(),
-            });
+            let text = format!("${var}{}", query.get(after_name..end)?);
+            defs.push(VarDef { name: var, text });
         }
         c.bump();
     }
@@ -630,6 +632,27 @@ mod tests {
     }
 
     const ADD_STEP: &str = "mutation AddStep($id_0: String!, $input_0: Json, $id_1: String!, $input_1: Json, $thread: String) {\n  step0: ingestStep(id: $id_0, input: $input_0, threadId: $thread) { ok message }\n  step1: ingestStep(id: $id_1, input: $input_1, threadId: $thread) { ok message }\n}";
+
+    /// Found by fuzzing (fuzz/targets split_join): ignored tokens between
+    /// `$` and a variable's name made the join rename it into `$e0_,,x`.
+    #[test]
+    fn a_join_renames_variables_defined_with_ignored_tokens_after_the_dollar() {
+        let q = "mutation AddStep($ ,, id_0: String!, $\n# c\n out_0: Json) {\n  step0: ingestStep(id: $ ,id_0, output: $out_0) { ok message }\n}";
+        let raw = body(
+            q,
+            serde_json::json!({"id_0": "a", "out_0": {"content": "x"}}),
+        );
+        assert!(crate::graphql::parse_request(&raw).is_ok());
+        let one = Batch::parse(&raw).unwrap();
+        let other = Batch::parse(&raw).unwrap();
+        let joined = join(one.name(), &[&one, &other]);
+        let op = crate::graphql::operation_of(&joined).expect("the join is valid GraphQL");
+        assert_eq!(op.root_fields.len(), 2);
+        let (_, v) = parts(&joined);
+        assert_eq!(v["e1_out_0"], serde_json::json!({"content": "x"}));
+        assert_eq!(v["e0_id_0"], "a");
+        assert!(crate::graphql::operation_of(&one.subset(&[0])).is_ok());
+    }
 
     #[test]
     fn a_subset_keeps_the_fields_and_only_the_variables_they_use() {

@@ -13,6 +13,7 @@ so a run is reproducible whatever the timing.
 
 Control port (JSON):
   GET  /state            steps (id -> last output content), counters
+  GET  /summary          the same without the per-request history (soaks)
   POST /schedule         {"faults": [...], "rate": 0.3, "seed": 1, "hang": 12}
   POST /blackout         {"seconds": 20}: stop listening on the data port
   POST /unauthorized     {"seconds": 15}: answer every request 401 (a key
@@ -251,6 +252,10 @@ async def control(backend, reader, writer):
             out = {"steps": backend.steps, "threads": backend.threads, "applied": backend.applied,
                    "received": backend.received,
                    "requests": backend.requests,
+                   "faults": backend.faults, "listening": backend.server is not None}
+        elif path == "/summary":
+            # What a long run needs: the state without the per-request history.
+            out = {"steps": backend.steps, "threads": backend.threads, "requests": backend.requests,
                    "faults": backend.faults, "listening": backend.server is not None}
         elif path == "/schedule":
             backend.schedule.update(body)
