@@ -197,13 +197,18 @@ class Load:
                     body = json.dumps({"query": add_step_query(len(ids)), "variables": variables})
                     nxt = await self.pace(nxt, period)
 
+                    # Each alias the sidecar answered ok is acknowledged, even
+                    # when another alias of the request was not.
+                    acked_aliases = []
+
                     def all_ok(a, k=len(ids)):
                         data = a.get("data") or {}
-                        return all((data.get(f"step{i}") or {}).get("ok") for i in range(k))
+                        acked_aliases.extend(i for i in range(k) if (data.get(f"step{i}") or {}).get("ok"))
+                        return len(acked_aliases) == k
 
-                    if await self.send(client, body, all_ok):
-                        for sid in ids:
-                            self.acked_steps[sid] = version
+                    await self.send(client, body, all_ok)
+                    for i in acked_aliases:
+                        self.acked_steps[ids[i]] = version
                     if self.stop:
                         break
 

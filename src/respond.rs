@@ -66,7 +66,16 @@ pub fn describe(err: &Error, ex: &Exchange) -> Failure {
         retryable: class.verdict == Verdict::Transient,
         retry_after,
     };
-    if class.verdict == Verdict::Transient && ex.not_retried() == Some(NotRetried::BudgetExhausted)
+    // The budget speaks of the upstream's failure that was not tried again;
+    // a refusal of the sidecar's own (the spool, the breaker, the deadline)
+    // keeps its code.
+    let own = matches!(
+        class.kind,
+        Kind::SpoolFull | Kind::SpoolUnavailable | Kind::CircuitOpen | Kind::Deadline
+    );
+    if !own
+        && class.verdict == Verdict::Transient
+        && ex.not_retried() == Some(NotRetried::BudgetExhausted)
     {
         f.status = StatusCode::SERVICE_UNAVAILABLE;
         f.code = "retry_budget_exhausted";
@@ -243,6 +252,14 @@ mod tests {
             ("something else".into(), Kind::Internal),
         ];
         let ex = Exchange::new(HeaderValue::from_static("req-1"));
+        // A spent retry budget renames an upstream failure, not a refusal
+        // of the sidecar's own.
+        let spent = Exchange::new(HeaderValue::from_static("req-2"));
+        spent.set_not_retried(NotRetried::BudgetExhausted);
+        let full: Error = Box::new(error::SpoolFull("max_entries".into()));
+        assert_eq!(describe(&full, &spent).code, "spool_full");
+        let reset = io(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(describe(&reset, &spent).code, "retry_budget_exhausted");
         for (err, kind) in cases {
             let recorded = Class::of_error(&err);
             let answered = describe(&err, &ex);
