@@ -147,21 +147,9 @@ impl Drain {
                 Done::Gone
             }
             Outcome::Refused(info) => {
-                tracing::warn!(
-                    target: "spool",
-                    entry = entry.id,
-                    request_id = %entry.request_id,
-                    route = %entry.route,
-                    kind = %info.kind,
-                    status = info.status,
-                    reason = %info.reason,
-                    "spooled write refused by the backend for its content; moved to dead letters"
-                );
-                if let Err(e) = store.dead_letter(entry.id, info).await {
-                    tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry");
+                if !self.move_to_dead_letters(&entry, info).await {
                     return Done::Retry(Duration::from_secs(1));
                 }
-                metrics.replay_dead_lettered.inc();
                 self.spool.update_gauges();
                 Done::Gone
             }
@@ -180,6 +168,31 @@ impl Drain {
                 metrics.replay_transient.inc();
                 let _ = store.failed(entry.id, detail.clone()).await;
                 Done::Pause { reason, detail }
+            }
+        }
+    }
+
+    /// Move an entry refused for its content to the dead letters, said in
+    /// the log and counted; `false` when the store could not (it stays).
+    pub(super) async fn move_to_dead_letters(&self, entry: &Entry, info: DeadInfo) -> bool {
+        tracing::warn!(
+            target: "spool",
+            entry = entry.id,
+            request_id = %entry.request_id,
+            route = %entry.route,
+            kind = %info.kind,
+            status = info.status,
+            reason = %info.reason,
+            "spooled write refused by the backend for its content; moved to dead letters"
+        );
+        match self.spool.store().dead_letter(entry.id, info).await {
+            Ok(()) => {
+                self.spool.inner.metrics.replay_dead_lettered.inc();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry");
+                false
             }
         }
     }

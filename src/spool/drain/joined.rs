@@ -213,23 +213,8 @@ impl Drain {
             }
         }
         for (entry, info) in refused {
-            tracing::warn!(
-                target: "spool",
-                entry = entry.id,
-                request_id = %entry.request_id,
-                route = %entry.route,
-                kind = %info.kind,
-                reason = %info.reason,
-                "spooled write refused by the backend for its content; moved to dead letters"
-            );
-            match store.dead_letter(entry.id, info).await {
-                Ok(()) => {
-                    metrics.replay_dead_lettered.inc();
-                    gone.push(entry.id);
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, entry = entry.id, "spool: cannot dead-letter an entry")
-                }
+            if self.move_to_dead_letters(&entry, info).await {
+                gone.push(entry.id);
             }
         }
         let done = if open.is_empty() {
