@@ -13,9 +13,10 @@ use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use std::sync::Arc;
 
 use crate::error::{BadUpstreamResponse, BodyTooLarge, ClientBodyError, Error, UpstreamBodyError};
-use crate::proxy::pool::Lease;
 
 /// A request body on its way to the upstream.
 ///
@@ -446,4 +447,41 @@ fn prefixed_size_hint(prefix: &Option<Bytes>, inner: &Incoming) -> SizeHint {
         out.set_upper(u + p);
     }
     out
+}
+
+/// An HTTP/1 connection lent to one exchange. Dropping it — once the
+/// response body has been read, or abandoned — returns the connection to
+/// the pool if it can take another request.
+pub struct Lease {
+    tx: Option<http1::SendRequest<RequestBody>>,
+    pool: Arc<dyn Returns>,
+}
+
+impl Lease {
+    /// Lend `tx`; `pool` takes it back when the lease is dropped.
+    pub(crate) fn new(tx: http1::SendRequest<RequestBody>, pool: Arc<dyn Returns>) -> Self {
+        Lease { tx: Some(tx), pool }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+/// The part of the pool a [`Lease`] needs, without the connector's type.
+/// Defined here, beside the body that holds the lease, so the pool depends
+/// on bodies and never the other way round.
+pub(crate) trait Returns: Send + Sync {
+    /// Take the connection back once the exchange that held it is over.
+    fn put(self: Arc<Self>, tx: http1::SendRequest<RequestBody>);
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.pool.clone().put(tx);
+        }
+    }
 }

@@ -44,6 +44,7 @@ pub mod failure;
 pub mod generation;
 pub mod graphql;
 pub mod metrics;
+pub mod pacing;
 pub mod proxy;
 pub mod respond;
 pub mod retry;

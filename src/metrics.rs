@@ -15,7 +15,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::breaker::BreakerMetrics;
 use crate::failure::NotRetried;
 use crate::failure::{Class, Kind, Verdict};
 use crate::route::Route;
@@ -553,4 +552,19 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Breaker metrics handles.
+#[derive(Debug, Clone, Default)]
+pub struct BreakerMetrics {
+    /// 0 closed, 1 half-open, 2 open.
+    pub state: Gauge,
+    /// Transitions into closed.
+    pub to_closed: Counter,
+    /// Transitions into half-open.
+    pub to_half_open: Counter,
+    /// Transitions into open.
+    pub to_open: Counter,
+    /// Requests refused because the breaker was open.
+    pub rejected: Counter,
 }

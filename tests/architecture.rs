@@ -1,16 +1,16 @@
 //! The shape of the code, checked so it only gets better: which files import
 //! which (every `crate::` path outside comments and test modules), and the
-//! loops that makes. No file may join an import loop except the pairs listed
-//! here as known, and the largest loop of top-level modules may not grow.
-//! Lower the figures as the redesign (issue 19) removes loops.
+//! loops that makes. No file joins an import loop and no top-level modules
+//! import each other in a loop: every layer imports downward, so a module
+//! can be read, tested and changed knowing only what lies below it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// File loops still to break, each as its sorted files.
-const KNOWN_FILE_LOOPS: &[&[&str]] = &[&["src/body.rs", "src/proxy/pool.rs"]];
-/// Top-level modules in the largest loop, at most.
-const MAX_MODULE_LOOP: usize = 10;
+/// File loops tolerated, each as its sorted files: none.
+const KNOWN_FILE_LOOPS: &[&[&str]] = &[];
+/// Top-level modules in the largest loop, at most: none may loop.
+const MAX_MODULE_LOOP: usize = 0;
 /// Modules that must stay leaves: they import nothing else of the crate
 /// (but the vocabulary below them), so any layer can use them.
 const LEAVES: &[(&str, &[&str])] = &[
@@ -18,6 +18,8 @@ const LEAVES: &[(&str, &[&str])] = &[
     ("src/clock.rs", &[]),
     ("src/shutdown.rs", &[]),
     ("src/board.rs", &["src/clock.rs"]),
+    ("src/pacing/mod.rs", &["src/pacing/backoff.rs"]),
+    ("src/pacing/backoff.rs", &[]),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -197,7 +199,7 @@ fn top_module(file: &str) -> String {
 }
 
 #[test]
-fn no_file_joins_an_import_loop_but_the_known_ones() {
+fn no_file_joins_an_import_loop() {
     let graph = file_graph();
     assert!(graph.len() > 50, "the sources were read");
     let found: Vec<Vec<String>> = loops(&graph)
@@ -215,7 +217,7 @@ fn no_file_joins_an_import_loop_but_the_known_ones() {
 }
 
 #[test]
-fn the_largest_loop_of_top_level_modules_does_not_grow() {
+fn no_top_level_modules_import_each_other_in_a_loop() {
     let mut modules: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (from, tos) in file_graph() {
         let m = top_module(&from);

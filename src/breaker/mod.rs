@@ -26,8 +26,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -104,20 +102,7 @@ pub struct BreakerParams {
     pub probes: u32,
 }
 
-/// Breaker metrics handles.
-#[derive(Debug, Clone, Default)]
-pub struct BreakerMetrics {
-    /// 0 closed, 1 half-open, 2 open.
-    pub state: Gauge,
-    /// Transitions into closed.
-    pub to_closed: Counter,
-    /// Transitions into half-open.
-    pub to_half_open: Counter,
-    /// Transitions into open.
-    pub to_open: Counter,
-    /// Requests refused because the breaker was open.
-    pub rejected: Counter,
-}
+pub use crate::metrics::BreakerMetrics;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {

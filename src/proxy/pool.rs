@@ -37,7 +37,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 use tower::Service;
 
-use crate::body::RequestBody;
+use crate::body::{Lease, RequestBody, Returns};
 use crate::error::Error;
 
 pub use crate::error::ConnectError;
@@ -100,33 +100,6 @@ enum Conn {
         tx: http2::SendRequest<RequestBody>,
         reused: bool,
     },
-}
-
-/// An HTTP/1 connection lent to one exchange. Dropping it — once the
-/// response body has been read, or abandoned — returns the connection to
-/// the pool if it can take another request.
-pub struct Lease {
-    tx: Option<http1::SendRequest<RequestBody>>,
-    pool: Arc<dyn Returns>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").finish_non_exhaustive()
-    }
-}
-
-/// The part of the pool a [`Lease`] needs, without the connector's type.
-trait Returns: Send + Sync {
-    fn put(self: Arc<Self>, tx: http1::SendRequest<RequestBody>);
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            self.pool.clone().put(tx);
-        }
-    }
 }
 
 impl<C> Returns for Inner<C>
@@ -303,10 +276,7 @@ where
     }
 
     fn lease(&self, tx: http1::SendRequest<RequestBody>) -> Lease {
-        Lease {
-            tx: Some(tx),
-            pool: self.inner.clone(),
-        }
+        Lease::new(tx, self.inner.clone())
     }
 
     async fn connect(&self) -> Result<Conn, Error> {

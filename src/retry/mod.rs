@@ -12,15 +12,13 @@
 //! failed for a reason that may pass — is retried alias by alias
 //! ([`partial`]).
 
-pub mod backoff;
 pub mod budget;
-pub mod params;
 pub mod partial;
 pub mod policy;
 
-pub use backoff::Backoff;
+pub use crate::pacing::Backoff;
+pub use crate::pacing::{BudgetParams, RetryParams};
 pub use budget::RetryBudget;
-pub use params::{BudgetParams, RetryParams};
 pub use policy::RetryPolicy;
 
 #[cfg(test)]

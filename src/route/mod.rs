@@ -21,7 +21,7 @@ use std::time::Duration;
 use http::Method;
 
 use crate::graphql::{Operation, OperationType};
-use crate::retry::RetryParams;
+use crate::pacing::RetryParams;
 
 /// Where a route comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,12 +1,17 @@
-//! The retry settings the policy and the budget are built with.
+//! How soon and how often to try again: the backoff curve and the retry
+//! settings a route's policy and the shared budget are built with. Plain
+//! data and arithmetic, a leaf: routes, the config and the spool's worker
+//! hold these values without depending on the retry layer.
 //!
-//! Built once per config generation by [`crate::config`], which checks
+//! The settings are built once per config generation by [`crate::config`], which checks
 //! every value on the way: the policy reads them as they are and never
 //! re-validates on the request path.
 
+pub mod backoff;
+
 use std::time::Duration;
 
-use super::Backoff;
+pub use backoff::Backoff;
 
 /// A route's retry policy: the global `[retry]` section with the route's
 /// overrides applied.
