@@ -4,7 +4,7 @@
 //! not (SQLite's WAL mode and locking, and PostgreSQL's transactions, make
 //! that safe; a running sidecar picks the changes up within seconds).
 
-use std::io::Write as _;
+use std::io::Write;
 
 use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -168,148 +168,180 @@ impl Db {
 }
 
 /// Run a spool subcommand against the spool's store (`spool.backend`).
+/// The store is opened first, so a missing store is reported before a
+/// command's own arguments are checked.
 pub fn run(cmd: SpoolCommand, settings: &SpoolSettings) -> Result<(), StoreError> {
-    let path = match &settings.backend {
-        SpoolBackend::Sqlite => settings.path.display().to_string(),
-        SpoolBackend::Postgres(p) => p.display.clone(),
-    };
-    let mut conn = Db::open(settings)?;
+    let mut db = Db::open(settings)?;
     let mut out = std::io::stdout().lock();
-    let print = |out: &mut std::io::StdoutLock<'_>, s: String| {
-        let _ = writeln!(out, "{s}");
-    };
     match cmd {
-        SpoolCommand::Stats { json } => {
-            let s = conn.stats()?;
-            if json {
-                print(
-                    &mut out,
-                    serde_json::to_string_pretty(&s).unwrap_or_default(),
-                );
-            } else {
-                print(&mut out, format!("store         {path}"));
-                print(&mut out, format!("waiting       {}", s.depth));
-                print(&mut out, format!("bytes         {}", s.bytes));
-                print(
-                    &mut out,
-                    format!(
-                        "oldest        {}",
-                        s.oldest_age_seconds
-                            .map_or("-".into(), |a| format!("{a:.1}s"))
-                    ),
-                );
-                print(&mut out, format!("dead letters  {}", s.dead_letters));
-                let mut routes: Vec<_> = s.per_route.into_iter().collect();
-                routes.sort();
-                for (route, n) in routes {
-                    print(&mut out, format!("  route {route}: {n}"));
-                }
-            }
-        }
-        SpoolCommand::List { limit, json } => {
-            let entries = conn.list(limit)?;
-            if json {
-                print(
-                    &mut out,
-                    serde_json::to_string_pretty(&entries).unwrap_or_default(),
-                );
-            } else {
-                print(
-                    &mut out,
-                    format!(
-                        "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} last error",
-                        "id", "age", "route", "bytes", "tries", "keys"
-                    ),
-                );
-                for e in entries {
-                    print(
-                        &mut out,
-                        format!(
-                            "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} {}",
-                            e.id,
-                            age(e.created_ms),
-                            e.route,
-                            e.body_bytes,
-                            e.attempts,
-                            e.keys.join(","),
-                            e.last_error.unwrap_or_default()
-                        ),
-                    );
-                }
-            }
-        }
-        SpoolCommand::DeadLetters { limit, json } => {
-            let dead = conn.dead(limit)?;
-            if json {
-                print(
-                    &mut out,
-                    serde_json::to_string_pretty(&dead).unwrap_or_default(),
-                );
-            } else {
-                for d in dead {
-                    print(
-                        &mut out,
-                        format!(
-                            "{:>8} {} route={} keys={} tries={} class={} kind={} status={} reason={}\n         answer: {}",
-                            d.id,
-                            age(d.dead_ms),
-                            d.route,
-                            d.keys.join(","),
-                            d.attempts,
-                            d.class,
-                            d.kind,
-                            d.status.map_or("-".into(), |s| s.to_string()),
-                            d.reason,
-                            d.response.unwrap_or_default()
-                        ),
-                    );
-                }
-            }
-        }
-        SpoolCommand::Requeue { ids, all } => {
-            if ids.is_empty() && !all {
-                return Err(StoreError::Sql(
-                    "name the dead letters to requeue, or pass --all".into(),
-                ));
-            }
-            let total = if all {
-                conn.count("dead_letters")?
-            } else {
-                ids.len() as u64
-            };
-            let pb = bar(total, "requeue");
-            let moved = conn.requeue(if all { &[] } else { &ids }, |n| pb.inc(n))?;
-            pb.finish_and_clear();
-            print(&mut out, format!("requeued {moved} of {total}"));
-        }
+        SpoolCommand::Stats { json } => stats(&db, &store_location(settings), json, &mut out),
+        SpoolCommand::List { limit, json } => list(&db, limit, json, &mut out),
+        SpoolCommand::DeadLetters { limit, json } => dead_letters(&db, limit, json, &mut out),
+        SpoolCommand::Requeue { ids, all } => requeue(&mut db, &ids, all, &mut out),
         SpoolCommand::Purge {
             pending,
             dead_letters,
             yes,
-        } => {
-            if !pending && !dead_letters {
-                return Err(StoreError::Sql(
-                    "say what to purge: --pending and/or --dead-letters".into(),
-                ));
-            }
-            if !yes {
-                return Err(StoreError::Sql(
-                    "purging deletes writes that will never be delivered; add --yes to confirm"
-                        .into(),
-                ));
-            }
-            let mut total = 0;
-            if pending {
-                total += conn.count("entries")?;
-            }
-            if dead_letters {
-                total += conn.count("dead_letters")?;
-            }
-            let pb = bar(total, "purge");
-            let n = conn.purge(pending, dead_letters, |n| pb.inc(n))?;
-            pb.finish_and_clear();
-            print(&mut out, format!("deleted {n}"));
-        }
+        } => purge(&mut db, pending, dead_letters, yes, &mut out),
     }
+}
+
+/// Where the store is, as `stats` names it: the SQLite path, or the
+/// PostgreSQL database without its password.
+fn store_location(settings: &SpoolSettings) -> String {
+    match &settings.backend {
+        SpoolBackend::Sqlite => settings.path.display().to_string(),
+        SpoolBackend::Postgres(p) => p.display.clone(),
+    }
+}
+
+/// Print one line. A write error is ignored: stdout closed early (a pager
+/// or `head` quitting) is not a failure of the command.
+fn put(out: &mut impl Write, line: impl std::fmt::Display) {
+    let _ = writeln!(out, "{line}");
+}
+
+/// `stats`: depth, bytes, oldest age, dead letters, and the depth of each
+/// route, sorted by route.
+fn stats(db: &Db, store: &str, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+    let s = db.stats()?;
+    if json {
+        put(out, serde_json::to_string_pretty(&s).unwrap_or_default());
+        return Ok(());
+    }
+    put(out, format!("store         {store}"));
+    put(out, format!("waiting       {}", s.depth));
+    put(out, format!("bytes         {}", s.bytes));
+    put(
+        out,
+        format!(
+            "oldest        {}",
+            s.oldest_age_seconds
+                .map_or("-".into(), |a| format!("{a:.1}s"))
+        ),
+    );
+    put(out, format!("dead letters  {}", s.dead_letters));
+    let mut routes: Vec<_> = s.per_route.into_iter().collect();
+    routes.sort();
+    for (route, n) in routes {
+        put(out, format!("  route {route}: {n}"));
+    }
+    Ok(())
+}
+
+/// `list`: waiting entries in delivery order, one line each under a header.
+fn list(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+    let entries = db.list(limit)?;
+    if json {
+        put(
+            out,
+            serde_json::to_string_pretty(&entries).unwrap_or_default(),
+        );
+        return Ok(());
+    }
+    put(
+        out,
+        format!(
+            "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} last error",
+            "id", "age", "route", "bytes", "tries", "keys"
+        ),
+    );
+    for e in entries {
+        put(
+            out,
+            format!(
+                "{:>8} {:>10} {:<18} {:>8} {:>6}  {:<32} {}",
+                e.id,
+                age(e.created_ms),
+                e.route,
+                e.body_bytes,
+                e.attempts,
+                e.keys.join(","),
+                e.last_error.unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `dead-letters`: each refused write with why, and the backend's answer
+/// on a second line.
+fn dead_letters(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+    let dead = db.dead(limit)?;
+    if json {
+        put(out, serde_json::to_string_pretty(&dead).unwrap_or_default());
+        return Ok(());
+    }
+    for d in dead {
+        put(
+            out,
+            format!(
+                "{:>8} {} route={} keys={} tries={} class={} kind={} status={} reason={}\n         answer: {}",
+                d.id,
+                age(d.dead_ms),
+                d.route,
+                d.keys.join(","),
+                d.attempts,
+                d.class,
+                d.kind,
+                d.status.map_or("-".into(), |s| s.to_string()),
+                d.reason,
+                d.response.unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `requeue`: the named dead letters, or all of them, back at the end of
+/// the queue; naming none without `--all` is refused rather than a no-op.
+fn requeue(db: &mut Db, ids: &[i64], all: bool, out: &mut impl Write) -> Result<(), StoreError> {
+    if ids.is_empty() && !all {
+        return Err(StoreError::Sql(
+            "name the dead letters to requeue, or pass --all".into(),
+        ));
+    }
+    let total = if all {
+        db.count("dead_letters")?
+    } else {
+        ids.len() as u64
+    };
+    let pb = bar(total, "requeue");
+    let moved = db.requeue(if all { &[] } else { ids }, |n| pb.inc(n))?;
+    pb.finish_and_clear();
+    put(out, format!("requeued {moved} of {total}"));
+    Ok(())
+}
+
+/// `purge`: delete waiting entries and/or dead letters, only when told
+/// which and confirmed, since deleted writes are never delivered.
+fn purge(
+    db: &mut Db,
+    pending: bool,
+    dead_letters: bool,
+    yes: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
+    if !pending && !dead_letters {
+        return Err(StoreError::Sql(
+            "say what to purge: --pending and/or --dead-letters".into(),
+        ));
+    }
+    if !yes {
+        return Err(StoreError::Sql(
+            "purging deletes writes that will never be delivered; add --yes to confirm".into(),
+        ));
+    }
+    let mut total = 0;
+    if pending {
+        total += db.count("entries")?;
+    }
+    if dead_letters {
+        total += db.count("dead_letters")?;
+    }
+    let pb = bar(total, "purge");
+    let n = db.purge(pending, dead_letters, |n| pb.inc(n))?;
+    pb.finish_and_clear();
+    put(out, format!("deleted {n}"));
     Ok(())
 }

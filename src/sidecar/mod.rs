@@ -8,6 +8,13 @@
 //! state, the retry budget, the upstream pool and its slots — and swaps it
 //! in; the spool and its worker keep running (the worker reads the new
 //! generation at its next delivery).
+//!
+//! Here: start-up, the pieces every generation shares or carries over, and
+//! the accept loop. Applying a reload is in [`reload`], what follows the
+//! accept loop at shutdown in [`exit`].
+
+mod exit;
+mod reload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -19,18 +26,18 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::admin::status::{SAMPLE_EVERY, StatusBoard};
 use crate::admin::{self, AdminState, AdminView, Phase};
 use crate::breaker::Breaker;
 use crate::classify::Classifier;
-use crate::clock::now_ms;
 use crate::config::{Config, Source};
 use crate::edge::{AccessBody, EdgeShared};
 use crate::error::Error;
 use crate::generation::{Current, Generation, Live, ReloadReport, ReloadRequest, Trigger};
-use crate::metrics::{Metrics, ReloadLabels};
+use crate::metrics::Metrics;
 use crate::proxy::client::{self, Upstream};
 use crate::proxy::forward::PrepareShared;
 use crate::proxy::server;
@@ -262,6 +269,72 @@ impl Core {
         })));
         self.metrics.generation.set(g.number as i64);
     }
+
+    /// Build generation `number` for `cfg`: open the spool if a route now
+    /// spools, carry over from `prev` every piece whose settings did not
+    /// change, and hand the replay worker the result. Nothing is swapped in
+    /// here: on an error the generation in force stays as it was.
+    async fn start_generation<S, F>(
+        &mut self,
+        number: u64,
+        cfg: Config,
+        prev: Option<&Generation<S>>,
+        build: F,
+    ) -> Result<Generation<S>, RunError>
+    where
+        F: Fn(Shared) -> S,
+    {
+        self.ensure_spool(&cfg).await?;
+        let shared = self.shared(&cfg, prev.map(|p| (&*p.config, &p.shared)))?;
+        self.replay(&cfg, &shared);
+        Ok(Generation {
+            number,
+            service: build(shared.clone()),
+            config: Arc::new(cfg),
+            shared,
+        })
+    }
+}
+
+/// The admin port's task and what stops it; it outlives the client
+/// listener so probes see the drain.
+struct AdminPort {
+    state: Arc<AdminState>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// The bound address, for the start-up line.
+    local: String,
+}
+
+impl AdminPort {
+    /// Answer on `listener` from now on, before the spool is opened, so a
+    /// startup probe sees the phase (503) while the spool is checked.
+    fn start(
+        listener: TcpListener,
+        metrics: &Arc<Metrics>,
+        board: &Arc<StatusBoard>,
+        reload: Option<mpsc::UnboundedSender<ReloadRequest>>,
+    ) -> AdminPort {
+        let state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            spool: OnceLock::new(),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            view: ArcSwapOption::empty(),
+            board: board.clone(),
+            reload,
+        });
+        let local = listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let (stop, admin_stop) = watch::channel(false);
+        let task = tokio::spawn(admin::serve(listener, state.clone(), admin_stop));
+        AdminPort {
+            state,
+            stop,
+            task,
+            local,
+        }
+    }
 }
 
 /// Serve with the stack `build` makes for each generation.
@@ -282,43 +355,19 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    for (key, addr) in [
-        ("listen.address", cfg.listen.address),
-        ("admin.address", cfg.admin_address),
-    ] {
-        if !addr.ip().is_loopback() {
-            tracing::warn!(key, %addr, "listening beyond loopback: anything that can reach this address can use the sidecar");
-        }
-    }
+    warn_beyond_loopback(&cfg);
     // Before anything slow: until this handler exists, SIGHUP would end
     // the process.
-    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
+    let (reload_tx, reload_rx) = mpsc::unbounded_channel::<ReloadRequest>();
     if opts.sighup {
         spawn_sighup(reload_tx.clone())?;
     }
     let metrics = Metrics::new();
     let board = Arc::new(StatusBoard::default());
-
-    // The admin port answers from here on, so a startup probe sees the
-    // phase (503) while the spool is opened and checked.
-    let admin_state = Arc::new(AdminState {
-        metrics: metrics.clone(),
-        spool: OnceLock::new(),
-        phase: AtomicU8::new(Phase::Starting as u8),
-        view: ArcSwapOption::empty(),
-        board: board.clone(),
-        reload: opts.source.as_ref().map(|_| reload_tx.clone()),
-    });
-    drop(reload_tx);
-    let admin_local = admin_listener
-        .local_addr()
-        .map_or_else(|e| e.to_string(), |a| a.to_string());
-    let (admin_stop_tx, admin_stop) = watch::channel(false);
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        admin_stop,
-    ));
+    // Without a source, `POST /reload` is refused and only a SIGHUP handler
+    // (if any) keeps the queue open.
+    let reload = opts.source.as_ref().map(|_| reload_tx);
+    let admin = AdminPort::start(admin_listener, &metrics, &board, reload);
     for warning in &cfg.warnings {
         tracing::warn!(%warning, "config");
     }
@@ -327,92 +376,117 @@ where
     let mut core = Core {
         metrics: metrics.clone(),
         board: board.clone(),
-        admin: admin_state.clone(),
+        admin: admin.state.clone(),
         spool: None,
         replay: None,
         worker: None,
         worker_stop,
         quarantine: opts.quarantine_corrupt_spool,
     };
-    // Opened before the listener serves anything: a store that cannot be
-    // opened is a refusal to start, never a silent loss later.
-    core.ensure_spool(&cfg).await?;
-    let shared = core.shared(&cfg, None)?;
-    core.replay(&cfg, &shared);
-    let first = Generation {
-        number: 1,
-        service: build(shared.clone()),
-        config: Arc::new(cfg),
-        shared,
-    };
+    // The spool is opened before the listener serves anything: a store that
+    // cannot be opened is a refusal to start, never a silent loss later.
+    let first = core.start_generation(1, cfg, None, build).await?;
     core.admin_view(&first, None);
     let current: Current<S> = Arc::new(ArcSwap::from_pointee(first));
+    log_started(
+        &current.load(),
+        &listener,
+        &admin.local,
+        core.spool.is_some(),
+        opts.source.is_some(),
+    );
+    // Listeners bound, spool open and checked, worker running.
+    admin.state.set_phase(Phase::Serving);
 
+    let shutdown_began = watch_shutdown_start(shutdown.clone(), admin.state.clone());
+    let sampler = tokio::spawn(sample(board, admin.state.clone()));
+    let reloader = reload::spawn_reloader(
+        core,
+        current.clone(),
+        opts.source.clone(),
+        reload_rx,
+        shutdown.clone(),
+        build,
+    );
+    serve_clients(listener, &current, metrics, shutdown).await;
+
+    let core = reloader
+        .await
+        .map_err(|e| RunError::Start(format!("reload task: {e}")))?;
+    sampler.abort();
+    exit::stop(core, current, &shutdown_began, worker_stop_tx, admin).await;
+    Ok(())
+}
+
+/// Warn about each listener reachable from beyond this host.
+fn warn_beyond_loopback(cfg: &Config) {
+    for (key, addr) in [
+        ("listen.address", cfg.listen.address),
+        ("admin.address", cfg.admin_address),
+    ] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(key, %addr, "listening beyond loopback: anything that can reach this address can use the sidecar");
+        }
+    }
+}
+
+/// The start-up line: where the sidecar listens and what it serves.
+fn log_started<S>(
+    g: &Generation<S>,
+    listener: &TcpListener,
+    admin: &str,
+    spool: bool,
+    reloads: bool,
+) {
     let local = listener
         .local_addr()
         .map_or_else(|e| e.to_string(), |a| a.to_string());
-    {
-        let g = current.load();
-        tracing::info!(
-            listen = %local,
-            upstream = %g.config.file.upstream.url,
-            admin = %admin_local,
-            preset = g.config.preset.as_str(),
-            routes = g.config.routes.len(),
-            spool = core.spool.is_some(),
-            reload = if opts.source.is_some() { "sighup, POST /reload" } else { "off" },
-            version = env!("CARGO_PKG_VERSION"),
-            "datalayer-sidecar started"
-        );
-    }
-    // Listeners bound, spool open and checked, worker running.
-    admin_state.set_phase(Phase::Serving);
+    tracing::info!(
+        listen = %local,
+        upstream = %g.config.file.upstream.url,
+        admin = %admin,
+        preset = g.config.preset.as_str(),
+        routes = g.config.routes.len(),
+        spool,
+        reload = if reloads { "sighup, POST /reload" } else { "off" },
+        version = env!("CARGO_PKG_VERSION"),
+        "datalayer-sidecar started"
+    );
+}
 
-    // Readiness drops the moment shutdown starts, before the drain.
-    let mut watch_ready = shutdown.clone();
-    let ready_state = admin_state.clone();
+/// When shutdown starts: readiness drops at once, before the drain, and
+/// the moment is kept, since the grace period covers the live drain and
+/// then the spool's.
+fn watch_shutdown_start(
+    mut shutdown: watch::Receiver<bool>,
+    admin: Arc<AdminState>,
+) -> Arc<OnceLock<Instant>> {
+    let began: Arc<OnceLock<Instant>> = Arc::default();
+    let set = began.clone();
     tokio::spawn(async move {
-        crate::shutdown::shutdown_requested(&mut watch_ready).await;
-        ready_state.set_phase(Phase::Draining);
+        crate::shutdown::shutdown_requested(&mut shutdown).await;
+        admin.set_phase(Phase::Draining);
+        let _ = set.set(Instant::now());
     });
-    let sampler = tokio::spawn(sample(board.clone(), admin_state.clone()));
+    began
+}
 
-    // The one task that applies reloads, in the order they were asked for.
-    let reloader = {
-        let current = current.clone();
-        let source = opts.source.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            loop {
-                let req = tokio::select! {
-                    r = reload_rx.recv() => match r {
-                        Some(r) => r,
-                        None => break,
-                    },
-                    () = crate::shutdown::shutdown_requested(&mut stop) => break,
-                };
-                let report = match &source {
-                    Some(source) => reload(&mut core, &current, source, req.trigger, build).await,
-                    None => continue,
-                };
-                if let Some(reply) = req.reply {
-                    let _ = reply.send(report);
-                }
-            }
-            core
-        })
-    };
-
-    // When shutdown began: the grace period covers the live drain and then
-    // the spool's.
-    let stop_at: Arc<std::sync::OnceLock<tokio::time::Instant>> = Arc::default();
-    {
-        let (mut rx, stop_at) = (shutdown.clone(), stop_at.clone());
-        tokio::spawn(async move {
-            crate::shutdown::shutdown_requested(&mut rx).await;
-            let _ = stop_at.set(tokio::time::Instant::now());
-        });
-    }
+/// The accept loop: each request goes through the generation in force when
+/// it arrives; returns once shutdown began and the live requests are done
+/// (or the grace period of the generation then in force is over).
+async fn serve_clients<S>(
+    listener: TcpListener,
+    current: &Current<S>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = Response<AccessBody>, Error = Error>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let grace_of = current.clone();
     server::serve(
         listener,
@@ -423,194 +497,6 @@ where
         move || grace_of.load().config.shutdown_grace,
     )
     .await;
-
-    // Live requests are done (or past the grace period); now the replay
-    // worker stops between entries, then the store's writer finishes its
-    // queue and checkpoints when the last handle is dropped.
-    let core = reloader
-        .await
-        .map_err(|e| RunError::Start(format!("reload task: {e}")))?;
-    sampler.abort();
-    let last = current.load().config.clone();
-    if last.shutdown_drain_spool
-        && core.worker.is_some()
-        && let Some(spool) = core
-            .spool
-            .as_ref()
-            .filter(|s| s.store().postgres().is_none())
-    {
-        let began = stop_at
-            .get()
-            .copied()
-            .unwrap_or_else(tokio::time::Instant::now);
-        drain_before_exit(spool, began + last.shutdown_grace).await;
-    }
-    let _ = worker_stop_tx.send(true);
-    let Core { worker, spool, .. } = core;
-    if let Some(w) = worker {
-        let _ = w.await;
-    }
-    if let Some(shared) = spool.as_ref().and_then(|s| s.store().postgres()) {
-        hand_off(shared).await;
-    }
-    drop(current);
-    drop(spool);
-    let _ = admin_stop_tx.send(true);
-    let _ = admin_task.await;
-    tracing::info!("datalayer-sidecar stopped");
-    Ok(())
-}
-
-/// Apply one reload: read, validate, build, swap. An invalid config, or a
-/// generation that cannot be built (a CA file that does not parse, a spool
-/// that cannot be opened), changes nothing.
-async fn reload<S, F>(
-    core: &mut Core,
-    current: &Current<S>,
-    source: &Source,
-    trigger: Trigger,
-    build: F,
-) -> ReloadReport
-where
-    F: Fn(Shared) -> S,
-{
-    let cur = current.load_full();
-    let refused = |error: String, key: Option<String>| ReloadReport {
-        result: "invalid",
-        generation: cur.number,
-        trigger,
-        at_ms: now_ms(),
-        restart_needed: Vec::new(),
-        error: Some(error),
-        key,
-    };
-    let next = source.load().and_then(|next| cur.config.reload(next));
-    let (next, restart_needed) = match next {
-        Ok(n) => n,
-        Err(e) => {
-            let report = refused(e.to_string(), e.key_name().map(str::to_string));
-            return finish(core, &cur, report);
-        }
-    };
-    let built = match core.ensure_spool(&next).await {
-        Ok(()) => core.shared(&next, Some((&cur.config, &cur.shared))),
-        Err(e) => Err(e),
-    };
-    let shared = match built {
-        Ok(s) => s,
-        Err(e) => return finish(core, &cur, refused(e.to_string(), None)),
-    };
-    core.replay(&next, &shared);
-    crate::telemetry::apply(&next.log);
-    let number = cur.number + 1;
-    let next = Generation {
-        number,
-        service: build(shared.clone()),
-        config: Arc::new(next),
-        shared,
-    };
-    let report = ReloadReport {
-        result: "applied",
-        generation: number,
-        trigger,
-        at_ms: now_ms(),
-        restart_needed,
-        error: None,
-        key: None,
-    };
-    core.admin_view(&next, Some(report.clone()));
-    current.store(Arc::new(next));
-    for warning in &current.load().config.warnings {
-        tracing::warn!(%warning, "config");
-    }
-    core.metrics
-        .reloads
-        .get_or_create(&ReloadLabels { result: "applied" })
-        .inc();
-    tracing::info!(
-        generation = number,
-        trigger = ?trigger,
-        restart_needed = ?report.restart_needed,
-        "config reloaded"
-    );
-    report
-}
-
-/// Record a refused reload: the generation in force stays.
-fn finish<S>(core: &Core, cur: &Generation<S>, report: ReloadReport) -> ReloadReport {
-    core.metrics
-        .reloads
-        .get_or_create(&ReloadLabels { result: "invalid" })
-        .inc();
-    tracing::error!(
-        generation = cur.number,
-        trigger = ?report.trigger,
-        key = report.key.as_deref().unwrap_or("-"),
-        error = report.error.as_deref().unwrap_or("-"),
-        "config reload refused; still serving the generation in force"
-    );
-    core.admin_view(cur, Some(report.clone()));
-    report
-}
-
-/// After the last client request: let the replay worker go on until the
-/// spool is empty or `deadline` (the end of the grace period) passes, and
-/// say how it ended. Entries left stay in the store for the next start.
-async fn drain_before_exit(spool: &crate::spool::Spool, deadline: tokio::time::Instant) {
-    let depth = || spool.store().totals.entries.load(Ordering::Relaxed);
-    let at_start = depth();
-    if at_start == 0 {
-        return;
-    }
-    tracing::info!(
-        waiting = at_start,
-        within_ms = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .as_millis() as u64,
-        "spool: delivering what waits before exit"
-    );
-    loop {
-        let now = depth();
-        if now == 0 {
-            tracing::info!(
-                delivered = at_start,
-                remaining = 0,
-                "spool drained before exit"
-            );
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                delivered = at_start.saturating_sub(now),
-                remaining = now,
-                path = %spool.store().path().display(),
-                "spool: the grace period is over with entries waiting; they stay in the store and are delivered after the next start from this path (keep it on a volume that outlives the pod)"
-            );
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// With the shared store every acknowledged write is already in it; give
-/// back what this replica had claimed, so the others take it at once
-/// rather than when the lease runs out, and say how the queue stands.
-async fn hand_off(shared: &crate::spool::store::pg::PgStore) {
-    let released = shared.release_all().await;
-    let waiting = shared.stats().await.map(|s| s.depth);
-    match (released, waiting) {
-        (Ok(released), Ok(waiting)) => tracing::info!(
-            handed_over = released,
-            waiting_in_shared_store = waiting,
-            held_only_locally = 0,
-            "spool hand-off: every acknowledged write is in the shared store"
-        ),
-        (r, w) => tracing::warn!(
-            error = %r.err().or(w.err()).map_or_else(String::new, |e| e.to_string()),
-            held_only_locally = 0,
-            "spool hand-off: the shared store could not be reached; this replica's claims are released when their lease runs out"
-        ),
-    }
 }
 
 /// Queue a reload on every SIGHUP.
