@@ -13,6 +13,7 @@
 //! sidecar would refuse at start is refused by a reload with the same message.
 
 mod env;
+mod restart;
 pub mod schema;
 mod validate;
 
@@ -248,12 +249,12 @@ impl Config {
     /// keys that need a restart kept at the values in force, and those keys'
     /// names (the operator is told; they take effect at the next start).
     pub fn reload(&self, next: Config) -> Result<(Config, Vec<&'static str>), ConfigError> {
-        let restart = validate::restart_needed(&self.file, &next.file);
+        let restart = restart::restart_needed(&self.file, &next.file);
         if restart.is_empty() {
             return Ok((next, restart));
         }
         let mut file = next.file;
-        validate::keep_restart_keys(&self.file, &mut file);
+        restart::keep_restart_keys(&self.file, &mut file);
         Ok((Self::validate(file)?, restart))
     }
 
