@@ -1,7 +1,25 @@
 use super::*;
 
 /// An append with this request id fails the way a full disk can.
-pub(super) const FULL_AND_ROLLED_BACK: &str = "test:full-and-rolled-back";
+const FULL_AND_ROLLED_BACK: &str = "test:full-and-rolled-back";
+
+/// What SQLite may do on SQLITE_FULL or SQLITE_IOERR, for the append of
+/// [`FULL_AND_ROLLED_BACK`]: roll the whole transaction back, then report
+/// the error.
+struct FullAndRolledBack;
+
+impl writer::Faults for FullAndRolledBack {
+    fn before_append(&self, c: &Connection, e: &NewEntry) -> rusqlite::Result<()> {
+        if e.request_id != FULL_AND_ROLLED_BACK {
+            return Ok(());
+        }
+        c.execute_batch("ROLLBACK")?;
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        ))
+    }
+}
 
 fn entry(ticket: u64, body_len: usize) -> NewEntry {
     NewEntry {
@@ -67,7 +85,13 @@ fn a_group_commit_reports_exactly_what_it_stored() {
             )
         })
         .collect();
-    let conn = writer::apply_for_test(conn, &path, batch, totals.clone());
+    let conn = writer::apply_for_test(
+        conn,
+        &path,
+        batch,
+        totals.clone(),
+        Box::new(FullAndRolledBack),
+    );
     let told: Vec<bool> = replies
         .into_iter()
         .map(|mut rx| rx.try_recv().expect("every caller answered").is_ok())
