@@ -10,13 +10,14 @@ use http::{Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use super::batch::partly_spooled;
-use super::{Admit, Resolved, Spool, record};
+use super::{Admit, Reservation, Resolved, Spool, record};
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::aliases::AliasAnswers;
 use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange;
-use crate::route::{SpoolMode, hold_behind};
+use crate::graphql::Operation;
+use crate::route::{Route, SpoolMode, hold_behind};
 
 /// Adds [`SpoolService`] to a stack.
 #[derive(Debug, Clone)]
@@ -153,117 +154,152 @@ where
             // GraphQL bodies are always read whole; nothing to keep otherwise.
             return inner.ready().await?.call(req).await;
         };
-        let route = routed.route.clone();
-        let head = spool.head_of(&req, &ex.request_id);
-        let bytes = body.len() as u64;
-        // A write of n aliases may become n entries: it takes n tickets.
-        let tickets = op.root_fields.len() as u64;
-        let admitted = match spool.admit_n(
-            &routed.keys,
-            bytes,
-            route.mode == SpoolMode::WriteBehind,
-            tickets,
-        ) {
-            Admit::Live(guard) => Resolved::Live(guard),
-            Admit::Behind(place) => Resolved::Behind(place),
-            // Behind a write of the same key still in flight: wait for it in
-            // memory, as long as one attempt still fits in the deadline.
-            Admit::Wait(waiting) => {
-                let until = routed
-                    .deadline
-                    .checked_sub(route.per_try)
-                    .unwrap_or(routed.deadline);
-                Box::pin(waiting.resolve(until)).await
-            }
+        let write = Pending {
+            spool: &spool,
+            ex: &ex,
+            head: spool.head_of(&req, &ex.request_id),
+            route: &routed.route,
+            op: &op,
+            body: &body,
+            keys: &routed.keys,
         };
-        match admitted {
+        match admit(&spool, routed, &op, body.len() as u64).await {
             Resolved::Behind(place) => {
-                let writes = spool.writes_of(&head, &route, &op, &body, &routed.keys, None);
-                // Boxed: the enqueue state would otherwise widen every live
-                // write's future, and that future is moved on each call.
-                Box::pin(spool.enqueue_many(writes, place)).await?;
-                ex.set_spooled();
+                write.store(None, place).await?;
                 Ok(record::spooled_response(&op, &body))
             }
             Resolved::Live(guard) => {
                 let result = inner.ready().await?.call(req).await;
-                let answers = result
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.extensions().get::<AliasAnswers>().cloned());
-                let paused_by = match answers {
-                    // A batched write answered alias by alias: settle each.
-                    Some(answers) => {
-                        let Some((open, paused_by)) =
-                            open_aliases(&spool, &answers, &route, &op, &body)
-                        else {
-                            guard.answered();
-                            return result;
-                        };
-                        if open.len() < op.root_fields.len() {
-                            // Store the aliases still open, answer the rest
-                            // as the backend did.
-                            let place = guard.into_reservation();
-                            let writes = spool.writes_of(
-                                &head,
-                                &route,
-                                &op,
-                                &body,
-                                &routed.keys,
-                                Some(&open),
-                            );
-                            Box::pin(spool.enqueue_many(writes, place)).await?;
-                            ex.set_spooled();
-                            tracing::debug!(
-                                request_id = ?ex.request_id,
-                                aliases = open.len(),
-                                "aliases spooled after a partial answer"
-                            );
-                            pause(&spool, paused_by, &result);
-                            return Ok(partly_spooled(result?, &op, &body, &open));
-                        }
-                        paused_by
+                match settle_live(&write, &result) {
+                    Settled::Answered => {
+                        guard.answered();
+                        result
                     }
-                    None => {
-                        let class = match &result {
-                            Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
-                            Err(e) => Class::of_error(e),
-                        };
-                        // Decided as the replay worker decides: a transient
-                        // failure is stored; a refusal of everything (a
-                        // rotated key, a certificate the roots reject) is
-                        // stored too and pauses the queue; a refusal of this
-                        // write's content is the app's to see.
-                        match class.verdict {
-                            Verdict::Success => {
-                                guard.answered();
-                                return result;
-                            }
-                            Verdict::Transient => None,
-                            Verdict::Permanent => match spool.system_refusal(&class) {
-                                Some(reason) => Some(reason),
-                                None => {
-                                    guard.answered();
-                                    return result;
-                                }
-                            },
-                        }
+                    Settled::Open { open, paused_by } => {
+                        // Store the aliases still open, answer the rest as
+                        // the backend did.
+                        write.store(Some(&open), guard.into_reservation()).await?;
+                        tracing::debug!(
+                            request_id = ?ex.request_id,
+                            aliases = open.len(),
+                            "aliases spooled after a partial answer"
+                        );
+                        pause(&spool, paused_by, &result);
+                        Ok(partly_spooled(result?, &op, &body, &open))
                     }
-                };
-                // Spooled at its own (earlier) ticket: anything that touched the
-                // same keys meanwhile went behind it, and stays behind it.
-                let place = guard.into_reservation();
-                let writes = spool.writes_of(&head, &route, &op, &body, &routed.keys, None);
-                Box::pin(spool.enqueue_many(writes, place)).await?;
-                ex.set_spooled();
-                tracing::debug!(
-                    request_id = ?ex.request_id,
-                    "write spooled after a failure it may outlast"
-                );
-                pause(&spool, paused_by, &result);
-                Ok(record::spooled_response(&op, &body))
+                    Settled::Whole { paused_by } => {
+                        // Spooled at its own (earlier) ticket: anything that
+                        // touched the same keys meanwhile went behind it,
+                        // and stays behind it.
+                        write.store(None, guard.into_reservation()).await?;
+                        tracing::debug!(
+                            request_id = ?ex.request_id,
+                            "write spooled after a failure it may outlast"
+                        );
+                        pause(&spool, paused_by, &result);
+                        Ok(record::spooled_response(&op, &body))
+                    }
+                }
             }
         }
+    }
+}
+
+/// A spooling-route write, with everything storing it needs.
+struct Pending<'a> {
+    spool: &'a Spool,
+    ex: &'a exchange::Exchange,
+    head: super::batch::Head,
+    route: &'a Route,
+    op: &'a Operation,
+    body: &'a bytes::Bytes,
+    keys: &'a [String],
+}
+
+impl Pending<'_> {
+    /// Commit the write (only the aliases at `only`, when given) at `place`.
+    async fn store(&self, only: Option<&[usize]>, place: Reservation) -> Result<(), Error> {
+        let writes = self
+            .spool
+            .writes_of(&self.head, self.route, self.op, self.body, self.keys, only);
+        // Boxed: the enqueue state would otherwise widen every live write's
+        // future, and that future is moved on each call.
+        Box::pin(self.spool.enqueue_many(writes, place)).await?;
+        self.ex.set_spooled();
+        Ok(())
+    }
+}
+
+/// Take a place for the write: send it now, or store it behind a write of
+/// the same key.
+async fn admit(spool: &Spool, routed: &exchange::Routed, op: &Operation, bytes: u64) -> Resolved {
+    let route = &routed.route;
+    // A write of n aliases may become n entries: it takes n tickets.
+    let tickets = op.root_fields.len() as u64;
+    let write_behind = route.mode == SpoolMode::WriteBehind;
+    match spool.admit_n(&routed.keys, bytes, write_behind, tickets) {
+        Admit::Live(guard) => Resolved::Live(guard),
+        Admit::Behind(place) => Resolved::Behind(place),
+        // Behind a write of the same key still in flight: wait for it in
+        // memory, as long as one attempt still fits in the deadline.
+        Admit::Wait(waiting) => {
+            let until = routed
+                .deadline
+                .checked_sub(route.per_try)
+                .unwrap_or(routed.deadline);
+            Box::pin(waiting.resolve(until)).await
+        }
+    }
+}
+
+/// What a live attempt's outcome leaves for the spool.
+enum Settled {
+    /// The app sees the backend's answer; nothing is stored.
+    Answered,
+    /// A batched write answered in part: the aliases at `open` are stored.
+    Open {
+        open: Vec<usize>,
+        paused_by: Option<String>,
+    },
+    /// The whole write is stored.
+    Whole { paused_by: Option<String> },
+}
+
+/// Decide, as the replay worker decides, what of a live write to store: a
+/// transient failure is stored; a refusal of everything (a rotated key, a
+/// certificate the roots reject) is stored too and pauses the queue; a
+/// refusal of this write's content is the app's to see. A batched write
+/// answered alias by alias is settled alias by alias.
+fn settle_live(write: &Pending<'_>, result: &Result<Response<ResponseBody>, Error>) -> Settled {
+    let answers = result
+        .as_ref()
+        .ok()
+        .and_then(|r| r.extensions().get::<AliasAnswers>());
+    if let Some(answers) = answers {
+        let Some((open, paused_by)) =
+            open_aliases(write.spool, answers, write.route, write.op, write.body)
+        else {
+            return Settled::Answered;
+        };
+        return if open.len() < write.op.root_fields.len() {
+            Settled::Open { open, paused_by }
+        } else {
+            Settled::Whole { paused_by }
+        };
+    }
+    let class = match result {
+        Ok(r) => r.extensions().get::<Class>().copied().unwrap_or(Class::OK),
+        Err(e) => Class::of_error(e),
+    };
+    match class.verdict {
+        Verdict::Success => Settled::Answered,
+        Verdict::Transient => Settled::Whole { paused_by: None },
+        Verdict::Permanent => match write.spool.system_refusal(&class) {
+            Some(reason) => Settled::Whole {
+                paused_by: Some(reason),
+            },
+            None => Settled::Answered,
+        },
     }
 }
 
@@ -293,8 +329,8 @@ fn pause(spool: &Spool, reason: Option<String>, result: &Result<Response<Respons
 fn open_aliases(
     spool: &Spool,
     answers: &AliasAnswers,
-    route: &crate::route::Route,
-    op: &crate::graphql::Operation,
+    route: &Route,
+    op: &Operation,
     body: &[u8],
 ) -> Option<(Vec<usize>, Option<String>)> {
     let mut paused_by = None;
