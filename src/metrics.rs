@@ -214,6 +214,138 @@ pub struct PauseLabels {
     pub reason: String,
 }
 
+impl SpoolMetrics {
+    /// Every spool metric, in exposition order: what the store holds, the
+    /// replay worker's state, the configured capacity, then the replays.
+    fn register(registry: &mut Registry) -> Self {
+        let spool = SpoolMetrics::default();
+        spool.register_store(registry);
+        spool.register_worker(registry);
+        spool.register_capacity(registry);
+        spool.register_replays(registry)
+    }
+
+    /// What the store holds and how writes got into it (or did not).
+    fn register_store(&self, registry: &mut Registry) {
+        registry.register(
+            "spool_depth",
+            "Spooled writes waiting for delivery",
+            self.depth.clone(),
+        );
+        registry.register(
+            "spool_bytes",
+            "Bytes of spooled writes waiting for delivery",
+            self.bytes.clone(),
+        );
+        registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest spooled write waiting for delivery",
+            self.oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "spool_dead_letters",
+            "Writes in the dead-letter table",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "spool_committed",
+            "Writes durably committed to the spool",
+            self.committed.clone(),
+        );
+        registry.register(
+            "spool_commit_batches",
+            "Spool transactions (group commits)",
+            self.commit_batches.clone(),
+        );
+        registry.register(
+            "spool_full",
+            "Writes refused because the spool was full",
+            self.full.clone(),
+        );
+        registry.register(
+            "spool_deduplicated",
+            "Writes not stored because an identical write was already waiting",
+            self.deduplicated.clone(),
+        );
+        registry.register(
+            "spool_disk_bytes",
+            "Bytes of the spool store's files on disk (database, write-ahead log, shared memory)",
+            self.disk_bytes.clone(),
+        );
+        registry.register(
+            "spool_wal_bytes",
+            "Bytes of the spool store's write-ahead log",
+            self.wal_bytes.clone(),
+        );
+    }
+
+    /// Whether the replay worker delivers: paused, up, restarted.
+    fn register_worker(&self, registry: &mut Registry) {
+        registry.register(
+            "spool_paused",
+            "1 while the replay worker is paused because the backend refuses every write",
+            self.paused.clone(),
+        );
+        registry.register(
+            "spool_pauses",
+            "Times the replay worker paused, by reason",
+            self.pauses.clone(),
+        );
+        registry.register(
+            "spool_worker_up",
+            "1 while the replay worker runs, 0 while it is down and being restarted",
+            self.worker_up.clone(),
+        );
+        registry.register(
+            "spool_worker_restarts",
+            "Times the replay worker stopped without being asked and was started again",
+            self.worker_restarts.clone(),
+        );
+    }
+
+    /// The configured limits, exported so alerts can divide by them.
+    fn register_capacity(&self, registry: &mut Registry) {
+        registry.register(
+            "spool_capacity_entries",
+            "The spool's capacity in entries (spool.max_entries)",
+            self.capacity_entries.clone(),
+        );
+        registry.register(
+            "spool_capacity_bytes",
+            "The spool's capacity in bytes (spool.max_bytes)",
+            self.capacity_bytes.clone(),
+        );
+    }
+
+    /// The replay worker's traffic and how each replay ended; the outcome
+    /// series are resolved now so counting one is an atomic add.
+    fn register_replays(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "spool_replay_requests",
+            "Upstream requests made by the replay worker (one carries up to spool.replay_batch entries)",
+            self.replay_requests.clone(),
+        );
+        registry.register(
+            "spool_queue_reads",
+            "Reads of the queue's head by the replay worker (on the postgres backend, claims)",
+            self.queue_reads.clone(),
+        );
+        let replays = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "spool_replays",
+            "Replays of spooled writes, by outcome",
+            replays.clone(),
+        );
+        let outcome = |outcome| series(&replays, &OutcomeLabels { outcome });
+        SpoolMetrics {
+            replay_delivered: outcome("delivered"),
+            replay_transient: outcome("transient_failure"),
+            replay_dead_lettered: outcome("dead_lettered"),
+            ..self
+        }
+    }
+}
+
 /// The per-route metric families; a route's series are made from them.
 #[derive(Debug)]
 struct RouteFamilies {
@@ -222,6 +354,48 @@ struct RouteFamilies {
     attempts: Family<AttemptLabels, Counter>,
     retries: Family<RouteLabel, Counter>,
     not_retried: Family<ReasonLabels, Counter>,
+}
+
+impl RouteFamilies {
+    /// The families a request's outcome is counted into: answers, their
+    /// latency, the upstream attempts behind them and the retry decisions.
+    fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route, status class and final class",
+            requests.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response, by route and status class",
+            latency.clone(),
+        );
+        let attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "upstream_attempts",
+            "Attempts sent to the upstream, by route, class and kind",
+            attempts.clone(),
+        );
+        let retries = Family::<RouteLabel, Counter>::default();
+        registry.register("retries", "Retries started, by route", retries.clone());
+        let not_retried = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "not_retried",
+            "Failed requests not tried again, by route and reason",
+            not_retried.clone(),
+        );
+        RouteFamilies {
+            requests,
+            latency,
+            attempts,
+            retries,
+            not_retried,
+        }
+    }
 }
 
 /// Every metric the sidecar exports.
@@ -252,223 +426,94 @@ pub struct ReloadLabels {
     pub result: &'static str,
 }
 
+/// The breaker's state, its transitions (one series per state entered,
+/// resolved now so a transition is an atomic add) and its refusals.
+fn register_breaker(registry: &mut Registry) -> BreakerMetrics {
+    let breaker = BreakerMetrics::default();
+    registry.register(
+        "breaker_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+        breaker.state.clone(),
+    );
+    let transitions = Family::<TransitionLabels, Counter>::default();
+    registry.register(
+        "breaker_transitions",
+        "Circuit breaker transitions, by the state entered",
+        transitions.clone(),
+    );
+    let breaker = BreakerMetrics {
+        to_closed: series(&transitions, &TransitionLabels { to: "closed" }),
+        to_half_open: series(&transitions, &TransitionLabels { to: "half_open" }),
+        to_open: series(&transitions, &TransitionLabels { to: "open" }),
+        ..breaker
+    };
+    registry.register(
+        "breaker_rejected",
+        "Requests refused because the breaker was open",
+        breaker.rejected.clone(),
+    );
+    breaker
+}
+
+/// The shared retry budget's balance; the admin port sets it at scrape
+/// time, as the budget itself is rebuilt with each generation.
+fn register_retry_budget(registry: &mut Registry) -> Gauge<f64, std::sync::atomic::AtomicU64> {
+    let budget_balance = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    registry.register(
+        "retry_budget_balance",
+        "Retries the shared budget allows right now",
+        budget_balance.clone(),
+    );
+    budget_balance
+}
+
+/// The edge's client connections: open now, and accepted so far.
+fn register_connections(registry: &mut Registry) -> (Gauge, Counter) {
+    let active = Gauge::default();
+    registry.register(
+        "connections_active",
+        "Client connections open now",
+        active.clone(),
+    );
+    let total = Counter::default();
+    registry.register("connections", "Client connections accepted", total.clone());
+    (active, total)
+}
+
+/// The process's configuration: reloads by result (both results exported
+/// from the start, so an alert on `invalid` has a series to watch) and the
+/// generation in force.
+fn register_config(registry: &mut Registry) -> (Family<ReloadLabels, Counter>, Gauge) {
+    let reloads = Family::<ReloadLabels, Counter>::default();
+    registry.register(
+        "reloads",
+        "Config reloads (SIGHUP or POST /reload), by result",
+        reloads.clone(),
+    );
+    for result in ["applied", "invalid"] {
+        let _ = reloads.get_or_create(&ReloadLabels { result });
+    }
+    let generation = Gauge::default();
+    registry.register(
+        "config_generation",
+        "The config generation in force",
+        generation.clone(),
+    );
+    (reloads, generation)
+}
+
 impl Metrics {
-    /// Register every series for these routes.
+    /// Register every metric; a route's series are made from the families
+    /// by [`Metrics::route_table`].
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix(PREFIX);
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests answered, by route, status class and final class",
-            requests.clone(),
-        );
-        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
-        });
-        registry.register(
-            "request_duration_seconds",
-            "Time from request head to the end of the response, by route and status class",
-            latency.clone(),
-        );
-        let attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register(
-            "upstream_attempts",
-            "Attempts sent to the upstream, by route, class and kind",
-            attempts.clone(),
-        );
-        let retries = Family::<RouteLabel, Counter>::default();
-        registry.register("retries", "Retries started, by route", retries.clone());
-        let not_retried = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "not_retried",
-            "Failed requests not tried again, by route and reason",
-            not_retried.clone(),
-        );
-
-        let families = RouteFamilies {
-            requests,
-            latency,
-            attempts,
-            retries,
-            not_retried,
-        };
-
-        let breaker = BreakerMetrics::default();
-        registry.register(
-            "breaker_state",
-            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
-            breaker.state.clone(),
-        );
-        let transitions = Family::<TransitionLabels, Counter>::default();
-        registry.register(
-            "breaker_transitions",
-            "Circuit breaker transitions, by the state entered",
-            transitions.clone(),
-        );
-        let breaker = BreakerMetrics {
-            to_closed: series(&transitions, &TransitionLabels { to: "closed" }),
-            to_half_open: series(&transitions, &TransitionLabels { to: "half_open" }),
-            to_open: series(&transitions, &TransitionLabels { to: "open" }),
-            ..breaker
-        };
-        registry.register(
-            "breaker_rejected",
-            "Requests refused because the breaker was open",
-            breaker.rejected.clone(),
-        );
-        let budget_balance = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "retry_budget_balance",
-            "Retries the shared budget allows right now",
-            budget_balance.clone(),
-        );
-        let connections_active = Gauge::default();
-        registry.register(
-            "connections_active",
-            "Client connections open now",
-            connections_active.clone(),
-        );
-        let connections_total = Counter::default();
-        registry.register(
-            "connections",
-            "Client connections accepted",
-            connections_total.clone(),
-        );
-
-        let spool = SpoolMetrics::default();
-        registry.register(
-            "spool_depth",
-            "Spooled writes waiting for delivery",
-            spool.depth.clone(),
-        );
-        registry.register(
-            "spool_bytes",
-            "Bytes of spooled writes waiting for delivery",
-            spool.bytes.clone(),
-        );
-        registry.register(
-            "spool_oldest_age_seconds",
-            "Age of the oldest spooled write waiting for delivery",
-            spool.oldest_age_seconds.clone(),
-        );
-        registry.register(
-            "spool_dead_letters",
-            "Writes in the dead-letter table",
-            spool.dead_letters.clone(),
-        );
-        registry.register(
-            "spool_committed",
-            "Writes durably committed to the spool",
-            spool.committed.clone(),
-        );
-        registry.register(
-            "spool_commit_batches",
-            "Spool transactions (group commits)",
-            spool.commit_batches.clone(),
-        );
-        registry.register(
-            "spool_full",
-            "Writes refused because the spool was full",
-            spool.full.clone(),
-        );
-        registry.register(
-            "spool_deduplicated",
-            "Writes not stored because an identical write was already waiting",
-            spool.deduplicated.clone(),
-        );
-        registry.register(
-            "spool_disk_bytes",
-            "Bytes of the spool store's files on disk (database, write-ahead log, shared memory)",
-            spool.disk_bytes.clone(),
-        );
-        registry.register(
-            "spool_wal_bytes",
-            "Bytes of the spool store's write-ahead log",
-            spool.wal_bytes.clone(),
-        );
-        registry.register(
-            "spool_paused",
-            "1 while the replay worker is paused because the backend refuses every write",
-            spool.paused.clone(),
-        );
-        registry.register(
-            "spool_pauses",
-            "Times the replay worker paused, by reason",
-            spool.pauses.clone(),
-        );
-        registry.register(
-            "spool_worker_up",
-            "1 while the replay worker runs, 0 while it is down and being restarted",
-            spool.worker_up.clone(),
-        );
-        registry.register(
-            "spool_worker_restarts",
-            "Times the replay worker stopped without being asked and was started again",
-            spool.worker_restarts.clone(),
-        );
-        registry.register(
-            "spool_capacity_entries",
-            "The spool's capacity in entries (spool.max_entries)",
-            spool.capacity_entries.clone(),
-        );
-        registry.register(
-            "spool_capacity_bytes",
-            "The spool's capacity in bytes (spool.max_bytes)",
-            spool.capacity_bytes.clone(),
-        );
-        registry.register(
-            "spool_replay_requests",
-            "Upstream requests made by the replay worker (one carries up to spool.replay_batch entries)",
-            spool.replay_requests.clone(),
-        );
-        registry.register(
-            "spool_queue_reads",
-            "Reads of the queue's head by the replay worker (on the postgres backend, claims)",
-            spool.queue_reads.clone(),
-        );
-        let replays = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "spool_replays",
-            "Replays of spooled writes, by outcome",
-            replays.clone(),
-        );
-        let spool = SpoolMetrics {
-            replay_delivered: series(
-                &replays,
-                &OutcomeLabels {
-                    outcome: "delivered",
-                },
-            ),
-            replay_transient: series(
-                &replays,
-                &OutcomeLabels {
-                    outcome: "transient_failure",
-                },
-            ),
-            replay_dead_lettered: series(
-                &replays,
-                &OutcomeLabels {
-                    outcome: "dead_lettered",
-                },
-            ),
-            ..spool
-        };
-
-        let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "reloads",
-            "Config reloads (SIGHUP or POST /reload), by result",
-            reloads.clone(),
-        );
-        for result in ["applied", "invalid"] {
-            let _ = reloads.get_or_create(&ReloadLabels { result });
-        }
-        let generation = Gauge::default();
-        registry.register(
-            "config_generation",
-            "The config generation in force",
-            generation.clone(),
-        );
+        // The exposition lists metrics in the order they are registered.
+        let families = RouteFamilies::register(&mut registry);
+        let breaker = register_breaker(&mut registry);
+        let budget_balance = register_retry_budget(&mut registry);
+        let (connections_active, connections_total) = register_connections(&mut registry);
+        let spool = SpoolMetrics::register(&mut registry);
+        let (reloads, generation) = register_config(&mut registry);
         Arc::new(Metrics {
             reloads,
             generation,

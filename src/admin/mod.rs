@@ -39,10 +39,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 mod guard;
+mod reads;
+mod reload;
 pub mod status;
 
 use crate::breaker::Breaker;
-use crate::generation::{ReloadReport, ReloadRequest, ReloadSender, Trigger};
+use crate::generation::{ReloadReport, ReloadSender};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::retry::RetryBudget;
 use crate::shutdown::shutdown_requested;
@@ -154,45 +156,8 @@ fn text(content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-fn starting(state: &AdminState) -> Response<Full<Bytes>> {
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &serde_json::json!({"error": "starting", "phase": state.phase().as_str()}),
-    )
-}
-
-async fn reload(state: &AdminState) -> Response<Full<Bytes>> {
-    let Some(tx) = &state.reload else {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"result": "unavailable", "error": "this sidecar was started without a config source to reload"}),
-        );
-    };
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = tx.send(ReloadRequest {
-        trigger: Trigger::Http,
-        reply: Some(reply),
-    });
-    let report = match queued {
-        Ok(()) => answer.await.ok(),
-        Err(_) => None,
-    };
-    match report {
-        Some(r) => {
-            let status = if r.result == "applied" {
-                StatusCode::OK
-            } else {
-                StatusCode::UNPROCESSABLE_ENTITY
-            };
-            json(status, &serde_json::to_value(&r).unwrap_or_default())
-        }
-        None => json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"result": "unavailable", "error": "the sidecar is shutting down"}),
-        ),
-    }
-}
-
+/// The admin port's routing table. The guard runs first on every request;
+/// `/reload` is the one path that takes `POST`, every other one is a read.
 async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let allowed = state.view.load().as_ref().map(|v| v.allowed_hosts.clone());
     if let Some(refused) = guard::refuse(
@@ -202,120 +167,34 @@ async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Full
     ) {
         return refused;
     }
-    if req.uri().path() == "/reload" {
-        if req.method() != Method::POST {
+    let (method, path) = (req.method(), req.uri().path());
+    if path == "/reload" {
+        if method != Method::POST {
             return json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &serde_json::json!({"error": "use POST /reload"}),
             );
         }
-        return reload(&state).await;
+        return reload::reload(&state).await;
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+    if method != Method::GET && method != Method::HEAD {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
             &serde_json::json!({"error": "only GET is supported (and POST /reload)"}),
         );
     }
+    // One generation for the whole answer, even if a reload lands meanwhile.
     let view = state.view.load_full();
-    match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => {
-            let phase = state.phase();
-            // Serving, and the replay worker runs: a sidecar that stores
-            // writes nobody delivers is not ready.
-            let worker = state.spool.get().map(Spool::worker_health);
-            let worker_down = worker.as_ref().filter(|w| !w.is_running());
-            let ready = phase == Phase::Serving && worker_down.is_none();
-            let mut body = serde_json::json!({"ready": ready, "phase": phase.as_str()});
-            if let Some(w) = worker_down {
-                body["reason"] = "spool_worker_down".into();
-                body["worker"] = serde_json::to_value(w).unwrap_or_default();
-            }
-            json(
-                if ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                },
-                &body,
-            )
-        }
-        "/metrics" => {
-            if let Some(v) = &view {
-                state.metrics.budget_balance.set(v.budget.balance());
-            }
-            if let Some(spool) = state.spool.get() {
-                spool.refresh_metrics().await;
-            }
-            text(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                state.metrics.encode(),
-            )
-        }
-        "/breaker" => match &view {
-            Some(v) => json(
-                StatusCode::OK,
-                &serde_json::to_value(v.breaker.snapshot()).unwrap_or_default(),
-            ),
-            None => starting(&state),
-        },
-        "/spool" => match state.spool.get() {
-            Some(spool) => match spool.stats().await {
-                Ok(stats) => json(
-                    StatusCode::OK,
-                    &serde_json::to_value(stats).unwrap_or_default(),
-                ),
-                Err(e) => json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &serde_json::json!({"error": e.to_string()}),
-                ),
-            },
-            None if state.phase() < Phase::Serving => starting(&state),
-            None => json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "no route spools; the spool is not open"}),
-            ),
-        },
-        "/config" => match &view {
-            Some(v) => text(
-                "application/toml; charset=utf-8",
-                format!("# generation {}\n{}", v.generation, v.config_toml),
-            ),
-            None => starting(&state),
-        },
-        "/" => match &view {
-            Some(v) => {
-                let spool = match state.spool.get() {
-                    Some(s) => Some(s.stats().await.map_err(|e| e.to_string())),
-                    None => None,
-                };
-                let page = status::render(&status::PageInput {
-                    board: &state.board,
-                    breaker: v.breaker.snapshot(),
-                    spool,
-                    routes: &v.routes,
-                    generation: v.generation,
-                    last_reload: v.last_reload.clone(),
-                    upstream: v.upstream.clone(),
-                    phase: state.phase().as_str(),
-                });
-                let mut r = text("text/html; charset=utf-8", page);
-                r.headers_mut().insert(
-                    http::header::CACHE_CONTROL,
-                    HeaderValue::from_static("no-store"),
-                );
-                r
-            }
-            None => starting(&state),
-        },
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({
-                "error": "not found",
-                "endpoints": ["/", "/healthz", "/readyz", "/metrics", "/breaker", "/spool", "/config", "POST /reload"],
-            }),
-        ),
+    let view = view.as_deref();
+    match path {
+        "/healthz" => reads::healthz(),
+        "/readyz" => reads::readyz(&state),
+        "/metrics" => reads::metrics(&state, view).await,
+        "/breaker" => reads::breaker(&state, view),
+        "/spool" => reads::spool(&state).await,
+        "/config" => reads::config(&state, view),
+        "/" => reads::status_page(&state, view).await,
+        _ => reads::not_found(),
     }
 }
 

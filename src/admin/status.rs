@@ -112,11 +112,20 @@ fn chart(points: &[(i64, u64)]) -> String {
     svg
 }
 
-/// Render the page.
-pub fn render(p: &PageInput<'_>) -> String {
-    let lm = p.board.last_minute();
-    let (answered_total, spooled_total, failed_total) = p.board.totals();
-    let verdict = if lm.failed == 0 {
+/// How the last minute went, as the badge at the top says it.
+struct Health {
+    /// `ok`, `degraded` or `failing`; also the page's title.
+    label: &'static str,
+    /// The badge's background.
+    colour: &'static str,
+    /// The sentence next to the badge.
+    summary: &'static str,
+}
+
+/// Any failure in the last minute degrades the page; it is failing only
+/// when nothing got through at all.
+fn health(lm: &LastMinute) -> Health {
+    let (label, colour, summary) = if lm.failed == 0 {
         ("ok", "#2e7d32", "data is getting through")
     } else if lm.answered + lm.spooled > 0 {
         (
@@ -127,7 +136,34 @@ pub fn render(p: &PageInput<'_>) -> String {
     } else {
         ("failing", "#c62828", "requests are failing")
     };
+    Health {
+        label,
+        colour,
+        summary,
+    }
+}
+
+/// Render the page.
+pub fn render(p: &PageInput<'_>) -> String {
+    // Read once: the badge and the table must tell the same minute.
+    let lm = p.board.last_minute();
+    let health = health(&lm);
     let mut o = String::with_capacity(8 * 1024);
+    write_head(&mut o, &health);
+    write_banner(&mut o, &health, p);
+    write_last_minute(&mut o, &lm, p.board.totals());
+    write_breaker(&mut o, &p.breaker);
+    write_spool(&mut o, p.spool.as_ref());
+    write_depth_chart(&mut o, p);
+    write_retries(&mut o, p.routes);
+    write_last_errors(&mut o, p.board);
+    write_config(&mut o, p.generation, p.last_reload.as_ref());
+    o
+}
+
+/// The document's head: refresh, viewport, title and the inline style
+/// (the page loads nothing else).
+fn write_head(o: &mut String, health: &Health) {
     let _ = write!(
         o,
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -138,17 +174,26 @@ pub fn render(p: &PageInput<'_>) -> String {
          table{{border-collapse:collapse;margin:.4em 0 1.2em}}td,th{{border:1px solid #ddd;padding:.25em .6em;text-align:left}}\
          th{{background:#f3f3f3}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}\
          .badge{{display:inline-block;padding:.1em .6em;border-radius:.3em;color:#fff}}</style></head><body>",
-        verdict.0
+        health.label
     );
+}
+
+/// The heading line: the badge, the upstream and the phase.
+fn write_banner(o: &mut String, health: &Health, p: &PageInput<'_>) {
     let _ = write!(
         o,
         "<h1>datalayer-sidecar</h1><p><span class=\"badge\" id=\"verdict\" style=\"background:{}\">{}</span> {} · upstream <code>{}</code> · phase <b id=\"phase\">{}</b></p>",
-        verdict.1,
-        verdict.0,
-        verdict.2,
+        health.colour,
+        health.label,
+        health.summary,
         esc(&p.upstream),
         p.phase
     );
+}
+
+/// Answered, spooled and failed: the last minute beside the totals.
+fn write_last_minute(o: &mut String, lm: &LastMinute, totals: (u64, u64, u64)) {
+    let (answered_total, spooled_total, failed_total) = totals;
     let _ = write!(
         o,
         "<h2>Last minute</h2><table id=\"last-minute\"><tr><th></th><th>last {}s</th><th>since start</th></tr>\
@@ -157,7 +202,10 @@ pub fn render(p: &PageInput<'_>) -> String {
          <tr><td>failed</td><td class=\"n\" id=\"failed\">{}</td><td class=\"n\" id=\"failed-total\">{}</td></tr></table>",
         lm.seconds, lm.answered, answered_total, lm.spooled, spooled_total, lm.failed, failed_total
     );
-    let b = &p.breaker;
+}
+
+/// The breaker's state, since when, its window and why it last tripped.
+fn write_breaker(o: &mut String, b: &Snapshot) {
     let _ = write!(
         o,
         "<h2>Circuit breaker</h2><table id=\"breaker\"><tr><td>state</td><td id=\"breaker-state\">{}{}</td></tr>\
@@ -175,28 +223,17 @@ pub fn render(p: &PageInput<'_>) -> String {
             b.last_trip_reason
         }
     );
+}
+
+/// The spool's table, or why there is none.
+fn write_spool(o: &mut String, spool: Option<&Result<SpoolStatus, String>>) {
     o.push_str("<h2>Spool</h2>");
-    match &p.spool {
+    match spool {
         None => o.push_str("<p id=\"spool\">No route spools; the spool is not open.</p>"),
         Some(Err(e)) => {
             let _ = write!(o, "<p id=\"spool\">cannot read the spool: {}</p>", esc(e));
         }
         Some(Ok(s)) => {
-            let paused = match &s.paused {
-                _ if !s.worker.is_running() => format!(
-                    "{}: {} ({} restarts)",
-                    s.worker.state,
-                    esc(s.worker.last_failure.as_deref().unwrap_or("-")),
-                    s.worker.restarts
-                ),
-                Some(x) => format!(
-                    "paused: {} ({}) since {}",
-                    esc(&x.reason),
-                    esc(&x.detail),
-                    ago(x.since_ms)
-                ),
-                None => "delivering".to_string(),
-            };
             let _ = write!(
                 o,
                 "<table id=\"spool\"><tr><td>waiting writes</td><td class=\"n\" id=\"spool-depth\">{}</td></tr>\
@@ -211,12 +248,37 @@ pub fn render(p: &PageInput<'_>) -> String {
                     .oldest_age_seconds
                     .map_or("-".to_string(), |a| format!("{a:.0} s")),
                 s.stats.dead_letters,
-                paused,
+                worker_state(s),
                 bytesize::ByteSize(s.disk.disk_bytes),
                 bytesize::ByteSize(s.max_bytes),
             );
         }
     }
+}
+
+/// What the replay worker is doing. A worker that is down outranks a
+/// pause: the pause it recorded no longer says why nothing is delivered.
+fn worker_state(s: &SpoolStatus) -> String {
+    match &s.paused {
+        _ if !s.worker.is_running() => format!(
+            "{}: {} ({} restarts)",
+            s.worker.state,
+            esc(s.worker.last_failure.as_deref().unwrap_or("-")),
+            s.worker.restarts
+        ),
+        Some(x) => format!(
+            "paused: {} ({}) since {}",
+            esc(&x.reason),
+            esc(&x.detail),
+            ago(x.since_ms)
+        ),
+        None => "delivering".to_string(),
+    }
+}
+
+/// The sampled spool depth, ending with the depth read now (0 when the
+/// spool is not open or cannot be read).
+fn write_depth_chart(o: &mut String, p: &PageInput<'_>) {
     let _ = write!(
         o,
         "<p>Waiting writes over the last minutes (sampled every {} s):</p>{}",
@@ -226,11 +288,16 @@ pub fn render(p: &PageInput<'_>) -> String {
             _ => 0,
         }))
     );
+}
+
+/// Retries started and failures not retried, per route, then the
+/// failures not retried summed over the routes by reason.
+fn write_retries(o: &mut String, routes: &[std::sync::Arc<RouteMetrics>]) {
     o.push_str(
         "<h2>Retries</h2><table id=\"retries\"><tr><th>route</th><th>retries started</th><th>failed, not retried</th></tr>",
     );
     let mut by_reason = [0u64; NotRetried::ALL.len()];
-    for r in p.routes {
+    for r in routes {
         let mut not_retried = 0;
         for (i, (_, n)) in r.not_retried_counts().enumerate() {
             not_retried += n;
@@ -255,51 +322,63 @@ pub fn render(p: &PageInput<'_>) -> String {
             reason.as_str()
         );
     }
-    o.push_str("</table><h2>Last errors</h2>");
-    let errors = p.board.recent_errors(10);
+    o.push_str("</table>");
+}
+
+/// The ten most recent structured errors, newest first.
+fn write_last_errors(o: &mut String, board: &StatusBoard) {
+    o.push_str("<h2>Last errors</h2>");
+    let errors = board.recent_errors(10);
     if errors.is_empty() {
         o.push_str("<p id=\"errors\">none</p>");
-    } else {
-        o.push_str(
-            "<table id=\"errors\"><tr><th>when</th><th>code</th><th>status</th><th>route</th></tr>",
-        );
-        for e in errors {
-            let _ = write!(
-                o,
-                "<tr><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                utc(e.at_ms),
-                ago(e.at_ms),
-                e.code,
-                e.status,
-                esc(&e.route)
-            );
-        }
-        o.push_str("</table>");
+        return;
     }
-    let reload = match &p.last_reload {
-        None => "none since start".to_string(),
-        Some(r) => {
-            let mut s = format!("{} ({:?}) {}", r.result, r.trigger, ago(r.at_ms));
-            if let Some(e) = &r.error {
-                let _ = write!(s, ": {}", esc(e));
-            }
-            if !r.restart_needed.is_empty() {
-                let _ = write!(s, "; restart needed for {}", r.restart_needed.join(", "));
-            }
-            s
-        }
-    };
+    o.push_str(
+        "<table id=\"errors\"><tr><th>when</th><th>code</th><th>status</th><th>route</th></tr>",
+    );
+    for e in errors {
+        let _ = write!(
+            o,
+            "<tr><td>{} ({})</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            utc(e.at_ms),
+            ago(e.at_ms),
+            e.code,
+            e.status,
+            esc(&e.route)
+        );
+    }
+    o.push_str("</table>");
+}
+
+/// The generation and the last reload, the links to the machine-readable
+/// endpoints, and the end of the document.
+fn write_config(o: &mut String, generation: u64, last_reload: Option<&ReloadReport>) {
     let _ = write!(
         o,
         "<h2>Config</h2><table id=\"config\"><tr><td>generation</td><td class=\"n\" id=\"generation\">{}</td></tr>\
          <tr><td>last reload</td><td id=\"last-reload\">{}</td></tr></table>\
          <p>JSON and text: <a href=\"/metrics\">/metrics</a> · <a href=\"/spool\">/spool</a> · <a href=\"/breaker\">/breaker</a> · <a href=\"/config\">/config</a> · <a href=\"/readyz\">/readyz</a></p>\
          <p><small>rendered {}</small></p></body></html>",
-        p.generation,
-        reload,
+        generation,
+        reload_outcome(last_reload),
         utc(now_ms())
     );
-    o
+}
+
+/// How the last reload ended: its result, what asked for it, when, and
+/// what it could not apply.
+fn reload_outcome(last_reload: Option<&ReloadReport>) -> String {
+    let Some(r) = last_reload else {
+        return "none since start".to_string();
+    };
+    let mut s = format!("{} ({:?}) {}", r.result, r.trigger, ago(r.at_ms));
+    if let Some(e) = &r.error {
+        let _ = write!(s, ": {}", esc(e));
+    }
+    if !r.restart_needed.is_empty() {
+        let _ = write!(s, "; restart needed for {}", r.restart_needed.join(", "));
+    }
+    s
 }
 
 #[cfg(test)]
