@@ -251,7 +251,11 @@ proptest! {
             for ((which, id), field) in fields.iter().zip(request.operation.root_fields.iter()) {
                 let op = spooled[*which % spooled.len()];
                 prop_assert_eq!(&*field.name, op.field);
-                want.push(literalai::order_key(op.field, id.as_deref().unwrap()));
+                want.push(datalayer_sidecar::route::vocabulary::order_key(
+                    &literalai::LiteralAi,
+                    op.field,
+                    id.as_deref().unwrap(),
+                ));
                 barrier |= op.barrier;
             }
             if barrier {

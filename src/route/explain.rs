@@ -5,7 +5,7 @@
 use http::Method;
 use serde_json::{Value, json};
 
-use super::{Routes, literalai};
+use super::Routes;
 use crate::graphql;
 
 /// Explain a request with this method, path and body under `routes`.
@@ -27,12 +27,16 @@ pub fn explain(routes: &Routes, method: &Method, path: &str, body: &[u8]) -> Val
             "type": op.kind.as_str(),
             "name": op.name.as_deref(),
             "root_fields": op.root_fields.iter().map(|f| {
-                let row = literalai::lookup(&f.name);
-                json!({
+                let mut field = json!({
                     "alias": &*f.response_key,
                     "field": &*f.name,
-                    "literalai": row.map(|o| o.handling.as_str()),
-                })
+                });
+                // The preset's own word on the field, under the preset's name.
+                let vocabulary = route.vocabulary;
+                if vocabulary.has_table() {
+                    field[vocabulary.name()] = vocabulary.handling(&f.name).into();
+                }
+                field
             }).collect::<Vec<_>>(),
         })
     });

@@ -28,6 +28,14 @@ impl Preset {
             Preset::None => "none",
         }
     }
+
+    /// What this preset knows of its API's writes.
+    pub fn vocabulary(self) -> &'static dyn super::Vocabulary {
+        match self {
+            Preset::Literalai => &super::literalai::LiteralAi,
+            Preset::None => &super::vocabulary::Generic,
+        }
+    }
 }
 
 /// How errors the sidecar generates are written for a route.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::graphql::OperationType;
 use crate::route::file::{GraphqlMatchFile, OnFailure, RetryOverride, RouteFile, TimeoutsOverride};
+use crate::route::vocabulary::Vocabulary;
 
 /// What the sidecar may do with an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,23 +457,28 @@ pub fn lookup(field: &str) -> Option<&'static Op> {
     OPERATIONS.iter().find(|o| o.field == field)
 }
 
-/// The ordering key of a spooled write's root field with this `id`:
-/// `entity:id`, where ingestStep and deleteStep both name a `step`. A field
-/// the table does not know is its own entity.
-pub fn order_key(field: &str, id: &str) -> String {
-    let entity = lookup(field).and_then(|o| o.entity).unwrap_or(field);
-    // Pushed, not `format!`: this runs for every spoolable write, and the
-    // formatting machinery cost more than the rest of the key's work.
-    let mut key = String::with_capacity(entity.len() + 1 + id.len());
-    key.push_str(entity);
-    key.push(':');
-    key.push_str(id);
-    key
-}
+/// The LiteralAI API's answers to the generic core's questions, from the
+/// table: `ingestStep` and `deleteStep` both write a `step`, deleting a
+/// thread is a barrier, and single step writes may be joined on replay.
+#[derive(Debug)]
+pub struct LiteralAi;
 
-/// Whether a spooled write of this root field is a barrier.
-pub fn is_barrier(field: &str) -> bool {
-    lookup(field).is_some_and(|o| o.barrier)
+impl Vocabulary for LiteralAi {
+    fn name(&self) -> &'static str {
+        "literalai"
+    }
+    fn entity(&self, field: &str) -> Option<&'static str> {
+        lookup(field).and_then(|o| o.entity)
+    }
+    fn is_barrier(&self, field: &str) -> bool {
+        lookup(field).is_some_and(|o| o.barrier)
+    }
+    fn joinable_field(&self) -> Option<&'static str> {
+        Some("ingestStep")
+    }
+    fn handling(&self, field: &str) -> Option<&'static str> {
+        lookup(field).map(|o| o.handling.as_str())
+    }
 }
 
 fn fields(pred: impl Fn(&Op) -> bool) -> Vec<String> {
@@ -588,12 +594,14 @@ mod tests {
 
     #[test]
     fn steps_and_threads_share_keys_across_operations() {
-        assert_eq!(order_key("ingestStep", "a"), "step:a");
-        assert_eq!(order_key("deleteStep", "a"), "step:a");
-        assert_eq!(order_key("upsertThread", "t"), "thread:t");
-        assert_eq!(order_key("somethingElse", "x"), "somethingElse:x");
-        assert!(is_barrier("deleteThread"));
-        assert!(!is_barrier("ingestStep"));
+        let key = |f, id| crate::route::vocabulary::order_key(&LiteralAi, f, id);
+        assert_eq!(key("ingestStep", "a"), "step:a");
+        assert_eq!(key("deleteStep", "a"), "step:a");
+        assert_eq!(key("upsertThread", "t"), "thread:t");
+        assert_eq!(key("somethingElse", "x"), "somethingElse:x");
+        assert!(LiteralAi.is_barrier("deleteThread"));
+        assert!(!LiteralAi.is_barrier("ingestStep"));
+        assert_eq!(LiteralAi.joinable_field(), Some("ingestStep"));
     }
 
     /// `docs/literalai-preset.md` lists every row with its handling.

@@ -12,8 +12,10 @@
 pub mod explain;
 pub mod file;
 pub mod literalai;
+pub mod vocabulary;
 
 pub use file::{ErrorFormat, OnFailure, Preset, SpoolMode};
+pub use vocabulary::Vocabulary;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,6 +138,9 @@ pub struct Route {
     pub deadline: Duration,
     /// Retry policy (global settings with this route's overrides), built.
     pub retry: RetryParams,
+    /// What the table's preset knows of the API's writes (ordering keys,
+    /// barriers).
+    pub vocabulary: &'static dyn Vocabulary,
 }
 
 impl Route {
@@ -170,7 +175,7 @@ impl Route {
     }
 
     /// The ordering keys of a write on this route: `entity:id` for each
-    /// root field (see [`literalai::order_key`]), and `*` — ordered against
+    /// root field (see [`vocabulary::order_key`]), and `*` — ordered against
     /// every other write — when a root field is a barrier.
     ///
     /// None at all when a root field names no usable id: such a write is
@@ -185,10 +190,10 @@ impl Route {
         let mut barrier = false;
         for (i, f) in op.root_fields.iter().enumerate() {
             match root_ids.get(i).and_then(Option::as_deref) {
-                Some(id) => keys.push(literalai::order_key(&f.name, id)),
+                Some(id) => keys.push(vocabulary::order_key(self.vocabulary, &f.name, id)),
                 None => return Box::default(),
             }
-            barrier |= literalai::is_barrier(&f.name);
+            barrier |= self.vocabulary.is_barrier(&f.name);
         }
         if barrier {
             keys.push(BARRIER_KEY.to_string());
@@ -207,9 +212,9 @@ impl Route {
                 let mut keys = Vec::with_capacity(2);
                 let id = root_ids.get(i).and_then(Option::as_deref);
                 if let Some(id) = id {
-                    keys.push(literalai::order_key(&f.name, id));
+                    keys.push(vocabulary::order_key(self.vocabulary, &f.name, id));
                 }
-                if id.is_none() || literalai::is_barrier(&f.name) {
+                if id.is_none() || self.vocabulary.is_barrier(&f.name) {
                     keys.push(BARRIER_KEY.to_string());
                 }
                 keys
@@ -346,6 +351,14 @@ impl Routes {
         &self.routes
     }
 
+    /// The table's vocabulary: every route of one table is built with its
+    /// preset's.
+    pub fn vocabulary(&self) -> &'static dyn Vocabulary {
+        self.routes
+            .last()
+            .map_or(&vocabulary::Generic, |r| r.vocabulary)
+    }
+
     /// The deadline of the route called `name`; the longest of any
     /// spooling route when none is (a stored entry of a route a reload
     /// removed) — the deadlines `spool.lease` is checked against.
@@ -458,6 +471,29 @@ mod tests {
         assert_eq!(r.all().len(), 1);
         assert_eq!(&*r.all()[0].name, "default");
         assert!(!r.all()[0].spools());
+    }
+
+    #[test]
+    fn only_the_literalai_preset_orders_writes_by_literalai_s_records() {
+        let write =
+            op("mutation { a: deleteStep(id: \"s\") { id } b: deleteThread(id: \"t\") { id } }");
+        let ids = [Some("s".to_string()), Some("t".to_string())];
+        let literal = routes("");
+        let spooled = literal.find(&Method::POST, "/api/graphql", Some(&write));
+        assert_eq!(
+            &*spooled.order_keys(&write, &ids),
+            ["step:s", "thread:t", BARRIER_KEY]
+        );
+        // Without a preset the same names mean nothing: each field is its
+        // own entity and none is a barrier.
+        let generic = routes("preset = \"none\"\n");
+        let route = generic.find(&Method::POST, "/api/graphql", Some(&write));
+        assert_eq!(
+            &*route.order_keys(&write, &ids),
+            ["deleteStep:s", "deleteThread:t"]
+        );
+        assert_eq!(generic.vocabulary().joinable_field(), None);
+        assert_eq!(literal.vocabulary().joinable_field(), Some("ingestStep"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Batched writes in the spool, alias by alias.
 //!
-//! A write of several aliases (`step0: ingestStep(...) step1: ...`) is
+//! A write of several aliases (`step0: ingestStep(...) step1: ...` in
+//! LiteralAI's words) is
 //! stored as one entry per alias when its document can be cut safely (see
 //! [`crate::graphql::split`]): each entry holds that alias's field and the
 //! variables it uses, exactly as the app sent them, and the order keys of
@@ -189,8 +190,8 @@ const PER_REQUEST: &[&str] = &[
     "date",
 ];
 
-/// An entry that can share a replayed request: one plain `ingestStep`
-/// field, and what must be equal for entries to be joined (route, method,
+/// An entry that can share a replayed request: one plain field of the
+/// kind the preset lets the worker join (LiteralAI's step writes), and what must be equal for entries to be joined (route, method,
 /// path, and the headers that say who writes: credentials, client, env).
 #[derive(Debug)]
 pub(super) struct Joinable {
@@ -199,12 +200,13 @@ pub(super) struct Joinable {
 }
 
 /// Whether `entry` can be joined with others (see [`Joinable`]).
-pub(super) fn joinable(entry: &super::store::Entry) -> Option<Joinable> {
+pub(super) fn joinable(entry: &super::store::Entry, field: Option<&str>) -> Option<Joinable> {
+    let field = field?;
     if entry.method != "POST" {
         return None;
     }
     let batch = Batch::parse(&entry.body)?;
-    if batch.len() != 1 || batch.field_names().next() != Some("ingestStep") {
+    if batch.len() != 1 || batch.field_names().next() != Some(field) {
         return None;
     }
     let decoded = record::decode_headers(&entry.headers);

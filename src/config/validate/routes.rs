@@ -160,6 +160,7 @@ fn route(
         per_try,
         deadline,
         retry,
+        vocabulary: file.preset.vocabulary(),
     })
 }
 

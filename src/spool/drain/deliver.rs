@@ -35,13 +35,17 @@ impl Drain {
         per: usize,
         solo: &HashSet<i64>,
     ) -> Vec<Vec<(Entry, Option<Joinable>)>> {
-        let max_bytes = self.view().replay.batch_bytes;
+        let (max_bytes, field) = {
+            let view = self.view();
+            let field = view.prepare.routes.vocabulary().joinable_field();
+            (view.replay.batch_bytes, field)
+        };
         let mut out: Vec<Vec<(Entry, Option<Joinable>)>> = Vec::new();
         let mut bytes: Vec<usize> = Vec::new();
         let mut open: HashMap<Vec<u8>, usize> = HashMap::new();
         for entry in start {
             let join = if per > 1 && !solo.contains(&entry.id) {
-                joinable(&entry)
+                joinable(&entry, field)
             } else {
                 None
             };
