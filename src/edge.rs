@@ -219,8 +219,11 @@ impl AccessBody {
         }
         let spooled = ex.spooled();
         let not_retried = if class.is_failure() && !spooled {
-            ex.not_retried()
-                .or_else(|| routed.and_then(|x| policy::static_refusal(x, &class, ex.attempts())))
+            ex.not_retried().or_else(|| {
+                routed.and_then(|x| {
+                    policy::static_refusal(x, &class, ex.attempts(), x.route.retry.max_attempts)
+                })
+            })
         } else {
             None
         };

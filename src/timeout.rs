@@ -29,24 +29,33 @@ pub enum Scope {
     Deadline,
 }
 
-/// Adds a [`Timeout`] to a stack.
+/// Adds a [`Timeout`] to a stack. Built per route, holding the route's
+/// durations; the instant the request's deadline falls on was fixed when
+/// it was routed and travels with it.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {
     scope: Scope,
+    per_try: Duration,
+    deadline: Duration,
 }
 
 impl TimeoutLayer {
-    /// Per-attempt timeout.
-    pub fn per_try() -> Self {
+    /// Per-attempt timeout of `per_try`, on a route whose deadline is
+    /// `deadline` (what an attempt cut short by the deadline reports).
+    pub fn per_try(per_try: Duration, deadline: Duration) -> Self {
         TimeoutLayer {
             scope: Scope::PerTry,
+            per_try,
+            deadline,
         }
     }
 
-    /// Overall deadline.
-    pub fn deadline() -> Self {
+    /// The overall deadline of a route whose deadline is `deadline`.
+    pub fn deadline(deadline: Duration) -> Self {
         TimeoutLayer {
             scope: Scope::Deadline,
+            per_try: deadline,
+            deadline,
         }
     }
 }
@@ -56,7 +65,7 @@ impl<S> Layer<S> for TimeoutLayer {
     fn layer(&self, inner: S) -> Timeout<S> {
         Timeout {
             inner,
-            scope: self.scope,
+            params: *self,
         }
     }
 }
@@ -65,7 +74,7 @@ impl<S> Layer<S> for TimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct Timeout<S> {
     inner: S,
-    scope: Scope,
+    params: TimeoutLayer,
 }
 
 // === impl Timeout ===
@@ -83,19 +92,22 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let routed = exchange::of(&req).and_then(|e| e.routed());
-        let (until, scope, label) = match (routed, self.scope) {
-            (Some(r), Scope::PerTry) => {
-                let own = crate::clock::after(Instant::now(), r.route.per_try);
+        let p = self.params;
+        let deadline = exchange::of(&req)
+            .and_then(|e| e.routed())
+            .map(|r| r.deadline);
+        let (until, scope, label) = match (deadline, p.scope) {
+            (Some(at), Scope::PerTry) => {
+                let own = crate::clock::after(Instant::now(), p.per_try);
                 // An attempt cut short by the deadline ran out of the
                 // request's time, not its own: say so.
-                if own > r.deadline {
-                    (r.deadline, Scope::Deadline, r.route.deadline)
+                if own > at {
+                    (at, Scope::Deadline, p.deadline)
                 } else {
-                    (own, Scope::PerTry, r.route.per_try)
+                    (own, Scope::PerTry, p.per_try)
                 }
             }
-            (Some(r), Scope::Deadline) => (r.deadline, Scope::Deadline, r.route.deadline),
+            (Some(at), Scope::Deadline) => (at, Scope::Deadline, p.deadline),
             // Prepare routes every request before it gets here; one that
             // was not has no deadline to keep, so it is not sent at all.
             (None, scope) => {

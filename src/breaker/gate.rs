@@ -19,12 +19,13 @@ use crate::exchange::{self, NotRetried};
 /// Adds [`BreakerGate`] to a stack.
 #[derive(Debug, Clone)]
 pub struct BreakerGateLayer {
-    breaker: Breaker,
+    breaker: Option<Breaker>,
 }
 
 impl BreakerGateLayer {
-    /// Gate requests through `breaker`.
-    pub fn new(breaker: Breaker) -> Self {
+    /// Gate requests through `breaker`; `None` for a route that does not go
+    /// through the breaker (`breaker = false`).
+    pub fn new(breaker: Option<Breaker>) -> Self {
         BreakerGateLayer { breaker }
     }
 }
@@ -43,7 +44,7 @@ impl<S> Layer<S> for BreakerGateLayer {
 #[derive(Debug, Clone)]
 pub struct BreakerGate<S> {
     inner: S,
-    breaker: Breaker,
+    breaker: Option<Breaker>,
 }
 
 // === impl BreakerGate ===
@@ -69,9 +70,8 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let ex = exchange::of(&req);
-        let gated = ex.and_then(|e| e.routed()).is_none_or(|r| r.route.breaker);
-        let permit = if gated {
-            match self.breaker.admit() {
+        let permit = if let Some(breaker) = &self.breaker {
+            match breaker.admit() {
                 Admission::Allowed => None,
                 Admission::Probe(p) => Some(p),
                 Admission::Rejected(retry_after) => {

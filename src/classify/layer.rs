@@ -18,6 +18,7 @@ use crate::body::ResponseBody;
 use crate::breaker::Breaker;
 use crate::error::Error;
 use crate::exchange::{self, Exchange};
+use crate::metrics::RouteMetrics;
 
 /// Adds [`Classify`] to a stack.
 #[derive(Debug, Clone)]
@@ -30,17 +31,23 @@ pub struct ClassifyLayer {
 #[derive(Debug)]
 struct ClassifyShared {
     classifier: Arc<Classifier>,
-    breaker: Breaker,
+    breaker: Option<Breaker>,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl ClassifyLayer {
-    /// Classify with `classifier`, reporting to `breaker` and the route's
-    /// metrics.
-    pub fn new(classifier: Arc<Classifier>, breaker: Breaker) -> Self {
+    /// Classify with `classifier`, reporting to the route's `breaker`
+    /// (`None` when the route does not go through it) and its `metrics`.
+    pub fn new(
+        classifier: Arc<Classifier>,
+        breaker: Option<Breaker>,
+        metrics: Arc<RouteMetrics>,
+    ) -> Self {
         ClassifyLayer {
             shared: Arc::new(ClassifyShared {
                 classifier,
                 breaker,
+                metrics,
             }),
         }
     }
@@ -166,12 +173,12 @@ where
         if let Some(ex) = this.ex.as_ref() {
             ex.record_attempt(class, answered);
         }
-        if let Some(routed) = routed {
-            if routed.route.breaker && class.kind != Kind::CircuitOpen {
-                layer.breaker.record(&class);
-            }
-            routed.metrics.attempt(&class);
+        if let Some(breaker) = &layer.breaker
+            && class.kind != Kind::CircuitOpen
+        {
+            breaker.record(&class);
         }
+        layer.metrics.attempt(&class);
         if class.verdict != Verdict::Success {
             tracing::debug!(
                 kind = class.kind.as_str(),

@@ -38,7 +38,7 @@ use crate::error::Error;
 use crate::exchange::{Exchange, Routed};
 use crate::graphql::split::Batch;
 use crate::graphql::{self, OperationType};
-use crate::route::hold_behind;
+use crate::route::{Route, hold_behind};
 
 /// One request's batched write, while its aliases are being settled.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ impl Partial {
     /// After a first attempt: a partial state when the answer mixes
     /// aliases that are settled with aliases that may pass on a retry.
     pub(super) fn start(
-        routed: &Routed,
+        route: &Route,
         req: &Request<RequestBody>,
         result: &Result<Response<ResponseBody>, Error>,
     ) -> Option<Partial> {
@@ -111,7 +111,7 @@ impl Partial {
             return None;
         }
         let batch = Batch::parse(body)?;
-        let order = routed.route.field_keys(&op, &request.root_ids());
+        let order = route.field_keys(&op, &request.root_ids());
         let keys: Vec<String> = op
             .root_fields
             .iter()

@@ -14,6 +14,8 @@ use crate::breaker::{Breaker, State};
 use crate::classify::{Class, Verdict};
 use crate::error::Error;
 use crate::exchange::{self, Exchange, NotRetried, Routed};
+use crate::metrics::RouteMetrics;
+use crate::route::Route;
 
 /// Decides, after each failed attempt, whether and when to try again.
 ///
@@ -35,16 +37,32 @@ pub struct RetryPolicy {
 #[derive(Debug)]
 struct PolicyShared {
     budget: Arc<RetryBudget>,
-    breaker: Breaker,
+    breaker: Option<Breaker>,
+    /// The route whose stack this policy is in: its retry parameters and
+    /// its writes' ordering keys.
+    route: Arc<Route>,
+    metrics: Arc<RouteMetrics>,
 }
 
 impl RetryPolicy {
-    /// A policy sharing `budget` and `breaker` with every other request.
-    /// Batched answers are merged alias by alias from the judgement the
-    /// classify layer attached to each attempt.
-    pub fn new(budget: Arc<RetryBudget>, breaker: Breaker) -> Self {
+    /// The policy of `route`'s stack, sharing `budget` with every other
+    /// request and stopping early while `breaker` (the route's, `None` when
+    /// it does not go through one) is open. Batched answers are merged
+    /// alias by alias from the judgement the classify layer attached to
+    /// each attempt.
+    pub fn new(
+        budget: Arc<RetryBudget>,
+        breaker: Option<Breaker>,
+        route: Arc<Route>,
+        metrics: Arc<RouteMetrics>,
+    ) -> Self {
         RetryPolicy {
-            shared: Arc::new(PolicyShared { budget, breaker }),
+            shared: Arc::new(PolicyShared {
+                budget,
+                breaker,
+                route,
+                metrics,
+            }),
             retrying: false,
             partial: None,
         }
@@ -68,7 +86,7 @@ impl RetryPolicy {
         let step = match self.partial.as_mut() {
             Some(p) => p.next(result, class),
             None if class.is_failure() && partial::eligible(routed) => {
-                let p = Partial::start(routed, req, result)?;
+                let p = Partial::start(&self.shared.route, req, result)?;
                 let open = p.open_class();
                 self.partial = Some(Box::new(p));
                 Step::Retry(open)
@@ -91,7 +109,7 @@ impl RetryPolicy {
                     p.rewrite(req);
                 }
                 self.retrying = true;
-                routed.metrics.retries.inc();
+                self.shared.metrics.retries.inc();
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     attempt = ex.attempts(),
@@ -118,12 +136,14 @@ impl RetryPolicy {
         routed: &Routed,
         class: &Class,
     ) -> Result<std::time::Duration, NotRetried> {
-        let route = &routed.route;
+        let route = &self.shared.route;
         let attempts = ex.attempts();
-        if let Some(reason) = static_refusal(routed, class, attempts) {
+        if let Some(reason) = static_refusal(routed, class, attempts, route.retry.max_attempts) {
             return Err(reason);
         }
-        if route.breaker && self.shared.breaker.state() == State::Open {
+        if let Some(breaker) = &self.shared.breaker
+            && breaker.state() == State::Open
+        {
             return Err(NotRetried::BreakerOpen);
         }
         let mut delay = route.retry.backoff.delay(attempts);
@@ -147,11 +167,16 @@ impl RetryPolicy {
 /// The reasons not to retry that depend only on the request and the
 /// failure (not on time, the budget or the breaker). Also used to explain a
 /// failure the policy never saw, such as one whose body was not kept.
-pub fn static_refusal(routed: &Routed, class: &Class, attempts: u32) -> Option<NotRetried> {
+pub fn static_refusal(
+    routed: &Routed,
+    class: &Class,
+    attempts: u32,
+    max_attempts: u32,
+) -> Option<NotRetried> {
     if class.verdict == Verdict::Permanent {
         return Some(NotRetried::Permanent);
     }
-    if attempts >= routed.route.retry.max_attempts {
+    if attempts >= max_attempts {
         return Some(NotRetried::MaxAttempts);
     }
     if class.may_have_reached && !routed.idempotent {
@@ -190,7 +215,7 @@ impl Policy<Request<RequestBody>, Response<ResponseBody>, Error> for RetryPolicy
         match self.decide(ex, routed, &class) {
             Ok(delay) => {
                 self.retrying = true;
-                routed.metrics.retries.inc();
+                self.shared.metrics.retries.inc();
                 tracing::debug!(
                     request_id = ?ex.request_id,
                     attempt = ex.attempts(),

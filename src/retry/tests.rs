@@ -1,25 +1,23 @@
-//! The reliability layers composed as in the stack, over a mock upstream,
-//! with paused time: deadlines and `Retry-After` are checked to the instant.
+//! A route's delivery stack, built by the builder the binary uses
+//! ([`crate::stack::delivery`]) over a mock upstream, with paused time:
+//! deadlines and `Retry-After` are checked to the instant.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
 use tokio::time::Instant;
-use tower::retry::RetryLayer;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 
-use super::{RetryBudget, RetryPolicy};
+use super::RetryBudget;
 use crate::body::{RequestBody, ResponseBody};
-use crate::breaker::{Breaker, BreakerGateLayer};
+use crate::breaker::Breaker;
 use crate::classify::Classifier;
-use crate::classify::layer::ClassifyLayer;
 use crate::config::{Config, Overrides};
 use crate::error::Error;
 use crate::exchange::{Exchange, NotRetried, Routed};
 use crate::metrics::Metrics;
 use crate::route::Routes;
-use crate::timeout::TimeoutLayer;
 
 type Mock = tower_test::mock::Mock<Request<RequestBody>, Response<ResponseBody>>;
 type Handle = tower_test::mock::Handle<Request<RequestBody>, Response<ResponseBody>>;
@@ -48,13 +46,20 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
     }));
     let (mock, handle): (Mock, Handle) = tower_test::mock::pair();
     let classifier = Arc::new(Classifier::new(&cfg.classify));
-    let svc = ServiceBuilder::new()
-        .layer(TimeoutLayer::deadline())
-        .layer(BreakerGateLayer::new(breaker.clone()))
-        .layer(RetryLayer::new(RetryPolicy::new(budget, breaker.clone())))
-        .layer(ClassifyLayer::new(classifier, breaker))
-        .layer(TimeoutLayer::per_try())
-        .service(mock);
+    // The builder the binary uses, over the mock upstream.
+    let parts = crate::stack::DeliveryParts {
+        classifier,
+        breaker,
+        budget,
+        upstream_slots: Arc::new(tokio::sync::Semaphore::new(64)),
+    };
+    let route = routes.all()[0].clone();
+    let svc = crate::stack::delivery(
+        parts,
+        route.clone(),
+        route_metrics[route.index].clone(),
+        mock,
+    );
     Rig {
         svc: tower::util::BoxCloneService::new(svc),
         handle,

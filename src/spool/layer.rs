@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -19,16 +20,19 @@ use crate::exchange;
 use crate::graphql::Operation;
 use crate::route::{Route, SpoolMode, hold_behind};
 
-/// Adds [`SpoolService`] to a stack.
+/// Adds [`SpoolService`] to a route's stack.
 #[derive(Debug, Clone)]
 pub struct SpoolLayer {
     spool: Option<Spool>,
+    route: Arc<Route>,
 }
 
 impl SpoolLayer {
-    /// Spool through `spool` (no-op when `None`).
-    pub fn new(spool: Option<Spool>) -> Self {
-        SpoolLayer { spool }
+    /// The spool layer of `route`'s stack: a pass-through unless the route
+    /// spools and there is a spool.
+    pub fn new(spool: Option<Spool>, route: Arc<Route>) -> Self {
+        let spool = spool.filter(|_| route.spools());
+        SpoolLayer { spool, route }
     }
 }
 
@@ -38,6 +42,7 @@ impl<S> Layer<S> for SpoolLayer {
         SpoolService {
             inner,
             spool: self.spool.clone(),
+            route: self.route.clone(),
         }
     }
 }
@@ -47,6 +52,7 @@ impl<S> Layer<S> for SpoolLayer {
 pub struct SpoolService<S> {
     inner: S,
     spool: Option<Spool>,
+    route: Arc<Route>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Error>> + Send>>;
@@ -108,11 +114,14 @@ where
     fn call(&mut self, req: Request<RequestBody>) -> Self::Future {
         // A write with no order keys names no usable id: not spooled (see
         // `Route::order_keys`).
-        let spools = exchange::of(&req)
-            .and_then(|e| e.routed())
-            .is_some_and(|r| r.route.spools() && r.operation.is_some() && !r.keys.is_empty());
-        let spool = match (&self.spool, spools) {
-            (Some(s), true) => s.clone(),
+        let spool = match &self.spool {
+            Some(s)
+                if exchange::of(&req)
+                    .and_then(|e| e.routed())
+                    .is_some_and(|r| r.operation.is_some() && !r.keys.is_empty()) =>
+            {
+                s.clone()
+            }
             _ => {
                 return ResponseFuture {
                     state: State::Passthrough {
@@ -125,7 +134,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             state: State::Spooling {
-                future: Box::pin(spool_call(spool, inner, req)),
+                future: Box::pin(spool_call(spool, self.route.clone(), inner, req)),
             },
         }
     }
@@ -137,6 +146,7 @@ where
 #[allow(clippy::manual_async_fn)]
 fn spool_call<S>(
     spool: Spool,
+    route: Arc<Route>,
     mut inner: S,
     req: Request<RequestBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Error>>
@@ -158,12 +168,12 @@ where
             spool: &spool,
             ex: &ex,
             head: spool.head_of(&req, &ex.request_id),
-            route: &routed.route,
+            route: &route,
             op: &op,
             body: &body,
             keys: &routed.keys,
         };
-        match admit(&spool, routed, &op, body.len() as u64).await {
+        match admit(&spool, &route, routed, &op, body.len() as u64).await {
             Resolved::Behind(place) => {
                 write.store(None, place).await?;
                 Ok(record::spooled_response(&op, &body))
@@ -232,8 +242,13 @@ impl Pending<'_> {
 
 /// Take a place for the write: send it now, or store it behind a write of
 /// the same key.
-async fn admit(spool: &Spool, routed: &exchange::Routed, op: &Operation, bytes: u64) -> Resolved {
-    let route = &routed.route;
+async fn admit(
+    spool: &Spool,
+    route: &Route,
+    routed: &exchange::Routed,
+    op: &Operation,
+    bytes: u64,
+) -> Resolved {
     // A write of n aliases may become n entries: it takes n tickets.
     let tickets = op.root_fields.len() as u64;
     let write_behind = route.mode == SpoolMode::WriteBehind;

@@ -15,15 +15,21 @@ use tower_http::request_id::{
 };
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+pub mod per_route;
+
+pub use per_route::PerRoute;
+
+use crate::body::{RequestBody, ResponseBody};
 use crate::breaker::{Breaker, BreakerGateLayer};
 use crate::classify::Classifier;
 use crate::classify::layer::ClassifyLayer;
 use crate::edge::{AccessBody, EdgeLayer, EdgeShared, X_REQUEST_ID};
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::client::Upstream;
 use crate::proxy::forward::{PrepareLayer, PrepareShared};
 use crate::retry::{RetryBudget, RetryPolicy};
+use crate::route::Route;
 use crate::slot::UpstreamSlotLayer;
 use crate::spool::drain::ReplayService;
 use crate::spool::{Spool, SpoolLayer};
@@ -121,6 +127,7 @@ pub fn build(
 + Send
 + Sync
 + 'static {
+    let parts = shared.delivery_parts();
     ServiceBuilder::new()
         // Mark credentials sensitive before anything can see them, so no
         // Debug print or trace event of a request head can show a key.
@@ -138,61 +145,130 @@ pub fn build(
         // Read the body, parse GraphQL, pick the route, rewrite the head for
         // the one upstream. Everything below knows the route's policy.
         .layer(PrepareLayer::new(shared.prepare.clone()))
-        // Outside the deadline: a write that cannot be delivered in time is
-        // committed locally and acknowledged before the client gives up.
-        .layer(SpoolLayer::new(shared.spool.clone()))
-        .service(delivery(shared.clone()))
+        // Hand the request to its route's stack, built with that route's
+        // parameters (see [`per_route`]).
+        .service(PerRoute::new(shared.routes().map(|(route, metrics)| {
+            ServiceBuilder::new()
+                // Outside the deadline: a write that cannot be delivered in
+                // time is committed locally and acknowledged before the
+                // client gives up.
+                .layer(SpoolLayer::new(shared.spool.clone(), route.clone()))
+                .service(delivery(
+                    parts.clone(),
+                    route.clone(),
+                    metrics.clone(),
+                    shared.upstream.clone(),
+                ))
+        })))
 }
 
-/// The layers that deliver one request to the upstream: the part of the
-/// stack below the spool, shared by live traffic and the spool's replays so
-/// both are paced by the same breaker and budget.
-pub fn delivery(
-    shared: Shared,
+/// What the delivery stacks of every route share: one classifier, breaker,
+/// retry budget and set of upstream slots per generation.
+#[derive(Debug, Clone)]
+pub struct DeliveryParts {
+    /// Outcome classification.
+    pub classifier: Arc<Classifier>,
+    /// The upstream's breaker (used by routes with `breaker = true`).
+    pub breaker: Breaker,
+    /// The retry budget shared by all requests.
+    pub budget: Arc<RetryBudget>,
+    /// Bounds requests in flight to the upstream.
+    pub upstream_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
+    /// The parts of this generation the delivery stacks share.
+    pub fn delivery_parts(&self) -> DeliveryParts {
+        DeliveryParts {
+            classifier: self.classifier.clone(),
+            breaker: self.breaker.clone(),
+            budget: self.budget.clone(),
+            upstream_slots: self.upstream_slots.clone(),
+        }
+    }
+
+    /// Each route of this generation with its metric handles, in table
+    /// order (a route's index is its position).
+    fn routes(&self) -> impl Iterator<Item = (&Arc<Route>, &Arc<RouteMetrics>)> {
+        self.prepare
+            .routes
+            .all()
+            .iter()
+            .zip(self.prepare.route_metrics.iter())
+    }
+}
+
+/// The layers that deliver one request of `route` to `upstream`, counting
+/// into the route's `metrics`: the part
+/// of a route's stack below the spool, shared by live traffic and the
+/// spool's replays so both are paced by the same breaker and budget.
+/// Generic over the upstream so tests drive this builder over a mock.
+pub fn delivery<U>(
+    parts: DeliveryParts,
+    route: Arc<Route>,
+    metrics: Arc<RouteMetrics>,
+    upstream: U,
 ) -> impl Service<
-    Request<crate::body::RequestBody>,
-    Response = Response<crate::body::ResponseBody>,
+    Request<RequestBody>,
+    Response = Response<ResponseBody>,
     Error = Error,
     Future = impl Send + 'static,
 > + Clone
 + Send
-+ 'static {
++ 'static
+where
+    U: Service<Request<RequestBody>, Response = Response<ResponseBody>, Error = Error>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send + 'static,
+{
+    let breaker = route.breaker.then_some(parts.breaker);
     ServiceBuilder::new()
         // One deadline over all attempts and backoff, below the client's own
         // timeout, so the app always gets our answer first.
-        .layer(TimeoutLayer::deadline())
+        .layer(TimeoutLayer::deadline(route.deadline))
         // Inside the deadline, so waiting for a slot counts against it (the
         // wait is in the response future, not in poll_ready, which runs
         // before the deadline's timer exists); outside retry, so a request
         // keeps its slot through its retries. Shared by every connection:
         // it bounds upstream connections.
-        .layer(UpstreamSlotLayer::new(shared.upstream_slots.clone()))
+        .layer(UpstreamSlotLayer::new(parts.upstream_slots))
         // Fail fast while the upstream is known to be down; one admission
-        // covers all of a request's attempts (a probe keeps its slot).
-        .layer(BreakerGateLayer::new(shared.breaker.clone()))
+        // covers all of a request's attempts (a probe keeps its slot). A
+        // route with `breaker = false` has no gate.
+        .layer(BreakerGateLayer::new(breaker.clone()))
         // Retry transient failures when safe, paced by backoff, Retry-After
         // and the shared budget; stops early if the breaker opens.
         // A batched write whose answer is partial is retried alias by
         // alias: the aliases the backend settled are not written twice.
         .layer(RetryLayer::new(RetryPolicy::new(
-            shared.budget.clone(),
-            shared.breaker.clone(),
+            parts.budget,
+            breaker.clone(),
+            route.clone(),
+            metrics.clone(),
         )))
         // Judge each attempt once, for retry, breaker, metrics and logs;
         // above the per-try timeout so a timeout is judged like any failure.
-        .layer(ClassifyLayer::new(
-            shared.classifier.clone(),
-            shared.breaker.clone(),
-        ))
+        .layer(ClassifyLayer::new(parts.classifier, breaker, metrics))
         // Bound one attempt (clamped to the deadline) so a hung upstream
         // costs one try, not the whole request.
-        .layer(TimeoutLayer::per_try())
-        .service(shared.upstream.clone())
+        .layer(TimeoutLayer::per_try(route.per_try, route.deadline))
+        .service(upstream)
 }
 
-/// [`delivery`], boxed for the spool's replay worker.
+/// Every route's [`delivery`] over the upstream client, boxed for the
+/// spool's replay worker.
 pub fn replay_service(shared: &Shared) -> ReplayService {
-    ReplayService::new(delivery(shared.clone()))
+    let parts = shared.delivery_parts();
+    ReplayService::new(PerRoute::new(shared.routes().map(|(route, metrics)| {
+        delivery(
+            parts.clone(),
+            route.clone(),
+            metrics.clone(),
+            shared.upstream.clone(),
+        )
+    })))
 }
 
 #[cfg(test)]
