@@ -140,7 +140,8 @@ where
         let ex = &record.ex;
         let resp = match result {
             Ok(resp) => {
-                let resp = respond::rescue_response(resp, ex);
+                let (resp, code) = respond::rescue_response(resp, ex);
+                record.error_code = code;
                 record.class = resp
                     .extensions()
                     .get::<Class>()
@@ -323,5 +324,160 @@ impl Drop for AccessBody {
     fn drop(&mut self) {
         // The client went away (or hyper dropped the body) before the end.
         self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+    use crate::config::{Config, Overrides};
+    use crate::exchange::Routed;
+    use crate::route::{ErrorFormat, Routes};
+
+    /// The fields of the access lines, as their events carry them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<HashMap<String, String>>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if event.metadata().target() == "access" {
+                let mut fields = Fields::default();
+                event.record(&mut fields);
+                self.0.lock().unwrap().push(fields.0);
+            }
+        }
+    }
+
+    #[derive(Default)]
+    struct Fields(HashMap<String, String>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_string(), value.to_string());
+        }
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .insert(field.name().to_string(), format!("{value:?}"));
+        }
+    }
+
+    /// What the app, the access line and the metrics were told about one
+    /// request whose inner service answered `outcome`.
+    struct Seen {
+        status: u16,
+        body: serde_json::Value,
+        line: HashMap<String, String>,
+        metrics: String,
+    }
+
+    async fn through_the_edge(outcome: Result<Response<ResponseBody>, Error>) -> Seen {
+        let lines = Lines::default();
+        let _log =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(lines.clone()));
+        let text = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[[routes]]\nname = \"r\"\n";
+        let cfg =
+            Config::from_toml_str(text, std::path::Path::new("t"), &[], &Overrides::default())
+                .unwrap();
+        let routes = Routes::new(cfg.routes.clone());
+        let metrics = Metrics::new();
+        let route_metrics = metrics.route_table(routes.all());
+        let shared = Arc::new(EdgeShared {
+            metrics: metrics.clone(),
+            breaker: Breaker::new(cfg.breaker.clone(), metrics.breaker.clone()),
+            access_log: true,
+            board: Arc::new(StatusBoard::default()),
+        });
+        let route = routes.all()[0].clone();
+        let outcome = Mutex::new(Some(outcome));
+        // Stands for prepare and the route's stack: routes the request,
+        // then fails (or answers) as told.
+        let inner = tower::service_fn(move |req: Request<()>| {
+            let ex = req.extensions().get::<Arc<Exchange>>().unwrap();
+            ex.set_routed(Routed {
+                deadline: ex.started + route.deadline,
+                metrics: route_metrics[route.index].clone(),
+                idempotent: true,
+                replayable: true,
+                error_format: ErrorFormat::Problem,
+                operation: None,
+                body_bytes: Some(0),
+                keys: Box::default(),
+                route: route.clone(),
+            });
+            std::future::ready(outcome.lock().unwrap().take().unwrap())
+        });
+        let resp = EdgeLayer::new(shared)
+            .layer(inner)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        let line = lines.0.lock().unwrap().pop().expect("one access line");
+        Seen {
+            status,
+            body,
+            line,
+            metrics: metrics.encode(),
+        }
+    }
+
+    /// Every failure the sidecar answers itself, walked through the edge as
+    /// a request meets it: the app's answer, the access line and the
+    /// request metrics carry the kind's one status, code and class.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_failure_is_answered_logged_and_counted_with_one_class_and_kind() {
+        let mut cases: Vec<(Result<Response<ResponseBody>, Error>, Kind)> =
+            respond::tests::raised_failures()
+                .into_iter()
+                .map(|(err, kind)| (Err(err), kind))
+                .collect();
+        // A GraphQL route's 200 that is not JSON, judged so by classify and
+        // rescued at the edge.
+        let mut not_json = Response::new(ResponseBody::full(Bytes::from_static(b"<html>")));
+        not_json
+            .extensions_mut()
+            .insert(Class::new(Verdict::Transient, Kind::BadJson, true));
+        cases.push((Ok(not_json), Kind::BadJson));
+        for (outcome, kind) in cases {
+            let table = kind.answer();
+            let verdict = table.verdict.unwrap();
+            let seen = through_the_edge(outcome).await;
+            let what = format!("{kind:?}");
+            assert_eq!(seen.status, table.status.as_u16(), "{what}");
+            assert_eq!(seen.body["code"], table.code, "{what}: {}", seen.body);
+            assert_eq!(
+                seen.body["class"],
+                verdict.as_str(),
+                "{what}: {}",
+                seen.body
+            );
+            assert_eq!(seen.line["class"], verdict.as_str(), "{what}");
+            assert_eq!(seen.line["kind"], kind.as_str(), "{what}");
+            assert_eq!(seen.line["error_code"], table.code, "{what}");
+            assert_eq!(
+                seen.line["status"],
+                table.status.as_u16().to_string(),
+                "{what}"
+            );
+            let status_class = format!("{}xx", table.status.as_u16() / 100);
+            let counted = format!(
+                "datalayer_sidecar_requests_total{{route=\"r\",status_class=\"{status_class}\",class=\"{}\"}} 1",
+                verdict.as_str()
+            );
+            assert!(seen.metrics.contains(&counted), "{what}: no {counted}");
+        }
     }
 }

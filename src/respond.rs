@@ -93,16 +93,15 @@ pub fn failure_response(failure: &Failure, ex: &Exchange) -> Response<ResponseBo
         ErrorFormat::Graphql => (
             "application/json",
             json!({
-                "errors": [{
-                    "message": failure.message,
-                    "extensions": {
-                        "code": failure.code,
-                        "class": failure.class.as_str(),
-                        "retryable": failure.retryable,
-                        "attempts": attempts,
-                        "request_id": request_id,
-                    }
-                }]
+                "errors": [graphql_error(GraphqlError {
+                    message: &failure.message,
+                    code: failure.code,
+                    class: failure.class,
+                    retryable: failure.retryable,
+                    attempts,
+                    request_id,
+                    alias: None,
+                })]
             }),
         ),
         ErrorFormat::Problem => (
@@ -135,6 +134,46 @@ pub fn failure_response(failure: &Failure, ex: &Exchange) -> Response<ResponseBo
     resp
 }
 
+/// One GraphQL error the sidecar writes, whole or for one alias.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphqlError<'a> {
+    /// Human-readable explanation.
+    pub message: &'a str,
+    /// Stable machine code.
+    pub code: &'a str,
+    /// The class.
+    pub class: Verdict,
+    /// Whether trying again later can help.
+    pub retryable: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The request id.
+    pub request_id: &'a str,
+    /// The alias the error concerns (its `path`), when one.
+    pub alias: Option<&'a str>,
+}
+
+/// The one shape of a GraphQL error the sidecar writes: the answer to a
+/// failed request ([`failure_response`]) and an alias's error in a merged
+/// batch answer ([`crate::retry::partial`]) alike, so the SDK and a
+/// dashboard read the same `extensions` everywhere.
+pub fn graphql_error(e: GraphqlError<'_>) -> serde_json::Value {
+    let mut v = json!({
+        "message": e.message,
+        "extensions": {
+            "code": e.code,
+            "class": e.class.as_str(),
+            "retryable": e.retryable,
+            "attempts": e.attempts,
+            "request_id": e.request_id,
+        }
+    });
+    if let Some(alias) = e.alias {
+        v["path"] = json!([alias]);
+    }
+    v
+}
+
 /// The structured response for `err` on this exchange.
 pub fn error_response(err: &Error, ex: &Exchange) -> (Response<ResponseBody>, Failure) {
     let failure = describe(err, ex);
@@ -142,13 +181,17 @@ pub fn error_response(err: &Error, ex: &Exchange) -> (Response<ResponseBody>, Fa
 }
 
 /// Replace a final answer the client could not use: a GraphQL route's 200
-/// whose body is not JSON becomes a 502 `bad_upstream_response`.
-pub fn rescue_response(resp: Response<ResponseBody>, ex: &Exchange) -> Response<ResponseBody> {
+/// whose body is not JSON becomes a 502 `bad_upstream_response`; the code
+/// written, for the access line.
+pub fn rescue_response(
+    resp: Response<ResponseBody>,
+    ex: &Exchange,
+) -> (Response<ResponseBody>, Option<&'static str>) {
     let Some(class) = resp.extensions().get::<Class>().copied() else {
-        return resp;
+        return (resp, None);
     };
     if class.kind != Kind::BadJson {
-        return resp;
+        return (resp, None);
     }
     let failure = Failure {
         status: StatusCode::BAD_GATEWAY,
@@ -160,11 +203,11 @@ pub fn rescue_response(resp: Response<ResponseBody>, ex: &Exchange) -> Response<
     };
     let mut out = failure_response(&failure, ex);
     out.extensions_mut().insert(class);
-    out
+    (out, Some(failure.code))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::error::ConnectError;
 
@@ -172,11 +215,12 @@ mod tests {
         Box::new(std::io::Error::new(kind, "x"))
     }
 
-    /// Every failure the sidecar raises, walked through the answer and
-    /// through what the access line and the metrics record: one kind, one
-    /// class, the kind's code and status.
-    #[test]
-    fn every_failure_is_answered_and_recorded_alike() {
+    /// The kinds no case below raises, and why: both wrap a `hyper::Error`,
+    /// which only hyper can make (the fault suites raise them for real).
+    pub(crate) const NOT_RAISED_HERE: [Kind; 2] = [Kind::ClientBody, Kind::ResetMidBody];
+
+    /// One error of every kind the sidecar answers itself, with its kind.
+    pub(crate) fn raised_failures() -> Vec<(Error, Kind)> {
         use std::io::ErrorKind as Io;
         let limit = |kind| error::LimitExceeded {
             kind,
@@ -249,8 +293,39 @@ mod tests {
                 Kind::Dns,
             ),
             (io(Io::ConnectionReset), Kind::ResetBeforeResponse),
+            (
+                Box::new(rustls::Error::General("handshake".into())),
+                Kind::Tls,
+            ),
+            (
+                Box::new(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )),
+                Kind::TlsCertificate,
+            ),
             ("something else".into(), Kind::Internal),
         ];
+        // Every kind the sidecar answers itself is raised, but those that
+        // cannot be made here; a new kind needs a case.
+        for kind in Kind::ALL {
+            let answered_here = kind.answer().verdict.is_some_and(|v| v != Verdict::Success)
+                && kind != Kind::BadJson
+                && !NOT_RAISED_HERE.contains(&kind);
+            assert_eq!(
+                answered_here,
+                cases.iter().any(|(_, k)| *k == kind),
+                "{kind:?}: a case in raised_failures"
+            );
+        }
+        cases
+    }
+
+    /// Every failure the sidecar raises, walked through the answer and
+    /// through what the access line and the metrics record: one kind, one
+    /// class, the kind's code and status.
+    #[test]
+    fn every_failure_is_answered_and_recorded_alike() {
+        let cases = raised_failures();
         let ex = Exchange::new(HeaderValue::from_static("req-1"));
         // A spent retry budget renames an upstream failure, not a refusal
         // of the sidecar's own.
