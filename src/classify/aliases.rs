@@ -23,7 +23,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Class, Classifier, Kind, Verdict, matches_any};
+use super::{
+    Class, Classifier, Kind, Verdict, errors_verdict, is_transient_code, item_verdict, matches_any,
+};
 
 /// Each alias's result, in document order: for one attempt (set by the
 /// classify layer), or final (set by the retry policy when it settled a
@@ -149,7 +151,7 @@ impl Classifier {
             if head
                 .extensions
                 .and_then(|e| e.code)
-                .is_some_and(|c| self.transient_codes.iter().any(|t| *t == c))
+                .is_some_and(|c| is_transient_code(&self.transient_codes, &c))
             {
                 transient_code[i] = true;
             }
@@ -158,11 +160,7 @@ impl Classifier {
         for (i, r) in out.iter_mut().enumerate() {
             if !r.errors.is_empty() {
                 r.kind = Kind::GraphqlError;
-                r.verdict = if transient_code[i] {
-                    Verdict::Transient
-                } else {
-                    Verdict::Permanent
-                };
+                r.verdict = errors_verdict(transient_code[i]);
                 continue;
             }
             let item = r
@@ -177,12 +175,10 @@ impl Classifier {
                 }
                 Some(Some(it)) if it.ok == Some(false) => {
                     r.kind = Kind::ItemNotOk;
-                    r.verdict = match it.message {
-                        Some(m) if matches_any(&m, &self.permanent_item_patterns) => {
-                            Verdict::Permanent
-                        }
-                        _ => Verdict::Transient,
-                    };
+                    let permanent = it
+                        .message
+                        .is_some_and(|m| matches_any(&m, &self.permanent_item_patterns));
+                    r.verdict = item_verdict(permanent);
                 }
                 Some(Some(_)) => {}
             }

@@ -334,28 +334,52 @@ impl Classifier {
         }
         let members = scan.data_members;
         if scan.errors > 0 {
-            let verdict = if scan.transient_error {
-                Verdict::Transient
-            } else {
-                Verdict::Permanent
-            };
+            let verdict = errors_verdict(scan.transient_error);
             return (Class::new(verdict, Kind::GraphqlError, true), members);
         }
         if scan.item_not_ok {
-            let verdict = if scan.permanent_item {
-                Verdict::Permanent
-            } else {
-                Verdict::Transient
-            };
+            let verdict = item_verdict(scan.permanent_item);
             return (Class::new(verdict, Kind::ItemNotOk, true), members);
         }
         (Class::OK, members)
     }
 }
 
+// === the answer-verdict rules ===
+//
+// One set, read by the whole-answer scan below and by the per-alias reading
+// (`aliases.rs`), for live attempts and replays alike, so an alias and the
+// answer it is part of are judged by the same words.
+
+/// GraphQL errors are transient when one carries a code of
+/// `classify.transient_graphql_codes`, permanent otherwise.
+pub(crate) fn errors_verdict(any_transient_code: bool) -> Verdict {
+    if any_transient_code {
+        Verdict::Transient
+    } else {
+        Verdict::Permanent
+    }
+}
+
+/// Whether an error's `extensions.code` is one of the transient `codes`.
+pub(crate) fn is_transient_code(codes: &[String], code: &str) -> bool {
+    codes.iter().any(|c| c.as_str() == code)
+}
+
+/// An item answered `ok: false` is permanent when its message matches one
+/// of `classify.permanent_item_messages`, transient otherwise (the backend
+/// may accept it later).
+pub(crate) fn item_verdict(permanent_message: bool) -> Verdict {
+    if permanent_message {
+        Verdict::Permanent
+    } else {
+        Verdict::Transient
+    }
+}
+
 /// Whether `message` contains any of the (lower-case) `patterns`, ignoring
 /// ASCII case. Runs only for `ok:false` items, never on the success path.
-fn matches_any(message: &str, patterns: &[String]) -> bool {
+pub(crate) fn matches_any(message: &str, patterns: &[String]) -> bool {
     if patterns.is_empty() {
         return false;
     }
@@ -588,7 +612,7 @@ impl<'de> Visitor<'de> for ErrorsSeed<'_> {
         while let Some(code) = seq.next_element::<ErrorCode<'de>>()? {
             self.state.errors += 1;
             if let Some(code) = code.0
-                && self.codes.iter().any(|c| c.as_str() == code.as_ref())
+                && is_transient_code(self.codes, &code)
             {
                 self.state.transient_error = true;
             }

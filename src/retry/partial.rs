@@ -317,16 +317,14 @@ struct WholeFailure {
 
 impl WholeFailure {
     fn error_for(&self, key: &str) -> Box<RawValue> {
-        let v = serde_json::json!({
-            "message": self.message,
-            "path": [key],
-            "extensions": {
-                "code": self.code,
-                "class": self.class.as_str(),
-                "retryable": self.class == Verdict::Transient,
-                "attempts": self.attempts,
-                "request_id": self.request_id,
-            }
+        let v = crate::respond::graphql_error(crate::respond::GraphqlError {
+            message: &self.message,
+            code: self.code,
+            class: self.class,
+            retryable: self.class == Verdict::Transient,
+            attempts: self.attempts,
+            request_id: &self.request_id,
+            alias: Some(key),
         });
         RawValue::from_string(v.to_string()).unwrap_or_default()
     }
