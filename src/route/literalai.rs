@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::graphql::OperationType;
 use crate::route::file::{GraphqlMatchFile, OnFailure, RetryOverride, RouteFile, TimeoutsOverride};
-use crate::route::vocabulary::Vocabulary;
+use crate::route::vocabulary::{Vocabulary, Writes};
 
 /// What the sidecar may do with an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,11 +467,11 @@ impl Vocabulary for LiteralAi {
     fn name(&self) -> &'static str {
         "literalai"
     }
-    fn entity(&self, field: &str) -> Option<&'static str> {
-        lookup(field).and_then(|o| o.entity)
-    }
-    fn is_barrier(&self, field: &str) -> bool {
-        lookup(field).is_some_and(|o| o.barrier)
+    fn writes(&self, field: &str) -> Writes {
+        lookup(field).map_or(Writes::default(), |o| Writes {
+            entity: o.entity,
+            barrier: o.barrier,
+        })
     }
     fn joinable_field(&self) -> Option<&'static str> {
         Some("ingestStep")
@@ -599,8 +599,8 @@ mod tests {
         assert_eq!(key("deleteStep", "a"), "step:a");
         assert_eq!(key("upsertThread", "t"), "thread:t");
         assert_eq!(key("somethingElse", "x"), "somethingElse:x");
-        assert!(LiteralAi.is_barrier("deleteThread"));
-        assert!(!LiteralAi.is_barrier("ingestStep"));
+        assert!(LiteralAi.writes("deleteThread").barrier);
+        assert!(!LiteralAi.writes("ingestStep").barrier);
         assert_eq!(LiteralAi.joinable_field(), Some("ingestStep"));
     }
 

@@ -189,11 +189,12 @@ impl Route {
         let mut keys = Vec::with_capacity(op.root_fields.len());
         let mut barrier = false;
         for (i, f) in op.root_fields.iter().enumerate() {
-            match root_ids.get(i).and_then(Option::as_deref) {
-                Some(id) => keys.push(vocabulary::order_key(self.vocabulary, &f.name, id)),
-                None => return Box::default(),
-            }
-            barrier |= self.vocabulary.is_barrier(&f.name);
+            let Some(id) = root_ids.get(i).and_then(Option::as_deref) else {
+                return Box::default();
+            };
+            let writes = self.vocabulary.writes(&f.name);
+            keys.push(vocabulary::key_of(writes, &f.name, id));
+            barrier |= writes.barrier;
         }
         if barrier {
             keys.push(BARRIER_KEY.to_string());
@@ -211,10 +212,11 @@ impl Route {
             .map(|(i, f)| {
                 let mut keys = Vec::with_capacity(2);
                 let id = root_ids.get(i).and_then(Option::as_deref);
+                let writes = self.vocabulary.writes(&f.name);
                 if let Some(id) = id {
-                    keys.push(vocabulary::order_key(self.vocabulary, &f.name, id));
+                    keys.push(vocabulary::key_of(writes, &f.name, id));
                 }
-                if id.is_none() || self.vocabulary.is_barrier(&f.name) {
+                if id.is_none() || writes.barrier {
                     keys.push(BARRIER_KEY.to_string());
                 }
                 keys

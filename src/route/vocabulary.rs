@@ -14,14 +14,8 @@ pub trait Vocabulary: std::fmt::Debug + Send + Sync {
     /// The preset's label (`explain` names its annotation after it).
     fn name(&self) -> &'static str;
 
-    /// The entity a root field writes, when several fields write one (a
-    /// create and a delete of one record); `None` makes the field its own
-    /// entity.
-    fn entity(&self, field: &str) -> Option<&'static str>;
-
-    /// Whether a spooled write of this root field must be ordered against
-    /// every other write.
-    fn is_barrier(&self, field: &str) -> bool;
+    /// What a spooled write of this root field writes (see [`Writes`]).
+    fn writes(&self, field: &str) -> Writes;
 
     /// The root field whose single-field writes the replay worker may join
     /// into one request, if any.
@@ -36,6 +30,16 @@ pub trait Vocabulary: std::fmt::Debug + Send + Sync {
     }
 }
 
+/// What a root field's write touches, for ordering it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// The entity it writes, when several fields write one (a create and a
+    /// delete of one record); `None` makes the field its own entity.
+    pub entity: Option<&'static str>,
+    /// Whether it must be ordered against every other write.
+    pub barrier: bool,
+}
+
 /// No preset: GraphQL alone.
 #[derive(Debug)]
 pub struct Generic;
@@ -44,11 +48,8 @@ impl Vocabulary for Generic {
     fn name(&self) -> &'static str {
         "none"
     }
-    fn entity(&self, _field: &str) -> Option<&'static str> {
-        None
-    }
-    fn is_barrier(&self, _field: &str) -> bool {
-        false
+    fn writes(&self, _field: &str) -> Writes {
+        Writes::default()
     }
     fn joinable_field(&self) -> Option<&'static str> {
         None
@@ -65,7 +66,12 @@ impl Vocabulary for Generic {
 /// `entity:id`, the entity being the field's own name unless the
 /// vocabulary names one.
 pub fn order_key(vocabulary: &dyn Vocabulary, field: &str, id: &str) -> String {
-    let entity = vocabulary.entity(field).unwrap_or(field);
+    key_of(vocabulary.writes(field), field, id)
+}
+
+/// [`order_key`] from what the field writes.
+pub(crate) fn key_of(writes: Writes, field: &str, id: &str) -> String {
+    let entity = writes.entity.unwrap_or(field);
     // Pushed, not `format!`: this runs for every spoolable write, and the
     // formatting machinery cost more than the rest of the key's work.
     let mut key = String::with_capacity(entity.len() + 1 + id.len());
@@ -82,7 +88,7 @@ mod tests {
     #[test]
     fn without_a_preset_a_field_is_its_own_entity_and_nothing_is_a_barrier() {
         assert_eq!(order_key(&Generic, "deleteStep", "s"), "deleteStep:s");
-        assert!(!Generic.is_barrier("deleteThread"));
+        assert!(!Generic.writes("deleteThread").barrier);
         assert_eq!(Generic.joinable_field(), None);
     }
 }

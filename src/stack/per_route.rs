@@ -57,7 +57,10 @@ where
 {
     type Response = S::Response;
     type Error = Error;
-    type Future = Either<Oneshot<S, Request<B>>, std::future::Ready<Result<S::Response, Error>>>;
+    type Future = Either<
+        Either<S::Future, Oneshot<S, Request<B>>>,
+        std::future::Ready<Result<S::Response, Error>>,
+    >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // Readiness is the chosen stack's, awaited in the call's future:
@@ -69,13 +72,23 @@ where
         let stack = exchange::of(&req)
             .and_then(|e| e.routed())
             .and_then(|r| self.stacks.get(r.route.index));
-        match stack {
-            Some(s) => Either::Left(Oneshot::new(s.clone(), req)),
+        let Some(stack) = stack else {
             // Prepare routes every request before it gets here; one that
             // was not is not sent anywhere.
-            None => Either::Right(std::future::ready(Err(
+            return Either::Right(std::future::ready(Err(
                 "internal: a request reached the route stacks unrouted".into(),
-            ))),
+            )));
+        };
+        let mut stack = stack.clone();
+        // A route's stack is ready at once (its slot is taken in the
+        // response future, not in poll_ready): call it now, so the future
+        // holds neither the clone nor a readiness state. One that is not
+        // ready is awaited properly, woken by its own waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match stack.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => Either::Left(Either::Left(stack.call(req))),
+            Poll::Ready(Err(e)) => Either::Right(std::future::ready(Err(e))),
+            Poll::Pending => Either::Left(Either::Right(Oneshot::new(stack, req))),
         }
     }
 }
