@@ -29,11 +29,14 @@ impl Preset {
         }
     }
 
-    /// What this preset knows of its API's writes.
+    /// What this preset knows of its API's writes. `none` keeps
+    /// LiteralAI's ordering words: writes spooled before an upgrade hold
+    /// keys made by them (`step:<id>`), and a newer write must still queue
+    /// behind them — changing the keys of a running queue could let an
+    /// older version land last.
     pub fn vocabulary(self) -> &'static dyn super::Vocabulary {
         match self {
-            Preset::Literalai => &super::literalai::LiteralAi,
-            Preset::None => &super::vocabulary::Generic,
+            Preset::Literalai | Preset::None => &super::literalai::LiteralAi,
         }
     }
 }
