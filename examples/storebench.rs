@@ -35,7 +35,7 @@ async fn main() {
     let body_len = args.get(2).copied().unwrap_or(1400);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool.sqlite3");
-    let store = Store::open(&path, false, 256).unwrap();
+    let store = Store::open(&path, false, 256, Default::default()).unwrap();
     if std::env::var("STOREBENCH_DROP_TRIGGERS").is_ok() {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.execute_batch("DROP TRIGGER entry_added; DROP TRIGGER entry_removed;")
@@ -74,10 +74,7 @@ async fn main() {
         t.await.unwrap();
     }
     let (secs, cpu) = (t0.elapsed().as_secs_f64(), cpu_us() - c0);
-    let batches = store
-        .totals
-        .batches
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let batches = store.ledger().commit_batches;
     println!(
         "append: {n} writes, {:.0}/s, {:.1} µs CPU/write, {:.1} writes/commit",
         n as f64 / secs,

@@ -1,15 +1,17 @@
-//! The status board: outcome counters and recent structured errors, kept
-//! across config generations, sampled every [`SAMPLE_EVERY`] so "the last
-//! minute" is the difference between now and the sample a minute old.
+//! The status board: the outcome counts (the metrics' own `outcomes`
+//! counters, not a copy) sampled every [`SAMPLE_EVERY`], so "the last
+//! minute" is the difference between now and the sample a minute old, and
+//! the recent structured errors. Kept across config generations.
 //!
-//! The edge counts into it as it writes the access line; the status page
-//! ([`crate::admin::status`]) reads it. Below both, so the request path
-//! does not depend on the admin port's code.
+//! The edge counts through it as it writes the access line; the status
+//! page ([`crate::admin::status`]) reads it. Below both, so the request
+//! path does not depend on the admin port's code.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
 
 use crate::clock::now_ms;
 
@@ -19,6 +21,19 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const SAMPLES: usize = 120;
 /// Structured errors kept.
 const ERRORS: usize = 20;
+
+/// Finished requests by what the client got: one count each, read by
+/// the scrape and sampled by the status board (which keeps none of its
+/// own).
+#[derive(Debug, Clone, Default)]
+pub struct Outcomes {
+    /// Answered by the backend.
+    pub answered: Counter,
+    /// Acknowledged from the spool.
+    pub spooled: Counter,
+    /// Ended in a failure for the client.
+    pub failed: Counter,
+}
 
 /// One structured error the sidecar answered (never a header or a body).
 #[derive(Debug, Clone)]
@@ -42,12 +57,11 @@ struct Sample {
     depth: u64,
 }
 
-/// Outcome counters and recent errors, kept across config generations.
+/// Samples of the outcome counts and recent errors, kept across config
+/// generations.
 #[derive(Debug, Default)]
 pub struct StatusBoard {
-    answered: AtomicU64,
-    spooled: AtomicU64,
-    failed: AtomicU64,
+    outcomes: Outcomes,
     errors: Mutex<VecDeque<ErrorEntry>>,
     samples: Mutex<VecDeque<Sample>>,
 }
@@ -66,20 +80,28 @@ pub struct LastMinute {
 }
 
 impl StatusBoard {
+    /// A board over the metrics' outcome counters.
+    pub fn new(outcomes: Outcomes) -> StatusBoard {
+        StatusBoard {
+            outcomes,
+            ..StatusBoard::default()
+        }
+    }
+
     /// Count a request the upstream answered.
     pub fn answered(&self) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.answered.inc();
     }
 
     /// Count a write acknowledged from the spool.
     pub fn spooled(&self) {
-        self.spooled.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.spooled.inc();
     }
 
     /// Count a request that failed for the client; `error` when the sidecar
     /// answered it with a structured error.
     pub fn failed(&self, error: Option<ErrorEntry>) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
+        self.outcomes.failed.inc();
         if let Some(e) = error
             && let Ok(mut q) = self.errors.lock()
         {
@@ -93,9 +115,9 @@ impl StatusBoard {
     fn now(&self, depth: u64) -> Sample {
         Sample {
             at_ms: now_ms(),
-            answered: self.answered.load(Ordering::Relaxed),
-            spooled: self.spooled.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
+            answered: self.outcomes.answered.get(),
+            spooled: self.outcomes.spooled.get(),
+            failed: self.outcomes.failed.get(),
             depth,
         }
     }

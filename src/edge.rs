@@ -379,6 +379,7 @@ mod tests {
         body: serde_json::Value,
         line: HashMap<String, String>,
         metrics: String,
+        board: (u64, u64, u64),
     }
 
     async fn through_the_edge(outcome: Result<Response<ResponseBody>, Error>) -> Seen {
@@ -396,8 +397,9 @@ mod tests {
             metrics: metrics.clone(),
             breaker: Breaker::new(cfg.breaker.clone(), metrics.breaker.clone()),
             access_log: true,
-            board: Arc::new(StatusBoard::default()),
+            board: Arc::new(StatusBoard::new(metrics.outcomes.clone())),
         });
+        let board = shared.board.clone();
         let route = routes.all()[0].clone();
         let outcome = Mutex::new(Some(outcome));
         // Stands for prepare and the route's stack: routes the request,
@@ -431,6 +433,7 @@ mod tests {
             body,
             line,
             metrics: metrics.encode(),
+            board: board.totals(),
         }
     }
 
@@ -478,6 +481,10 @@ mod tests {
                 verdict.as_str()
             );
             assert!(seen.metrics.contains(&counted), "{what}: no {counted}");
+            // The status board shows the metric's own count.
+            let failed = "datalayer_sidecar_outcomes_total{outcome=\"failed\"} 1";
+            assert!(seen.metrics.contains(failed), "{what}: no {failed}");
+            assert_eq!(seen.board, (0, 0, 1), "{what}: the board");
         }
     }
 }

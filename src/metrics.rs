@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::board::Outcomes;
 use crate::failure::NotRetried;
 use crate::failure::{Class, Kind, Verdict};
 use crate::route::Route;
@@ -411,12 +412,31 @@ pub struct Metrics {
     pub connections_active: Gauge,
     /// Client connections accepted.
     pub connections_total: Counter,
+    /// Finished requests by what the client got (the status board's
+    /// figures).
+    pub outcomes: Outcomes,
     /// Spool state and activity.
     pub spool: SpoolMetrics,
     /// Config reloads, by result (`applied`, `invalid`).
     pub reloads: Family<ReloadLabels, Counter>,
     /// The config generation in force (1 at start, +1 per applied reload).
     pub generation: Gauge,
+}
+
+/// `outcomes`, by outcome.
+fn register_outcomes(registry: &mut Registry) -> Outcomes {
+    let family = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "outcomes",
+        "Finished client requests by what the client got: answered by the backend, acknowledged from the spool, or failed",
+        family.clone(),
+    );
+    let outcome = |outcome| series(&family, &OutcomeLabels { outcome });
+    Outcomes {
+        answered: outcome("answered"),
+        spooled: outcome("spooled"),
+        failed: outcome("failed"),
+    }
 }
 
 /// Labels of `reloads`.
@@ -512,6 +532,7 @@ impl Metrics {
         let breaker = register_breaker(&mut registry);
         let budget_balance = register_retry_budget(&mut registry);
         let (connections_active, connections_total) = register_connections(&mut registry);
+        let outcomes = register_outcomes(&mut registry);
         let spool = SpoolMetrics::register(&mut registry);
         let (reloads, generation) = register_config(&mut registry);
         Arc::new(Metrics {
@@ -523,6 +544,7 @@ impl Metrics {
             budget_balance,
             connections_active,
             connections_total,
+            outcomes,
             spool,
         })
     }

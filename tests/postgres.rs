@@ -26,16 +26,23 @@ async fn open_store_leasing(
     pg: &Postgres,
     lease: Duration,
 ) -> datalayer_sidecar::spool::store::Store {
-    let params = datalayer_sidecar::spool::store::pg::PgParams {
+    datalayer_sidecar::spool::store::Store::open_postgres(
+        &params(pg, lease),
+        256,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+fn params(pg: &Postgres, lease: Duration) -> datalayer_sidecar::spool::store::pg::PgParams {
+    datalayer_sidecar::spool::store::pg::PgParams {
         config: pg.url().parse().unwrap(),
         display: pg.url_without_password(),
         ca_file: None,
         pool: 2,
         lease,
-    };
-    datalayer_sidecar::spool::store::Store::open_postgres(&params, 256)
-        .await
-        .unwrap()
+    }
 }
 
 /// A spooled write of `body` on `route` with one key, for the store-level
@@ -648,7 +655,7 @@ async fn a_group_commit_folds_duplicates_as_one_by_one_appends_would() {
 /// back to at most one row per route.
 #[tokio::test(flavor = "current_thread")]
 async fn the_shared_counts_agree_with_the_tables() {
-    use datalayer_sidecar::spool::store::{Appended, DeadInfo, NewEntry, Totals};
+    use datalayer_sidecar::spool::store::{Appended, DeadInfo, NewEntry};
 
     let pg = Postgres::start();
     let store = open_store(&pg).await;
@@ -675,11 +682,10 @@ async fn the_shared_counts_agree_with_the_tables() {
                 "{what}: stats"
             );
             assert_eq!(
-                (
-                    Totals::get(&store.totals.entries),
-                    Totals::get(&store.totals.bytes),
-                    Totals::get(&store.totals.dead)
-                ),
+                {
+                    let c = store.ledger();
+                    (c.entries, c.bytes, c.dead_letters)
+                },
                 (depth, bytes, dead),
                 "{what}: totals"
             );
@@ -729,7 +735,14 @@ async fn the_shared_counts_agree_with_the_tables() {
         .await
         .unwrap();
     check("delivered and dead-lettered").await;
-    let pgs = store.postgres().unwrap();
+    // As the operator CLI does: its own connection to the shared store.
+    let pgs = datalayer_sidecar::spool::store::pg::PgStore::open(
+        &params(&pg, Duration::from_secs(30)),
+        Default::default(),
+        1,
+    )
+    .await
+    .unwrap();
     assert_eq!(pgs.requeue(&[]).await.unwrap(), 1);
     check("requeued").await;
     pgs.purge(true, false).await.unwrap();

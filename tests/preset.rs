@@ -227,7 +227,7 @@ async fn every_request_is_answered_within_its_deadline_waiting_for_a_slot_includ
 /// A spool big enough that opening and checking it takes a moment.
 async fn big_spool(path: &std::path::Path) {
     use datalayer_sidecar::spool::store::{NewEntry, Store};
-    let store = Store::open(path, false, 256).unwrap();
+    let store = Store::open(path, false, 256, Default::default()).unwrap();
     let body = bytes::Bytes::from(vec![b'x'; 256 * 1024]);
     let mut tasks = Vec::new();
     for t in 1..=800u64 {

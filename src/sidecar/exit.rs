@@ -7,7 +7,6 @@
 //! finishes its queue and checkpoints only when the last handle is dropped.
 
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use super::{AdminPort, Core};
 use crate::generation::Current;
 use crate::spool::Spool;
-use crate::spool::store::pg::PgStore;
+use crate::spool::store::{Sharing, Store};
 
 /// Stop everything that outlived the live requests, in order, once the
 /// accept loop returned and the reload task handed `core` back.
@@ -34,7 +33,7 @@ pub(super) async fn stop<S>(
         && let Some(spool) = core
             .spool
             .as_ref()
-            .filter(|s| s.store().postgres().is_none())
+            .filter(|s| s.store().sharing() == Sharing::Alone)
     {
         let began = shutdown_began.get().copied().unwrap_or_else(Instant::now);
         drain_before_exit(spool, began + last.shutdown_grace).await;
@@ -44,7 +43,11 @@ pub(super) async fn stop<S>(
     if let Some(w) = worker {
         let _ = w.await;
     }
-    if let Some(shared) = spool.as_ref().and_then(|s| s.store().postgres()) {
+    if let Some(shared) = spool
+        .as_ref()
+        .map(Spool::store)
+        .filter(|s| s.sharing() != Sharing::Alone)
+    {
         hand_off(shared).await;
     }
     drop(current);
@@ -58,7 +61,7 @@ pub(super) async fn stop<S>(
 /// spool is empty or `deadline` (the end of the grace period) passes, and
 /// say how it ended. Entries left stay in the store for the next start.
 async fn drain_before_exit(spool: &Spool, deadline: Instant) {
-    let depth = || spool.store().totals.entries.load(Ordering::Relaxed);
+    let depth = || spool.store().waiting();
     let at_start = depth();
     if at_start == 0 {
         return;
@@ -96,8 +99,8 @@ async fn drain_before_exit(spool: &Spool, deadline: Instant) {
 /// With the shared store every acknowledged write is already in it; give
 /// back what this replica had claimed, so the others take it at once
 /// rather than when the lease runs out, and say how the queue stands.
-async fn hand_off(shared: &PgStore) {
-    let released = shared.release_all().await;
+async fn hand_off(shared: &Store) {
+    let released = shared.release_claims().await;
     let waiting = shared.stats().await.map(|s| s.depth);
     match (released, waiting) {
         (Ok(released), Ok(waiting)) => tracing::info!(

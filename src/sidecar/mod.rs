@@ -17,7 +17,7 @@ mod exit;
 mod reload;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -153,8 +153,8 @@ impl Core {
         .map_err(|e| RunError::Start(format!("opening the spool: {e}")))??;
         tracing::info!(
             path = %cfg.spool.path.display(),
-            waiting = spool.store().totals.entries.load(Ordering::Relaxed),
-            disk_bytes = spool.store().totals.disk_bytes.load(Ordering::Relaxed),
+            waiting = spool.store().waiting(),
+            disk_bytes = spool.store().disk().disk_bytes,
             "spool open"
         );
         let _ = self.admin.spool.set(spool.clone());
@@ -363,7 +363,7 @@ where
         spawn_sighup(reload_tx.clone())?;
     }
     let metrics = Metrics::new();
-    let board = Arc::new(StatusBoard::default());
+    let board = Arc::new(StatusBoard::new(metrics.outcomes.clone()));
     // Without a source, `POST /reload` is refused and only a SIGHUP handler
     // (if any) keeps the queue open.
     let reload = opts.source.as_ref().map(|_| reload_tx);
@@ -531,10 +531,7 @@ async fn sample(board: Arc<StatusBoard>, admin: Arc<AdminState>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     loop {
         tick.tick().await;
-        let depth = admin
-            .spool
-            .get()
-            .map_or(0, |s| s.store().totals.entries.load(Ordering::Relaxed));
+        let depth = admin.spool.get().map_or(0, |s| s.store().waiting());
         board.sample(depth);
     }
 }

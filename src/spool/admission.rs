@@ -394,14 +394,7 @@ impl Spool {
         f.ended.send_replace(Some(ended));
         // The worker waits on flights only while entries wait; with an
         // empty queue, waking it for every live write would cost a query.
-        if self
-            .inner
-            .store
-            .totals
-            .entries
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0
-        {
+        if self.inner.store.waiting() > 0 {
             self.inner.wake.notify_one();
         }
     }
@@ -416,12 +409,8 @@ impl Spool {
     /// tickets, so its entries keep their order and nothing comes between.
     pub fn admit_n(&self, keys: &[String], bytes: u64, write_behind: bool, tickets: u64) -> Admit {
         let hashed: Box<[u64]> = sorted(keys.iter().map(|k| key_hash(k)).collect());
-        let totals = &self.inner.store.totals;
         // Entries the operator requeued may have moved the end of the queue.
-        let end = totals
-            .max_ticket
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(0) as u64;
+        let end = self.inner.store.max_ticket().max(0) as u64;
         let Ok(mut o) = self.inner.order.lock() else {
             // A poisoned lock: behind the queue is always safe.
             return Admit::Behind(Reservation {
@@ -434,7 +423,7 @@ impl Spool {
         o.next_ticket = ticket + tickets.max(1);
         // Read under the lock: a write leaves `pending` under it after its
         // commit counted it, so one of the two always shows it.
-        let stored = totals.entries.load(std::sync::atomic::Ordering::Relaxed);
+        let stored = self.inner.store.waiting();
         if write_behind || stored > 0 || !o.pending.is_empty() {
             o.pending_bytes += bytes;
             o.pending.insert(

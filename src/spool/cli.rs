@@ -105,8 +105,7 @@ impl Db {
                     .enable_all()
                     .build()
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let totals = std::sync::Arc::new(store::Totals::default());
-                let pg = rt.block_on(PgStore::open(p, totals, 1))?;
+                let pg = rt.block_on(PgStore::open(p, store::LedgerCounters::default(), 1))?;
                 Ok(Db::Postgres(rt, pg))
             }
         }

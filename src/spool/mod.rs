@@ -35,7 +35,6 @@ pub mod supervise;
 pub use admission::{Admit, LiveGuard, Reservation, Resolved, Waiting};
 pub use layer::{SpoolLayer, SpoolService};
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -47,7 +46,8 @@ use crate::classify::Class;
 use crate::error::{Error, SpoolFull, SpoolUnavailable};
 use crate::metrics::SpoolMetrics;
 use admission::OrderState;
-use store::{Appended, NewEntry, Store, StoreError, Totals};
+pub use store::DiskUse;
+use store::{Appended, LedgerCounters, NewEntry, Store, StoreError};
 
 /// Disk a stored write takes beyond its body and headers (row, index
 /// entries, page slack), for the capacity check.
@@ -173,19 +173,6 @@ pub struct Paused {
     pub next_probe_ms: i64,
 }
 
-/// The store's disk use.
-#[derive(Debug, Clone, Serialize)]
-pub struct DiskUse {
-    /// Database pages in use.
-    pub db_used_bytes: u64,
-    /// The write-ahead log.
-    pub wal_bytes: u64,
-    /// The store's files together.
-    pub disk_bytes: u64,
-    /// The largest `disk_bytes` since start.
-    pub disk_high_water_bytes: u64,
-}
-
 /// The spool's state, for the admin endpoint.
 #[derive(Debug, Clone, Serialize)]
 pub struct SpoolStatus {
@@ -241,16 +228,34 @@ impl Spool {
         metrics: SpoolMetrics,
         quarantine_corrupt: bool,
     ) -> Result<Spool, StoreError> {
+        // The store counts its commits into the metrics' own counters.
+        let counters = LedgerCounters {
+            committed: metrics.committed.clone(),
+            deduplicated: metrics.deduplicated.clone(),
+            batches: metrics.commit_batches.clone(),
+        };
         let store = match &cfg.backend {
-            SpoolBackend::Sqlite => Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch)?,
+            SpoolBackend::Sqlite => {
+                Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch, counters)?
+            }
             // Called off the async threads (see the sidecar's start-up):
             // wait for the connection and migrations here.
             SpoolBackend::Postgres(p) => tokio::runtime::Handle::try_current()
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                .block_on(Store::open_postgres(p, cfg.max_batch))?,
+                .block_on(Store::open_postgres(p, cfg.max_batch, counters))?,
         };
-        let next_ticket = store.totals.max_ticket.load(Ordering::Relaxed).max(0) as u64 + 1;
-        let spool = Spool {
+        Ok(Spool::with_store(store, cfg, sensitive, metrics))
+    }
+
+    /// A spool over an open store.
+    pub fn with_store(
+        store: Store,
+        cfg: &SpoolSettings,
+        sensitive: &[HeaderName],
+        metrics: SpoolMetrics,
+    ) -> Spool {
+        let next_ticket = store.ledger().max_ticket.max(0) as u64 + 1;
+        Spool {
             inner: Arc::new(Inner {
                 store,
                 live: arc_swap::ArcSwap::from_pointee(Live::of(cfg, sensitive)),
@@ -261,16 +266,13 @@ impl Spool {
                 worker: Mutex::new(supervise::WorkerHealth::starting()),
                 pause_asked: Mutex::new(None),
             }),
-        };
-        spool.update_gauges();
-        Ok(spool)
+        }
     }
 
     /// Take up reloaded settings: capacity and which headers are stored
     /// apply to the next write (the path and batch size need a restart).
     pub fn apply(&self, cfg: &SpoolSettings, sensitive: &[HeaderName]) {
         self.inner.live.store(Arc::new(Live::of(cfg, sensitive)));
-        self.update_gauges();
     }
 
     /// Whether `class`, a refusal, is the system's (see [`refusal`]):
@@ -286,7 +288,8 @@ impl Spool {
 
     /// Why a write of `bytes` cannot be stored now, if it cannot.
     fn over_capacity(&self, bytes: u64) -> Option<String> {
-        let t = &self.inner.store.totals;
+        let counts = self.inner.store.ledger();
+        let disk = self.inner.store.disk();
         let cfg = self.inner.live.load().limits;
         let (pending, pending_bytes) = self
             .inner
@@ -294,21 +297,21 @@ impl Spool {
             .lock()
             .map(|o| o.pending())
             .unwrap_or((0, bytes));
-        let entries = Totals::get(&t.entries);
+        let entries = counts.entries;
         if entries + pending > cfg.max_entries {
             return Some(format!(
                 "{entries} entries waiting, spool.max_entries is {}",
                 cfg.max_entries
             ));
         }
-        let used = Totals::get(&t.db_used_bytes);
+        let used = disk.db_used_bytes;
         if used + pending_bytes.max(bytes) + ENTRY_OVERHEAD * pending.max(1) > cfg.max_bytes {
             return Some(format!(
                 "{used} bytes of database in use, spool.max_bytes is {}",
                 cfg.max_bytes
             ));
         }
-        let wal = Totals::get(&t.wal_bytes);
+        let wal = disk.wal_bytes;
         if wal > store::WAL_LIMIT {
             return Some(format!(
                 "the write-ahead log is at its bound ({wal} bytes) while a reader holds it"
@@ -364,20 +367,8 @@ impl Spool {
             .collect();
         match inner.store.append_many(entries).await {
             Ok(appended) => {
+                // The store counted the commit (its ledger).
                 place.committed();
-                for a in &appended {
-                    if *a == Appended::Stored {
-                        inner.metrics.committed.inc();
-                    } else {
-                        inner.metrics.deduplicated.inc();
-                    }
-                }
-                inner
-                    .metrics
-                    .commit_batches
-                    .inner()
-                    .store(Totals::get(&inner.store.totals.batches), Ordering::Relaxed);
-                self.update_gauges();
                 Ok(appended)
             }
             Err(StoreError::DiskFull(e)) => {
@@ -388,25 +379,23 @@ impl Spool {
         }
     }
 
-    fn update_gauges(&self) {
-        let t = &self.inner.store.totals;
+    /// Set the gauges from the ledger, the settings and the worker's state,
+    /// as a scrape reads them: they are views of those, not counts kept
+    /// beside them. The oldest entry's age takes a query.
+    pub async fn refresh_metrics(&self) {
+        let counts = self.inner.store.ledger();
+        let disk = self.inner.store.disk();
         let m = &self.inner.metrics;
         let limits = self.inner.live.load().limits;
-        m.capacity_entries
-            .set(i64::try_from(limits.max_entries).unwrap_or(i64::MAX));
-        m.capacity_bytes
-            .set(i64::try_from(limits.max_bytes).unwrap_or(i64::MAX));
-        m.depth.set(Totals::get(&t.entries) as i64);
-        m.bytes.set(Totals::get(&t.bytes) as i64);
-        m.dead_letters.set(Totals::get(&t.dead) as i64);
-        m.disk_bytes.set(Totals::get(&t.disk_bytes) as i64);
-        m.wal_bytes.set(Totals::get(&t.wal_bytes) as i64);
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        m.capacity_entries.set(gauge(limits.max_entries));
+        m.capacity_bytes.set(gauge(limits.max_bytes));
+        m.depth.set(gauge(counts.entries));
+        m.bytes.set(gauge(counts.bytes));
+        m.dead_letters.set(gauge(counts.dead_letters));
+        m.disk_bytes.set(gauge(disk.disk_bytes));
+        m.wal_bytes.set(gauge(disk.wal_bytes));
         m.paused.set(i64::from(self.paused().is_some()));
-    }
-
-    /// Refresh the gauges that need a query (oldest entry's age).
-    pub async fn refresh_metrics(&self) {
-        self.update_gauges();
         let oldest = self.inner.store.oldest_ms().await.ok().flatten();
         let age = oldest.map_or(0.0, |o| (store::now_ms() - o).max(0) as f64 / 1000.0);
         self.inner.metrics.oldest_age_seconds.set(age);
@@ -439,42 +428,26 @@ impl Spool {
         if let Ok(mut slot) = self.inner.paused.lock() {
             *slot = p;
         }
-        self.update_gauges();
     }
 
     /// The spool's state.
     pub async fn stats(&self) -> Result<SpoolStatus, StoreError> {
         let stats = self.inner.store.stats().await?;
         let m = &self.inner.metrics;
-        let t = &self.inner.store.totals;
+        let counts = self.inner.store.ledger();
         Ok(SpoolStatus {
             path: self.inner.store.path().display().to_string(),
             stats,
-            disk: DiskUse {
-                db_used_bytes: Totals::get(&t.db_used_bytes),
-                wal_bytes: Totals::get(&t.wal_bytes),
-                disk_bytes: Totals::get(&t.disk_bytes),
-                disk_high_water_bytes: Totals::get(&t.disk_high_water),
-            },
-            committed: m.committed.get(),
-            deduplicated: Totals::get(&t.deduplicated),
-            commit_batches: Totals::get(&t.batches),
+            disk: self.inner.store.disk(),
+            committed: counts.committed,
+            deduplicated: counts.deduplicated,
+            commit_batches: counts.commit_batches,
             refused_full: m.full.get(),
             max_entries: self.inner.live.load().limits.max_entries,
             max_bytes: self.inner.live.load().limits.max_bytes,
             paused: self.paused(),
             worker: self.worker_health(),
         })
-    }
-
-    /// Re-read the ledger (the operator CLI may have changed the file
-    /// while the sidecar runs); in the writer's order, so it never undoes
-    /// a commit.
-    async fn resync(&self) {
-        if let Err(e) = self.inner.store.resync().await {
-            tracing::warn!(error = %e, "spool: cannot re-read the ledger");
-        }
-        self.update_gauges();
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 fn write(route: &Arc<str>, n: u64) -> Write {
@@ -31,7 +32,7 @@ fn settings(path: &std::path::Path) -> SpoolSettings {
 }
 
 fn waiting(spool: &Spool) -> u64 {
-    spool.store().totals.entries.load(Ordering::Relaxed)
+    spool.store().waiting()
 }
 
 /// Re-reading the store (for changes the operator CLI made) while
@@ -56,11 +57,11 @@ async fn resync_never_undercounts_waiting_writes() {
             tasks.push(tokio::spawn(async move { s.enqueue(w, place).await }));
         }
         let s = spool.clone();
-        let resync = tokio::spawn(async move { s.resync().await });
+        let resync = tokio::spawn(async move { s.store().resync().await });
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        resync.await.unwrap();
+        resync.await.unwrap().unwrap();
         assert_eq!(
             waiting(&spool),
             n,
@@ -233,4 +234,63 @@ async fn an_abandoned_live_write_sends_the_one_behind_it_to_the_spool() {
     drop(a);
     let far = tokio::time::Instant::now() + Duration::from_secs(60);
     assert!(matches!(b.resolve(far).await, Resolved::Behind(_)));
+}
+
+/// A write the store fails to commit is refused with the fault's own
+/// answer (a full disk: `spool_full`, counted as such; a store that went
+/// away: unavailable, not counted as full), nothing of it is counted as
+/// committed or waiting, and the next write, behind it in line, is neither
+/// held up nor lost.
+#[tokio::test]
+async fn a_write_the_store_fails_is_refused_as_such_and_leaves_no_count() {
+    use crate::spool::store::faulty::{FaultyStore, Plan};
+    use crate::spool::store::{LedgerCounters, SqliteStore, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.sqlite3");
+    let cfg = settings(&path);
+    let metrics = SpoolMetrics::default();
+    let counters = LedgerCounters {
+        committed: metrics.committed.clone(),
+        deduplicated: metrics.deduplicated.clone(),
+        batches: metrics.commit_batches.clone(),
+    };
+    let plan = Arc::new(std::sync::Mutex::new(Plan::default()));
+    {
+        let mut p = plan.lock().unwrap();
+        p.append
+            .push_back(StoreError::DiskFull("no space left".into()));
+        p.append.push_back(StoreError::Unavailable("gone".into()));
+    }
+    let inner = SqliteStore::open(&path, false, 256, counters).unwrap();
+    let store = Store::of(
+        FaultyStore {
+            inner,
+            plan: plan.clone(),
+        },
+        path.clone(),
+    );
+    let spool = Spool::with_store(store, &cfg, &[], metrics.clone());
+    let route: Arc<str> = "spooled_writes".into();
+    let mut outcomes = Vec::new();
+    for n in 1..=3 {
+        let w = write(&route, n);
+        let Admit::Behind(place) = spool.admit(&w.keys, 200, true) else {
+            panic!("write-behind always goes behind");
+        };
+        outcomes.push(spool.enqueue(w, place).await);
+    }
+    let err = |i: usize| outcomes[i].as_ref().expect_err("refused");
+    assert!(err(0).downcast_ref::<SpoolFull>().is_some(), "{}", err(0));
+    assert!(
+        err(1).downcast_ref::<SpoolUnavailable>().is_some(),
+        "{}",
+        err(1)
+    );
+    assert_eq!(outcomes[2].as_ref().ok(), Some(&Appended::Stored));
+    assert_eq!(metrics.full.get(), 1, "only the full disk counts as full");
+    assert_eq!(metrics.committed.get(), 1, "only the stored write counts");
+    assert_eq!(waiting(&spool), 1);
+    let status = spool.stats().await.unwrap();
+    assert_eq!((status.committed, status.stats.depth), (1, 1));
 }

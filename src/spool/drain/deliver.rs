@@ -139,7 +139,6 @@ impl Drain {
                     return Done::Retry(Duration::from_secs(1));
                 }
                 metrics.replay_delivered.inc();
-                self.spool.update_gauges();
                 tracing::info!(
                     target: "spool",
                     entry = entry.id,
@@ -154,7 +153,6 @@ impl Drain {
                 if !self.move_to_dead_letters(&entry, info).await {
                     return Done::Retry(Duration::from_secs(1));
                 }
-                self.spool.update_gauges();
                 Done::Gone
             }
             Outcome::Transient { error, wait } => {

@@ -228,7 +228,6 @@ impl Drain {
                 None => Done::Retry(class.retry_after.unwrap_or(Duration::ZERO)),
             }
         };
-        self.spool.update_gauges();
         Finished {
             gone,
             solo: Vec::new(),

@@ -66,8 +66,10 @@ mod joined;
 mod pace;
 mod worker;
 
-/// How often the worker re-reads the ledger when idle (it is also woken on
-/// every commit); this catches changes made by the operator CLI.
+/// How often the worker reads the head again and naps at most when idle
+/// (it is also woken on every commit): the operator CLI's requeues are
+/// seen this way. The store re-reads its ledger on its own
+/// ([`crate::spool::store::RESYNC_EVERY`]).
 const IDLE_RESYNC: Duration = Duration::from_secs(5);
 
 /// Past this age the worker's copy of the head of the queue is read again

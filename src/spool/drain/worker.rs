@@ -18,7 +18,7 @@ use super::pace::Pacing;
 use super::{Done, Drain, Finished, HEAD_MAX_BYTES, IDLE_RESYNC, STALE_CACHE};
 use crate::clock;
 use crate::shutdown::shutdown_requested;
-use crate::spool::store::{Entry, Totals};
+use crate::spool::store::Entry;
 
 /// The loop's state between turns.
 struct Worker {
@@ -139,7 +139,7 @@ impl Worker {
         }
     }
 
-    /// A pause a live write asked for, and the periodic resync.
+    /// A pause a live write asked for, and the periodic re-read of the head.
     async fn take_requests(&mut self) {
         // A live write met a refusal of everything: pause as on our own.
         if let Some((reason, detail)) = self.this.spool.take_pause_request() {
@@ -147,8 +147,8 @@ impl Worker {
                 .pace(&mut self.pacing, Done::Pause { reason, detail });
         }
         if self.last_resync.elapsed() >= IDLE_RESYNC {
-            // Also picks up what the operator CLI changed in the file.
-            self.this.spool.resync().await;
+            // Entries the operator CLI requeued are seen only by reading
+            // the head again (the store re-reads its ledger on its own).
             self.last_resync = Instant::now();
             self.reload = true;
         }
@@ -265,7 +265,7 @@ impl Worker {
         if self.reload {
             return (None, true);
         }
-        let stored = Totals::get(&self.this.spool.store().totals.entries);
+        let stored = self.this.spool.store().waiting();
         if stored > self.cache.len() as u64 {
             match self.this.spool.eligible(
                 &self.cache,

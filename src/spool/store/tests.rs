@@ -1,4 +1,7 @@
 use super::*;
+use file::open_checked;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
 
 /// An append with this request id fails the way a full disk can.
 const FULL_AND_ROLLED_BACK: &str = "test:full-and-rolled-back";
@@ -36,7 +39,13 @@ fn entry(ticket: u64, body_len: usize) -> NewEntry {
 }
 
 fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open(&dir.path().join("spool.sqlite3"), false, 256).unwrap()
+    Store::open(
+        &dir.path().join("spool.sqlite3"),
+        false,
+        256,
+        LedgerCounters::default(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -69,7 +78,10 @@ fn a_group_commit_reports_exactly_what_it_stored() {
     let path = dir.path().join("spool.sqlite3");
     prepare_file(&path).unwrap();
     let conn = open_checked(&path).unwrap();
-    let totals = Arc::new(Totals::default());
+    let ledger = Arc::new(Ledger::new(
+        LedgerCounters::default(),
+        ledger::DiskUseIs::Measured,
+    ));
     let mut replies = Vec::new();
     let batch: Vec<Cmd> = [(1, "a"), (2, FULL_AND_ROLLED_BACK), (3, "c")]
         .into_iter()
@@ -89,7 +101,7 @@ fn a_group_commit_reports_exactly_what_it_stored() {
         conn,
         &path,
         batch,
-        totals.clone(),
+        ledger.clone(),
         Box::new(FullAndRolledBack),
     );
     let told: Vec<bool> = replies
@@ -112,14 +124,14 @@ fn a_group_commit_reports_exactly_what_it_stored() {
     }
     assert!(!told[1], "the failed write is refused");
     assert_eq!(
-        totals.entries.load(Ordering::Relaxed),
+        ledger.entries(),
         stored.len() as u64,
-        "the totals match the file"
+        "the ledger matches the file"
     );
     // And the ledger in the file agrees.
-    let fresh = Totals::default();
-    load_totals(&conn, &fresh).unwrap();
-    assert_eq!(fresh.entries.load(Ordering::Relaxed), stored.len() as u64);
+    let fresh = Ledger::new(LedgerCounters::default(), ledger::DiskUseIs::Measured);
+    load_ledger(&conn, &fresh).unwrap();
+    assert_eq!(fresh.entries(), stored.len() as u64);
 }
 
 #[tokio::test]
@@ -165,8 +177,8 @@ async fn an_identical_write_last_in_line_is_stored_once() {
         head[0].headers, b"x-api-key\0new\0",
         "the newer headers go with it"
     );
-    assert_eq!(store.totals.deduplicated.load(Ordering::Relaxed), 1);
-    assert_eq!(store.totals.entries.load(Ordering::Relaxed), 4);
+    assert_eq!(store.ledger().deduplicated, 1);
+    assert_eq!(store.waiting(), 4);
 }
 
 /// Changes the operator's CLI makes to the file reach the ledger through
@@ -181,14 +193,10 @@ async fn the_ledger_follows_cli_changes() {
     let mut cli = open_checked(store.path()).unwrap();
     assert_eq!(count(&cli, "entries").unwrap(), 5);
     purge(&mut cli, true, false, |_| {}).unwrap();
-    assert_eq!(
-        store.totals.entries.load(Ordering::Relaxed),
-        5,
-        "not yet seen"
-    );
+    assert_eq!(store.waiting(), 5, "not yet seen");
     store.resync().await.unwrap();
-    assert_eq!(store.totals.entries.load(Ordering::Relaxed), 0);
-    assert_eq!(store.totals.bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(store.waiting(), 0);
+    assert_eq!(store.ledger().bytes, 0);
     let s = store.stats().await.unwrap();
     assert_eq!((s.depth, s.bytes), (0, 0));
     assert!(s.per_route.is_empty());
@@ -198,8 +206,10 @@ async fn the_ledger_follows_cli_changes() {
 async fn one_store_file_serves_one_sidecar() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool.sqlite3");
-    let first = Store::open(&path, false, 256).unwrap();
-    let err = Store::open(&path, false, 256).unwrap_err().to_string();
+    let first = Store::open(&path, false, 256, LedgerCounters::default()).unwrap();
+    let err = Store::open(&path, false, 256, LedgerCounters::default())
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("another datalayer-sidecar is using this spool"),
         "{err}"
@@ -210,7 +220,7 @@ async fn one_store_file_serves_one_sidecar() {
     // Once the first is gone (its threads let go of the handle), the lock
     // is free again.
     for _ in 0..100 {
-        if Store::open(&path, false, 256).is_ok() {
+        if Store::open(&path, false, 256, LedgerCounters::default()).is_ok() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -239,4 +249,28 @@ async fn a_write_is_not_folded_past_entries_that_left_the_window() {
     // E repeats F, but H comes between them in the queue.
     let e = w(100_000, "F", "step:a");
     assert_eq!(store.append(e).await.unwrap(), Appended::Stored);
+}
+
+/// The store re-reads its ledger on its own, without being asked: a purge
+/// the operator CLI made beside the running sidecar reaches the counts
+/// within [`RESYNC_EVERY`] (and a little).
+#[tokio::test]
+async fn the_store_rereads_its_ledger_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    for t in 1..=3 {
+        store.append(entry(t, 100)).await.unwrap();
+    }
+    let mut cli = open_checked(store.path()).unwrap();
+    purge(&mut cli, true, false, |_| {}).unwrap();
+    assert_eq!(store.waiting(), 3, "not yet seen");
+    let deadline = tokio::time::Instant::now() + RESYNC_EVERY + Duration::from_secs(3);
+    while store.waiting() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the purge never reached the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.ledger().bytes, 0);
 }

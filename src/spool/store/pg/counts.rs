@@ -1,12 +1,12 @@
 //! The shared counts: the ledger the triggers keep, read into this
-//! replica's in-memory totals, and the operator's view of it. Separate
+//! replica's in-memory [`Ledger`], and the operator's view of it. Separate
 //! because counts never come from scanning the queue: every figure here is
 //! a sum over the ledger's few rows (or one index probe), and the in-memory
-//! totals change only by what a committed statement reported.
+//! ledger changes only by what a committed statement reported.
 
-use std::sync::atomic::Ordering;
+use deadpool_postgres::Pool;
 
-use super::{PgStore, Stats, StoreError, Totals, now_ms, unavailable};
+use super::{Ledger, PgStore, Stats, StoreError, now_ms, unavailable};
 
 /// Fold the ledger's deltas into one row per route. Replicas folding at
 /// once each fold what they saw; the sums stay right.
@@ -16,36 +16,27 @@ INSERT INTO datalayer_sidecar.ledger (route, entries, bytes, dead)
 SELECT route, sum(entries), sum(bytes), sum(dead) FROM gone GROUP BY route
 HAVING sum(entries) <> 0 OR sum(bytes) <> 0 OR sum(dead) <> 0";
 
-impl PgStore {
-    /// Re-read the shared totals (other replicas write and deliver too)
-    /// from the ledger, folding its deltas first so it stays a few rows.
-    pub async fn load_totals(&self, totals: &Totals) -> Result<(), StoreError> {
-        let c = self.client().await?;
-        c.batch_execute(FOLD_LEDGER).await.map_err(unavailable)?;
-        let r = c
-            .query_one(
-                "SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint,
+/// Re-read the shared counts (other replicas write and deliver too) from
+/// the ledger, folding its deltas first so it stays a few rows.
+pub(super) async fn reload_ledger(pool: &Pool, ledger: &Ledger) -> Result<(), StoreError> {
+    let c = pool.get().await.map_err(unavailable)?;
+    c.batch_execute(FOLD_LEDGER).await.map_err(unavailable)?;
+    let r = c
+        .query_one(
+            "SELECT coalesce(sum(entries), 0)::bigint, coalesce(sum(bytes), 0)::bigint,
                         coalesce(sum(dead), 0)::bigint,
                         (SELECT seq FROM datalayer_sidecar.counter)
                    FROM datalayer_sidecar.ledger",
-                &[],
-            )
-            .await
-            .map_err(unavailable)?;
-        let (n, bytes, dead, seq): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
-        totals.entries.store(n.max(0) as u64, Ordering::Relaxed);
-        totals.bytes.store(bytes.max(0) as u64, Ordering::Relaxed);
-        totals
-            .db_used_bytes
-            .store(bytes.max(0) as u64, Ordering::Relaxed);
-        totals
-            .disk_bytes
-            .store(bytes.max(0) as u64, Ordering::Relaxed);
-        totals.dead.store(dead.max(0) as u64, Ordering::Relaxed);
-        totals.max_ticket.fetch_max(seq, Ordering::Relaxed);
-        Ok(())
-    }
+            &[],
+        )
+        .await
+        .map_err(unavailable)?;
+    let (n, bytes, dead, seq): (i64, i64, i64, i64) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    ledger.reload(n, bytes, dead, seq);
+    Ok(())
+}
 
+impl PgStore {
     /// When the first entry in line was stored (entries keep queue order,
     /// so this is the oldest but for requeued dead letters).
     pub async fn oldest_ms(&self) -> Result<Option<i64>, StoreError> {
@@ -86,20 +77,5 @@ impl PgStore {
             .await?
             .map(|ms| ((now_ms() - ms).max(0)) as f64 / 1000.0);
         Ok(s)
-    }
-}
-
-/// One entry of `bytes` body bytes left the queue (delivered or
-/// dead-lettered by this replica).
-pub(super) fn count_removed(totals: &Totals, bytes: i64) {
-    let _ = totals
-        .entries
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(1))
-        });
-    for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
-        let _ = t.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some(v.saturating_sub(bytes.max(0) as u64))
-        });
     }
 }

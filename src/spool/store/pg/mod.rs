@@ -60,9 +60,10 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::ledger::{Change, DiskUseIs, Ledger, LedgerCounters};
 use super::{
-    Appended, DeadInfo, DeadLetter, Entry, MAX_DEAD_RESPONSE, NewEntry, Stats, StoreError, Totals,
-    now_ms,
+    Appended, DeadInfo, DeadLetter, Entry, MAX_DEAD_RESPONSE, NewEntry, Sharing, SpoolStore, Stats,
+    StoreError, StoreFuture, now_ms,
 };
 
 /// The open shared store.
@@ -78,14 +79,17 @@ pub struct PgStore {
     held: Arc<std::sync::Mutex<std::collections::BTreeSet<i64>>>,
     /// Where the next claim starts walking the queue (see [`PgStore::head`]).
     scan: Arc<std::sync::Mutex<claim::Scan>>,
+    /// This replica's mirror of the shared ledger.
+    ledger: Arc<Ledger>,
 }
 
 impl PgStore {
-    /// Connect, apply migrations and load the shared totals into `totals`.
-    /// `max_batch` writes at most go into one transaction.
+    /// Connect, apply migrations and load the shared ledger, which counts
+    /// into `counters`. `max_batch` writes at most go into one
+    /// transaction.
     pub async fn open(
         p: &PgParams,
-        totals: Arc<Totals>,
+        counters: LedgerCounters,
         max_batch: usize,
     ) -> Result<PgStore, StoreError> {
         let pool = connect::pool(p)?;
@@ -99,12 +103,13 @@ impl PgStore {
             display: p.display.as_str().into(),
             held: Arc::default(),
             scan: Arc::default(),
+            ledger: Arc::new(Ledger::new(counters, DiskUseIs::Bytes)),
         };
-        store.load_totals(&totals).await?;
+        counts::reload_ledger(&store.pool, &store.ledger).await?;
         tokio::spawn(writer::writer(
             store.pool.clone(),
             rx,
-            totals,
+            store.ledger.clone(),
             max_batch,
             store.replica.clone(),
         ));
@@ -138,6 +143,56 @@ impl PgStore {
             .send((entries, tx))
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl SpoolStore for PgStore {
+    fn append_many(&self, entries: Vec<NewEntry>) -> StoreFuture<'_, Vec<Appended>> {
+        Box::pin(PgStore::append_many(self, entries))
+    }
+
+    fn head(&self, limit: usize, max_bytes: usize) -> StoreFuture<'_, Vec<Entry>> {
+        Box::pin(PgStore::head(self, limit, max_bytes))
+    }
+
+    fn renew_many<'a>(&'a self, ids: &'a [i64]) -> StoreFuture<'a, Vec<i64>> {
+        Box::pin(PgStore::renew_many(self, ids))
+    }
+
+    fn delivered_many(&self, ids: Vec<i64>) -> StoreFuture<'_, ()> {
+        Box::pin(async move { PgStore::delivered_many(self, &ids).await })
+    }
+
+    fn failed_many(&self, ids: Vec<i64>, error: String) -> StoreFuture<'_, ()> {
+        Box::pin(async move { PgStore::failed_many(self, &ids, error).await })
+    }
+
+    fn dead_letter(&self, id: i64, info: DeadInfo) -> StoreFuture<'_, ()> {
+        Box::pin(PgStore::dead_letter(self, id, info))
+    }
+
+    fn resync(&self) -> StoreFuture<'_, ()> {
+        Box::pin(counts::reload_ledger(&self.pool, &self.ledger))
+    }
+
+    fn oldest_ms(&self) -> StoreFuture<'_, Option<i64>> {
+        Box::pin(PgStore::oldest_ms(self))
+    }
+
+    fn stats(&self) -> StoreFuture<'_, Stats> {
+        Box::pin(PgStore::stats(self))
+    }
+
+    fn release_claims(&self) -> StoreFuture<'_, u64> {
+        Box::pin(self.release_all())
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    fn sharing(&self) -> Sharing {
+        Sharing::Shared { lease: self.lease }
     }
 }
 

@@ -3,10 +3,7 @@
 //! that still holds the entry's lease: one another replica took over after
 //! the lease ran out is that replica's to settle.
 
-use std::sync::atomic::Ordering;
-
-use super::counts::count_removed;
-use super::{DeadInfo, MAX_DEAD_RESPONSE, PgStore, StoreError, Totals, now_ms, pg_error, sql};
+use super::{Change, DeadInfo, MAX_DEAD_RESPONSE, PgStore, StoreError, now_ms, pg_error, sql};
 
 /// A delivered batch leaves the queue (its keys, leases and counts go with
 /// it: the `entries_removed` trigger) — the entries whose lease this
@@ -33,7 +30,7 @@ const MOVE_TO_DEAD_LETTERS: &str = "WITH gone AS (DELETE FROM datalayer_sidecar.
 
 impl PgStore {
     /// Remove delivered entries.
-    pub async fn delivered_many(&self, ids: &[i64], totals: &Totals) -> Result<(), StoreError> {
+    pub async fn delivered_many(&self, ids: &[i64]) -> Result<(), StoreError> {
         let c = self.client().await?;
         let delete = c.prepare_cached(DELETE_DELIVERED).await.map_err(pg_error)?;
         let rows = c
@@ -43,9 +40,12 @@ impl PgStore {
         for &id in ids {
             self.let_go(id);
         }
-        for r in rows {
-            count_removed(totals, r.get::<_, i64>(0));
-        }
+        let bytes: i64 = rows.iter().map(|r| r.get::<_, i64>(0)).sum();
+        self.ledger.commit(&Change {
+            entries: -(rows.len() as i64),
+            bytes: -bytes,
+            ..Change::default()
+        });
         Ok(())
     }
 
@@ -66,12 +66,7 @@ impl PgStore {
     }
 
     /// Move an entry to the dead letters.
-    pub async fn dead_letter(
-        &self,
-        id: i64,
-        info: DeadInfo,
-        totals: &Totals,
-    ) -> Result<(), StoreError> {
+    pub async fn dead_letter(&self, id: i64, info: DeadInfo) -> Result<(), StoreError> {
         let mut c = self.client().await?;
         let t = c.transaction().await.map_err(sql)?;
         let response = info.response.map(|mut r| {
@@ -97,8 +92,12 @@ impl PgStore {
         t.commit().await.map_err(sql)?;
         self.let_go(id);
         if let Some(r) = moved {
-            count_removed(totals, r.get::<_, i64>(0));
-            totals.dead.fetch_add(1, Ordering::Relaxed);
+            self.ledger.commit(&Change {
+                entries: -1,
+                bytes: -r.get::<_, i64>(0),
+                dead: 1,
+                ..Change::default()
+            });
         }
         Ok(())
     }

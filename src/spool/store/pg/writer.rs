@@ -2,16 +2,19 @@
 //! goes into the next one, and each caller is told what happened to its
 //! own write. Separate from the transaction itself ([`super::commit`])
 //! because this decides who is answered what when a batch fails, and the
-//! in-memory totals change here only for committed writes.
+//! ledger changes here only for committed writes. The loop also re-reads
+//! the shared ledger every [`RESYNC_EVERY`], since other replicas write and
+//! deliver too.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::commit::commit;
-use super::{Appended, NewEntry, StoreError, Totals};
+use super::counts::reload_ledger;
+use super::{Appended, Change, Ledger, NewEntry, StoreError};
+use crate::spool::store::RESYNC_EVERY;
 
 /// Where a write's caller waits for what became of its entries.
 pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
@@ -20,38 +23,59 @@ pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 type Write = (Vec<NewEntry>, Reply);
 
 /// Commit what arrives, a batch of writes per transaction, until every
-/// sender is gone.
+/// sender is gone; between batches, re-read the shared ledger when due.
 pub(super) async fn writer(
     pool: Pool,
     mut rx: mpsc::UnboundedReceiver<Write>,
-    totals: Arc<Totals>,
+    ledger: Arc<Ledger>,
     max_batch: usize,
     replica: Arc<str>,
 ) {
-    while let Some(first) = rx.recv().await {
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once; the store was read as it opened.
+    resync.tick().await;
+    loop {
+        let first = tokio::select! {
+            w = rx.recv() => match w {
+                Some(w) => w,
+                None => return,
+            },
+            _ = resync.tick() => {
+                if let Err(e) = reload_ledger(&pool, &ledger).await {
+                    tracing::warn!(error = %e, "spool: cannot re-read the shared ledger");
+                }
+                continue;
+            }
+        };
         let batch = gather(first, &mut rx, max_batch);
-        let entries: Vec<&NewEntry> = batch.iter().flat_map(|(es, _)| es.iter()).collect();
-        match commit(&pool, &entries, &replica).await {
-            Ok(results) => {
-                totals.batches.fetch_add(1, Ordering::Relaxed);
-                let mut results = results.into_iter();
-                for (es, reply) in batch {
-                    let mine: Vec<Appended> = results.by_ref().take(es.len()).collect();
-                    settle(&totals, &es, mine, reply);
-                }
+        commit_batch(&pool, &ledger, batch, &replica).await;
+    }
+}
+
+/// One group commit, and what each of its callers is told.
+async fn commit_batch(pool: &Pool, ledger: &Ledger, batch: Vec<Write>, replica: &str) {
+    let entries: Vec<&NewEntry> = batch.iter().flat_map(|(es, _)| es.iter()).collect();
+    match commit(pool, &entries, replica).await {
+        Ok(results) => {
+            ledger.commit(&change_of(&entries, &results));
+            let mut results = results.into_iter();
+            for (es, reply) in batch {
+                let mine: Vec<Appended> = results.by_ref().take(es.len()).collect();
+                let _ = reply.send(Ok(mine));
             }
-            Err(StoreError::Sql(_)) if batch.len() > 1 => {
-                // The server refused something in the batch (a value it
-                // cannot store, say): the transaction is gone, but the
-                // other writers' entries are not at fault.
-                commit_each_alone(&pool, &totals, batch, &replica).await;
-            }
-            Err(e) => {
-                // All or nothing: the transaction is gone, and so is every
-                // write in it; each caller is told so.
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
+        }
+        Err(StoreError::Sql(_)) if batch.len() > 1 => {
+            // The server refused something in the batch (a value it cannot
+            // store, say): the transaction is gone, but the other writers'
+            // entries are not at fault.
+            commit_each_alone(pool, ledger, batch, replica).await;
+        }
+        Err(e) => {
+            // All or nothing: the transaction is gone, and so is every
+            // write in it; each caller is told so.
+            for (_, reply) in batch {
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }
@@ -76,13 +100,13 @@ fn gather(first: Write, rx: &mut mpsc::UnboundedReceiver<Write>, max_batch: usiz
 
 /// Each write of a refused batch again, in a transaction of its own and in
 /// the same order, so only the refused one fails.
-async fn commit_each_alone(pool: &Pool, totals: &Totals, batch: Vec<Write>, replica: &str) {
+async fn commit_each_alone(pool: &Pool, ledger: &Ledger, batch: Vec<Write>, replica: &str) {
     for (es, reply) in batch {
         let one: Vec<&NewEntry> = es.iter().collect();
         match commit(pool, &one, replica).await {
             Ok(mine) => {
-                totals.batches.fetch_add(1, Ordering::Relaxed);
-                settle(totals, &es, mine, reply);
+                ledger.commit(&change_of(&one, &mine));
+                let _ = reply.send(Ok(mine));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -91,21 +115,21 @@ async fn commit_each_alone(pool: &Pool, totals: &Totals, batch: Vec<Write>, repl
     }
 }
 
-/// Count a committed write's entries and answer its caller.
-fn settle(totals: &Totals, entries: &[NewEntry], results: Vec<Appended>, reply: Reply) {
-    for (e, result) in entries.iter().zip(&results) {
+/// What a committed group of writes changed in the ledger.
+fn change_of(entries: &[&NewEntry], results: &[Appended]) -> Change {
+    let mut c = Change {
+        transaction: true,
+        ..Change::default()
+    };
+    for (e, result) in entries.iter().zip(results) {
         match result {
             Appended::Stored => {
-                let bytes = e.body.len() as u64;
-                totals.entries.fetch_add(1, Ordering::Relaxed);
-                for t in [&totals.bytes, &totals.db_used_bytes, &totals.disk_bytes] {
-                    t.fetch_add(bytes, Ordering::Relaxed);
-                }
+                c.entries += 1;
+                c.stored += 1;
+                c.bytes += e.body.len() as i64;
             }
-            Appended::Duplicate(_) => {
-                totals.deduplicated.fetch_add(1, Ordering::Relaxed);
-            }
+            Appended::Duplicate(_) => c.deduplicated += 1,
         }
     }
-    let _ = reply.send(Ok(results));
+    c
 }

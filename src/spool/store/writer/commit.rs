@@ -12,7 +12,7 @@
 
 use rusqlite::Connection;
 
-use super::ledger::Delta;
+use super::delta::Delta;
 use super::rows::apply_cmd;
 use super::{Appended, Cmd, StoreError, Writer};
 

@@ -16,8 +16,8 @@
 //! This file starts the threads and runs the writer's loop.
 
 mod commit;
+mod delta;
 mod faults;
-mod ledger;
 mod recent;
 mod recover;
 mod rows;
@@ -29,14 +29,16 @@ pub(super) use recent::RECENT_WINDOW;
 pub use wal::WAL_LIMIT;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, mpsc};
+use tokio::time::Instant;
 
 use rusqlite::Connection;
+use tokio::sync::oneshot;
 
 use super::{
-    Appended, Cmd, DeadInfo, MAX_DEAD_RESPONSE, NewEntry, StoreError, Totals, load_totals, now_ms,
-    open_checked, prepare_file,
+    Appended, Cmd, DeadInfo, Ledger, MAX_DEAD_RESPONSE, NewEntry, RESYNC_EVERY, StoreError,
+    load_ledger, now_ms, open_checked, prepare_file,
 };
 use commit::reply;
 use faults::NoFaults;
@@ -61,7 +63,7 @@ pub(super) fn spawn(
     path: PathBuf,
     mut conn: Connection,
     rx: mpsc::Receiver<Cmd>,
-    totals: Arc<Totals>,
+    ledger: Arc<Ledger>,
     reader: Arc<Mutex<Connection>>,
     checkpointer: Arc<Mutex<Connection>>,
     max_batch: usize,
@@ -83,7 +85,7 @@ pub(super) fn spawn(
         identity: file_id(&path).ok(),
         conn,
         path: path.clone(),
-        totals,
+        ledger,
         reader,
         checkpointer,
         kick,
@@ -113,7 +115,7 @@ struct Writer {
     conn: Connection,
     path: PathBuf,
     identity: Option<(u64, u64)>,
-    totals: Arc<Totals>,
+    ledger: Arc<Ledger>,
     reader: Arc<Mutex<Connection>>,
     checkpointer: Arc<Mutex<Connection>>,
     kick: mpsc::SyncSender<()>,
@@ -133,10 +135,26 @@ struct Writer {
 }
 
 impl Writer {
+    /// Read the ledger from the file into memory, with disk use; what was
+    /// recently stored is forgotten (the file may have changed beneath).
+    fn reload(&mut self) -> Result<(), StoreError> {
+        load_ledger(&self.conn, &self.ledger)?;
+        self.recent.clear(self.ledger.counts().max_ticket);
+        self.measure();
+        Ok(())
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut read_at = Instant::now();
         // Ends when every sender is dropped (shutdown), after the queue is
         // empty.
-        while let Ok(first) = rx.recv() {
+        loop {
+            let due = RESYNC_EVERY.saturating_sub(read_at.elapsed());
+            let first = match rx.recv_timeout(due) {
+                Ok(cmd) => cmd,
+                Err(mpsc::RecvTimeoutError::Timeout) => Cmd::Resync(oneshot::channel().0),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -150,12 +168,19 @@ impl Writer {
                 self.apply(writes);
                 self.after_commit();
             }
-            for cmd in resyncs {
-                let r = load_totals(&self.conn, &self.totals).map(|()| Vec::new());
-                self.recent
-                    .clear(self.totals.max_ticket.load(Ordering::Relaxed));
-                self.measure();
-                reply(cmd, r);
+            // The operator CLI may have changed the file: read its ledger
+            // when asked and every RESYNC_EVERY, between transactions, so
+            // no commit can slip between the read and its use.
+            let due = read_at.elapsed() >= RESYNC_EVERY;
+            if due || !resyncs.is_empty() {
+                let r = self.reload().map(|()| Vec::new());
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "spool: cannot re-read the ledger");
+                }
+                read_at = Instant::now();
+                for cmd in resyncs {
+                    reply(cmd, r.clone());
+                }
             }
         }
         // Fold the log back into the database so a clean stop leaves one
@@ -171,7 +196,7 @@ pub(super) fn apply_for_test(
     conn: Connection,
     path: &Path,
     batch: Vec<Cmd>,
-    totals: Arc<Totals>,
+    ledger: Arc<Ledger>,
     faults: Box<dyn Faults>,
 ) -> Connection {
     let (kick, _kicked) = mpsc::sync_channel(1);
@@ -179,7 +204,7 @@ pub(super) fn apply_for_test(
         identity: None,
         conn,
         path: path.to_path_buf(),
-        totals,
+        ledger,
         reader: Arc::new(Mutex::new(Connection::open_in_memory().unwrap())),
         checkpointer: Arc::new(Mutex::new(Connection::open_in_memory().unwrap())),
         kick,

@@ -10,15 +10,11 @@
 //! beyond SQLite, so it is kept apart from the commit path it guards.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 
 use rusqlite::Connection;
 
 use super::wal::writer_pragmas;
-use super::{
-    StoreError, Totals, Writer, load_totals, now_ms, open_checked, prepare_file, sibling,
-    side_connections,
-};
+use super::{StoreError, Writer, now_ms, open_checked, prepare_file, sibling, side_connections};
 
 /// (device, inode) of a file.
 pub(super) fn file_id(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -108,7 +104,7 @@ impl Writer {
         self.reopen()?;
         tracing::warn!(
             path = %path.display(),
-            waiting = Totals::get(&self.totals.entries),
+            waiting = self.ledger.counts().entries,
             "spool store recovered; every acknowledged entry kept"
         );
         Ok(())
@@ -153,9 +149,6 @@ impl Writer {
         }
         self.conn = conn;
         self.identity = file_id(&self.path).ok();
-        load_totals(&self.conn, &self.totals)?;
-        self.recent
-            .clear(self.totals.max_ticket.load(Ordering::Relaxed));
-        Ok(())
+        self.reload()
     }
 }

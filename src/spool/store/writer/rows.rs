@@ -9,8 +9,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::delta::Delta;
 use super::faults::Faults;
-use super::ledger::Delta;
 use super::recent::{Recent, RecentWrite, duplicate_of};
 use super::{Appended, Cmd, DeadInfo, MAX_DEAD_RESPONSE, NewEntry, now_ms};
 
@@ -80,6 +80,7 @@ fn append_one(
     let id = c.last_insert_rowid();
     delta.stored.push(RecentWrite::of(id, e));
     delta.entries += 1;
+    delta.appended += 1;
     delta.bytes += e.body.len() as i64;
     delta.ticket = delta.ticket.max(id);
     Ok(Appended::Stored)

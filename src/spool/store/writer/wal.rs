@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use super::{StoreError, Totals, Writer, sibling};
+use super::{StoreError, Writer, sibling};
 
 /// The writer finishes the checkpoint itself once the log is this large.
 const WAL_CHECKPOINT_AT: u64 = 16 * 1024 * 1024;
@@ -85,7 +85,7 @@ impl Writer {
     /// Disk use, the bound on the log, and the checkpointer's pace.
     pub(super) fn after_commit(&mut self) {
         self.measure();
-        let wal = Totals::get(&self.totals.wal_bytes);
+        let wal = self.ledger.disk().wal_bytes;
         // An attempt a reader cut short is tried again a few commits later,
         // not after every one.
         if wal > WAL_CHECKPOINT_AT && self.checkpoint_wait == 0 && !self.finish_checkpoint(wal) {
@@ -126,9 +126,8 @@ impl Writer {
         done
     }
 
-    /// Disk use and the log in use, into the totals.
+    /// Disk use and the log in use, into the ledger.
     pub(super) fn measure(&self) {
-        let t = &self.totals;
         let pragma = |sql: &str| -> rusqlite::Result<i64> {
             self.conn.prepare_cached(sql)?.query_row([], |r| r.get(0))
         };
@@ -136,16 +135,12 @@ impl Writer {
             let free = pragma("PRAGMA freelist_count")?;
             Ok((pages - free).max(0) as u64 * self.page_size)
         });
-        if let Ok(used) = used {
-            t.db_used_bytes.store(used, Ordering::Relaxed);
-        }
+
         // The log in use (frames and their headers), not the file, which
         // keeps its size when SQLite starts it over.
-        let wal = Totals::get(&self.frames) * (self.page_size + 24);
+        let wal = self.frames.load(Ordering::Relaxed) * (self.page_size + 24);
         let wal_file = file_len(&sibling(&self.path, "-wal"));
         let disk = file_len(&self.path) + wal_file + file_len(&sibling(&self.path, "-shm"));
-        t.wal_bytes.store(wal, Ordering::Relaxed);
-        t.disk_bytes.store(disk, Ordering::Relaxed);
-        t.disk_high_water.fetch_max(disk, Ordering::Relaxed);
+        self.ledger.measured(used.ok(), wal, disk);
     }
 }
