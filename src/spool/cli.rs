@@ -79,89 +79,126 @@ fn age(ms: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
 }
 
-/// The store a command works on.
-enum Db {
-    Sqlite(rusqlite::Connection),
-    Postgres(tokio::runtime::Runtime, PgStore),
+/// What a command does to a store. The operator works beside a running
+/// sidecar, so this is not the sidecar's [`store::SpoolStore`]: the local
+/// file is opened without the sidecar's lock and without a writer thread,
+/// and every call blocks (the CLI has nothing else to do meanwhile).
+trait Operate {
+    /// Counts, from the store's ledger.
+    fn stats(&self) -> Result<Stats, StoreError>;
+    /// The first `limit` waiting entries.
+    fn list(&self, limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// The first `limit` dead letters.
+    fn dead(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Rows in `entries` or `dead_letters`.
+    fn count(&self, table: &str) -> Result<u64, StoreError>;
+    /// Move dead letters `ids` (all, if empty) back into the queue.
+    fn requeue(&mut self, ids: &[i64], progress: &mut dyn FnMut(u64)) -> Result<u64, StoreError>;
+    /// Delete waiting entries, dead letters, or both.
+    fn purge(
+        &mut self,
+        pending: bool,
+        dead: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError>;
 }
 
-impl Db {
-    fn open(settings: &SpoolSettings) -> Result<Db, StoreError> {
-        match &settings.backend {
-            SpoolBackend::Sqlite => {
-                let path = &settings.path;
-                if !path.exists() {
-                    return Err(StoreError::Open {
-                        path: path.to_path_buf(),
-                        detail:
-                            "no spool store here (it is created when a spooling route first starts)"
-                                .into(),
-                    });
-                }
-                Ok(Db::Sqlite(store::open_checked(path)?))
-            }
-            SpoolBackend::Postgres(p) => {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                let pg = rt.block_on(PgStore::open(p, store::LedgerCounters::default(), 1))?;
-                Ok(Db::Postgres(rt, pg))
-            }
-        }
-    }
+/// The local file, opened and checked.
+struct LocalFile(rusqlite::Connection);
 
+impl Operate for LocalFile {
     fn stats(&self) -> Result<Stats, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::stats(c),
-            Db::Postgres(rt, pg) => rt.block_on(pg.stats()),
-        }
+        store::stats(&self.0)
     }
 
     fn list(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::list_entries(c, limit, 0),
-            Db::Postgres(rt, pg) => rt.block_on(pg.list(limit, 0)),
-        }
+        store::list_entries(&self.0, limit, 0)
     }
 
     fn dead(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::list_dead(c, limit),
-            Db::Postgres(rt, pg) => rt.block_on(pg.dead_letters(limit)),
-        }
+        store::list_dead(&self.0, limit)
     }
 
     fn count(&self, table: &str) -> Result<u64, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::count(c, table),
-            Db::Postgres(rt, pg) => {
-                let s = rt.block_on(pg.stats())?;
-                Ok(if table == "entries" {
-                    s.depth
-                } else {
-                    s.dead_letters
-                })
-            }
-        }
+        store::count(&self.0, table)
     }
 
-    fn requeue(&mut self, ids: &[i64], progress: impl FnMut(u64)) -> Result<u64, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::requeue(c, ids, progress),
-            Db::Postgres(rt, pg) => rt.block_on(pg.requeue(ids)),
-        }
+    fn requeue(&mut self, ids: &[i64], progress: &mut dyn FnMut(u64)) -> Result<u64, StoreError> {
+        store::requeue(&mut self.0, ids, progress)
     }
 
     fn purge(
         &mut self,
         pending: bool,
         dead: bool,
-        progress: impl FnMut(u64),
+        progress: &mut dyn FnMut(u64),
     ) -> Result<u64, StoreError> {
-        match self {
-            Db::Sqlite(c) => store::purge(c, pending, dead, progress),
-            Db::Postgres(rt, pg) => rt.block_on(pg.purge(pending, dead)),
+        store::purge(&mut self.0, pending, dead, progress)
+    }
+}
+
+/// The shared database, on a runtime of the CLI's own. Its statements
+/// work in one go, so there is no progress to report.
+struct SharedDb(tokio::runtime::Runtime, PgStore);
+
+impl Operate for SharedDb {
+    fn stats(&self) -> Result<Stats, StoreError> {
+        self.0.block_on(self.1.stats())
+    }
+
+    fn list(&self, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.0.block_on(self.1.list(limit, 0))
+    }
+
+    fn dead(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.0.block_on(self.1.dead_letters(limit))
+    }
+
+    fn count(&self, table: &str) -> Result<u64, StoreError> {
+        let s = self.stats()?;
+        Ok(if table == "entries" {
+            s.depth
+        } else {
+            s.dead_letters
+        })
+    }
+
+    fn requeue(&mut self, ids: &[i64], _: &mut dyn FnMut(u64)) -> Result<u64, StoreError> {
+        self.0.block_on(self.1.requeue(ids))
+    }
+
+    fn purge(
+        &mut self,
+        pending: bool,
+        dead: bool,
+        _: &mut dyn FnMut(u64),
+    ) -> Result<u64, StoreError> {
+        self.0.block_on(self.1.purge(pending, dead))
+    }
+}
+
+/// Open the store `settings` name, for a command.
+fn open(settings: &SpoolSettings) -> Result<Box<dyn Operate>, StoreError> {
+    match &settings.backend {
+        SpoolBackend::Sqlite => {
+            let path = &settings.path;
+            if !path.exists() {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    detail:
+                        "no spool store here (it is created when a spooling route first starts)"
+                            .into(),
+                });
+            }
+            Ok(Box::new(LocalFile(store::open_checked(path)?)))
+        }
+        SpoolBackend::Postgres(p) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let pg = rt.block_on(PgStore::open(p, store::LedgerCounters::default(), 1))?;
+            Ok(Box::new(SharedDb(rt, pg)))
         }
     }
 }
@@ -170,18 +207,18 @@ impl Db {
 /// The store is opened first, so a missing store is reported before a
 /// command's own arguments are checked.
 pub fn run(cmd: SpoolCommand, settings: &SpoolSettings) -> Result<(), StoreError> {
-    let mut db = Db::open(settings)?;
+    let mut db = open(settings)?;
     let mut out = std::io::stdout().lock();
     match cmd {
-        SpoolCommand::Stats { json } => stats(&db, &store_location(settings), json, &mut out),
-        SpoolCommand::List { limit, json } => list(&db, limit, json, &mut out),
-        SpoolCommand::DeadLetters { limit, json } => dead_letters(&db, limit, json, &mut out),
-        SpoolCommand::Requeue { ids, all } => requeue(&mut db, &ids, all, &mut out),
+        SpoolCommand::Stats { json } => stats(&*db, &store_location(settings), json, &mut out),
+        SpoolCommand::List { limit, json } => list(&*db, limit, json, &mut out),
+        SpoolCommand::DeadLetters { limit, json } => dead_letters(&*db, limit, json, &mut out),
+        SpoolCommand::Requeue { ids, all } => requeue(&mut *db, &ids, all, &mut out),
         SpoolCommand::Purge {
             pending,
             dead_letters,
             yes,
-        } => purge(&mut db, pending, dead_letters, yes, &mut out),
+        } => purge(&mut *db, pending, dead_letters, yes, &mut out),
     }
 }
 
@@ -202,7 +239,12 @@ fn put(out: &mut impl Write, line: impl std::fmt::Display) {
 
 /// `stats`: depth, bytes, oldest age, dead letters, and the depth of each
 /// route, sorted by route.
-fn stats(db: &Db, store: &str, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+fn stats(
+    db: &dyn Operate,
+    store: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
     let s = db.stats()?;
     if json {
         put(out, serde_json::to_string_pretty(&s).unwrap_or_default());
@@ -229,7 +271,12 @@ fn stats(db: &Db, store: &str, json: bool, out: &mut impl Write) -> Result<(), S
 }
 
 /// `list`: waiting entries in delivery order, one line each under a header.
-fn list(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+fn list(
+    db: &dyn Operate,
+    limit: usize,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
     let entries = db.list(limit)?;
     if json {
         put(
@@ -265,7 +312,12 @@ fn list(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Result<(), S
 
 /// `dead-letters`: each refused write with why, and the backend's answer
 /// on a second line.
-fn dead_letters(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Result<(), StoreError> {
+fn dead_letters(
+    db: &dyn Operate,
+    limit: usize,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
     let dead = db.dead(limit)?;
     if json {
         put(out, serde_json::to_string_pretty(&dead).unwrap_or_default());
@@ -294,7 +346,12 @@ fn dead_letters(db: &Db, limit: usize, json: bool, out: &mut impl Write) -> Resu
 
 /// `requeue`: the named dead letters, or all of them, back at the end of
 /// the queue; naming none without `--all` is refused rather than a no-op.
-fn requeue(db: &mut Db, ids: &[i64], all: bool, out: &mut impl Write) -> Result<(), StoreError> {
+fn requeue(
+    db: &mut dyn Operate,
+    ids: &[i64],
+    all: bool,
+    out: &mut impl Write,
+) -> Result<(), StoreError> {
     if ids.is_empty() && !all {
         return Err(StoreError::Sql(
             "name the dead letters to requeue, or pass --all".into(),
@@ -306,7 +363,7 @@ fn requeue(db: &mut Db, ids: &[i64], all: bool, out: &mut impl Write) -> Result<
         ids.len() as u64
     };
     let pb = bar(total, "requeue");
-    let moved = db.requeue(if all { &[] } else { ids }, |n| pb.inc(n))?;
+    let moved = db.requeue(if all { &[] } else { ids }, &mut |n| pb.inc(n))?;
     pb.finish_and_clear();
     put(out, format!("requeued {moved} of {total}"));
     Ok(())
@@ -315,7 +372,7 @@ fn requeue(db: &mut Db, ids: &[i64], all: bool, out: &mut impl Write) -> Result<
 /// `purge`: delete waiting entries and/or dead letters, only when told
 /// which and confirmed, since deleted writes are never delivered.
 fn purge(
-    db: &mut Db,
+    db: &mut dyn Operate,
     pending: bool,
     dead_letters: bool,
     yes: bool,
@@ -339,7 +396,7 @@ fn purge(
         total += db.count("dead_letters")?;
     }
     let pb = bar(total, "purge");
-    let n = db.purge(pending, dead_letters, |n| pb.inc(n))?;
+    let n = db.purge(pending, dead_letters, &mut |n| pb.inc(n))?;
     pb.finish_and_clear();
     put(out, format!("deleted {n}"));
     Ok(())
