@@ -1,6 +1,7 @@
 //! A route's delivery stack, built by the builder the binary uses
 //! ([`crate::stack::delivery`]) over a mock upstream, with paused time:
-//! deadlines and `Retry-After` are checked to the instant.
+//! deadlines and `Retry-After` are checked to the instant, and the breaker
+//! is met where the builder puts it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +31,13 @@ struct Rig {
 }
 
 fn rig(timeouts: &str, retry: &str) -> Rig {
+    rig_with(timeouts, retry, "")
+}
+
+/// [`rig`] with more config (whole sections) after `[retry]`.
+fn rig_with(timeouts: &str, retry: &str, more: &str) -> Rig {
     let text = format!(
-        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[timeouts]\n{timeouts}\n[retry]\njitter = 0.0\n{retry}\n[[routes]]\nname = \"steps\"\nidempotent = true\n"
+        "[upstream]\nurl = \"http://127.0.0.1:9\"\n[timeouts]\n{timeouts}\n[retry]\njitter = 0.0\n{retry}\n{more}\n[[routes]]\nname = \"steps\"\nidempotent = true\n"
     );
     let cfg = Config::from_toml_str(&text, std::path::Path::new("t"), &[], &Overrides::default())
         .unwrap();
@@ -69,11 +75,19 @@ fn rig(timeouts: &str, retry: &str) -> Rig {
 }
 
 fn request(rig: &Rig) -> (Request<RequestBody>, Arc<Exchange>) {
+    request_on(&rig.routes, &rig.route_metrics)
+}
+
+/// A request on the first of `routes`, routed as prepare does.
+fn request_on(
+    routes: &Routes,
+    route_metrics: &[Arc<crate::metrics::RouteMetrics>],
+) -> (Request<RequestBody>, Arc<Exchange>) {
     let ex = Exchange::new(http::HeaderValue::from_static("test"));
-    let route = rig.routes.all()[0].clone();
+    let route = routes.all()[0].clone();
     ex.set_routed(Routed {
         deadline: ex.started + route.deadline,
-        metrics: rig.route_metrics[route.index].clone(),
+        metrics: route_metrics[route.index].clone(),
         idempotent: true,
         replayable: true,
         error_format: crate::route::ErrorFormat::Problem,
@@ -189,4 +203,67 @@ async fn backoff_doubles_between_attempts_up_to_the_cap() {
     let at = server.await.unwrap();
     let offsets: Vec<_> = at.iter().map(|t| (*t - started).as_millis()).collect();
     assert_eq!(offsets, [0, 100, 300, 550]);
+}
+
+/// The breaker, as the builder places it: transient failures the classify
+/// layer judged open it, an open breaker refuses with `circuit_open`
+/// before the upstream sees anything, and after `open_for` a probe that
+/// succeeds closes it again.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_breaker_opens_on_judged_failures_refuses_before_the_upstream_and_closes_on_a_probe() {
+    let Rig {
+        mut svc,
+        mut handle,
+        routes,
+        route_metrics,
+    } = rig_with(
+        "per_try = \"1s\"\ndeadline = \"2s\"",
+        "max_attempts = 1",
+        "[breaker]\nconsecutive_failures = 2\nmin_calls = 100\nopen_for = \"5s\"\nprobes = 1",
+    );
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    let server = tokio::spawn(async move {
+        while let Some((_req, send)) = handle.next_request().await {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // Two failures, then the backend is back.
+            let status = if n < 2 { 503 } else { 200 };
+            send.send_response(
+                Response::builder()
+                    .status(status)
+                    .body(ResponseBody::empty())
+                    .unwrap(),
+            );
+        }
+    });
+    let seen_now = || seen.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2 {
+        let (req, _) = request_on(&routes, &route_metrics);
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    assert_eq!(seen_now(), 2);
+    let (req, ex) = request_on(&routes, &route_metrics);
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .expect_err("refused while open");
+    assert_eq!(
+        crate::classify::Class::of_error(&err).kind,
+        crate::failure::Kind::CircuitOpen
+    );
+    assert_eq!(seen_now(), 2, "the upstream saw nothing of it");
+    assert_eq!(ex.attempts(), 0);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for what in ["the probe", "closed again"] {
+        let (req, _) = request_on(&routes, &route_metrics);
+        let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{what}");
+    }
+    assert_eq!(seen_now(), 4);
+    drop(svc);
+    server.await.unwrap();
 }

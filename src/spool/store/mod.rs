@@ -271,7 +271,10 @@ pub trait SpoolStore: Send + Sync + std::fmt::Debug + 'static {
     /// Move an entry to the dead-letter table.
     fn dead_letter(&self, id: i64, info: DeadInfo) -> StoreFuture<'_, ()>;
     /// Re-read the durable ledger now (the store also does so every
-    /// [`RESYNC_EVERY`] on its own); it never undoes a commit.
+    /// [`RESYNC_EVERY`] on its own). SQLite reads it in its writer's
+    /// order, so it never undoes a commit; PostgreSQL's shared counts move
+    /// with every replica anyway, and a read that crossed a commit of this
+    /// replica is set right by the next.
     fn resync(&self) -> StoreFuture<'_, ()>;
     /// When the oldest waiting entry was stored (ms since the epoch).
     fn oldest_ms(&self) -> StoreFuture<'_, Option<i64>>;

@@ -16,6 +16,12 @@ use super::counts::reload_ledger;
 use super::{Appended, Change, Ledger, NewEntry, StoreError};
 use crate::spool::store::RESYNC_EVERY;
 
+/// Longest the loop spends re-reading the shared ledger: writes queue
+/// behind it, and an acknowledgement must not wait on a slow pool or a
+/// stalled connection for long. A re-read cut short is tried again at the
+/// next tick; the counts meanwhile stay what this replica last knew.
+const RESYNC_BOUND: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where a write's caller waits for what became of its entries.
 pub(super) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 
@@ -42,8 +48,15 @@ pub(super) async fn writer(
                 None => return,
             },
             _ = resync.tick() => {
-                if let Err(e) = reload_ledger(&pool, &ledger).await {
-                    tracing::warn!(error = %e, "spool: cannot re-read the shared ledger");
+                match tokio::time::timeout(RESYNC_BOUND, reload_ledger(&pool, &ledger)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "spool: cannot re-read the shared ledger");
+                    }
+                    Err(_) => tracing::warn!(
+                        bound_ms = RESYNC_BOUND.as_millis() as u64,
+                        "spool: re-reading the shared ledger took too long; tried again later"
+                    ),
                 }
                 continue;
             }
