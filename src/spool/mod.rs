@@ -220,6 +220,15 @@ pub struct Write {
     pub keys: Vec<String>,
 }
 
+/// The metric counters the spool's store counts its commits into.
+pub(crate) fn ledger_counters(metrics: &SpoolMetrics) -> LedgerCounters {
+    LedgerCounters {
+        committed: metrics.committed.clone(),
+        deduplicated: metrics.deduplicated.clone(),
+        batches: metrics.commit_batches.clone(),
+    }
+}
+
 impl Spool {
     /// Open the store at `spool.path` (see [`Store::open`]).
     pub fn open(
@@ -229,11 +238,7 @@ impl Spool {
         quarantine_corrupt: bool,
     ) -> Result<Spool, StoreError> {
         // The store counts its commits into the metrics' own counters.
-        let counters = LedgerCounters {
-            committed: metrics.committed.clone(),
-            deduplicated: metrics.deduplicated.clone(),
-            batches: metrics.commit_batches.clone(),
-        };
+        let counters = ledger_counters(&metrics);
         let store = match &cfg.backend {
             SpoolBackend::Sqlite => {
                 Store::open(&cfg.path, quarantine_corrupt, cfg.max_batch, counters)?

@@ -244,17 +244,13 @@ async fn an_abandoned_live_write_sends_the_one_behind_it_to_the_spool() {
 #[tokio::test]
 async fn a_write_the_store_fails_is_refused_as_such_and_leaves_no_count() {
     use crate::spool::store::faulty::{FaultyStore, Plan};
-    use crate::spool::store::{LedgerCounters, SqliteStore, Store};
+    use crate::spool::store::{SqliteStore, Store};
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spool.sqlite3");
     let cfg = settings(&path);
     let metrics = SpoolMetrics::default();
-    let counters = LedgerCounters {
-        committed: metrics.committed.clone(),
-        deduplicated: metrics.deduplicated.clone(),
-        batches: metrics.commit_batches.clone(),
-    };
+    let counters = ledger_counters(&metrics);
     let plan = Arc::new(std::sync::Mutex::new(Plan::default()));
     {
         let mut p = plan.lock().unwrap();

@@ -14,13 +14,8 @@ use crate::spool::store::ledger::Change;
 /// window of recent writes.
 #[derive(Default)]
 pub(super) struct Delta {
-    pub(super) entries: i64,
-    pub(super) bytes: i64,
-    pub(super) dead: i64,
-    pub(super) ticket: i64,
-    pub(super) deduplicated: u64,
-    /// Writes stored as new entries.
-    pub(super) appended: u64,
+    /// What it changes in the ledger.
+    pub(super) change: Change,
     pub(super) stored: InTxn,
     pub(super) removed: Vec<i64>,
 }
@@ -33,13 +28,8 @@ impl Writer {
             self.recent.forget(*id);
         }
         self.ledger.commit(&Change {
-            entries: d.entries,
-            bytes: d.bytes,
-            dead: d.dead,
-            ticket: d.ticket,
-            stored: d.appended,
-            deduplicated: d.deduplicated,
             transaction: true,
+            ..d.change
         });
         for w in d.stored.writes {
             self.recent.remember(w);

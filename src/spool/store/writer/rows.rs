@@ -53,7 +53,7 @@ fn append_one(
         // The newer credentials go with it.
         c.prepare_cached("UPDATE entries SET headers = ?2 WHERE id = ?1")?
             .execute(params![dup, e.headers])?;
-        delta.deduplicated += 1;
+        delta.change.deduplicated += 1;
         return Ok(Appended::Duplicate(dup));
     }
     let keys = serde_json::to_string(&e.keys).unwrap_or_else(|_| "[]".into());
@@ -79,10 +79,10 @@ fn append_one(
     ])?;
     let id = c.last_insert_rowid();
     delta.stored.push(RecentWrite::of(id, e));
-    delta.entries += 1;
-    delta.appended += 1;
-    delta.bytes += e.body.len() as i64;
-    delta.ticket = delta.ticket.max(id);
+    delta.change.entries += 1;
+    delta.change.stored += 1;
+    delta.change.bytes += e.body.len() as i64;
+    delta.change.ticket = delta.change.ticket.max(id);
     Ok(Appended::Stored)
 }
 
@@ -102,8 +102,8 @@ fn remove_one(c: &Connection, id: i64, delta: &mut Delta) -> rusqlite::Result<()
         c.prepare_cached("DELETE FROM entries WHERE id = ?1")?
             .execute([id])?;
         delta.removed.push(id);
-        delta.entries -= 1;
-        delta.bytes -= len;
+        delta.change.entries -= 1;
+        delta.change.bytes -= len;
     }
     Ok(())
 }
@@ -129,7 +129,7 @@ fn dead_one(c: &Connection, id: i64, info: &DeadInfo, delta: &mut Delta) -> rusq
     )?;
     if moved == 1 {
         remove_one(c, id, delta)?;
-        delta.dead += 1;
+        delta.change.dead += 1;
     }
     Ok(())
 }
